@@ -1,0 +1,323 @@
+"""Dataset registry and the held-out split.
+
+A dataset is named by a string: ``fashion-mnist``, ``cifar10``, ``cifar100``, ``imagefolder:PATH`` or
+``synthetic``. Each resolves to a :class:`DataBundle` with three splits:
+
+* ``train``: what fine-tuning and BatchNorm recalibration use;
+* ``held_out``: carved deterministically from the *training* data; search rewards are measured on it, so the test
+  split is never looked at while choosing a policy;
+* ``test``: the dataset's own test split, reported once at the end.
+
+Small datasets live in memory as uint8 tensors and are normalised per batch: evaluating 5,000 Fashion-MNIST images
+then costs only the model's forward passes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoprune.errors import UserError
+
+FASHION_MNIST_DIRS = [Path("/usr/share/datasets/fashion-mnist")]
+CACHE_DIR = Path(os.environ.get("AUTOPRUNE_CACHE", Path.home() / ".cache" / "autoprune"))
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder:PATH", "synthetic")
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Split:
+    """A sequence of labelled images that yields normalised float batches."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def batches(
+        self, batch_size: int, *, shuffle: bool = False, augment: bool = False, seed: int = 0
+    ) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def subset(self, n: int) -> Split:
+        """The first ``n`` samples (deterministic): smaller evaluations for tests and fast rewards."""
+        raise NotImplementedError
+
+
+class TensorSplit(Split):
+    """Images held in memory as uint8 NCHW, normalised per batch with per-channel mean and std."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: tuple, std: tuple) -> None:
+        assert images.dtype == torch.uint8 and images.ndim == 4
+        self.images, self.labels = images, labels.long()
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, n: int) -> TensorSplit:
+        sub = TensorSplit.__new__(TensorSplit)
+        sub.images, sub.labels, sub.mean, sub.std = self.images[:n], self.labels[:n], self.mean, self.std
+        return sub
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+    def batches(
+        self, batch_size: int, *, shuffle: bool = False, augment: bool = False, seed: int = 0
+    ) -> Iterator[Batch]:
+        n = len(self)
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(n, generator=gen) if shuffle else None
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
+            x, y = self.images[idx], self.labels[idx]
+            if augment:
+                x = _random_crop_flip(x, gen)
+            yield self._normalise(x), y
+
+
+def _random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """Standard small-image augmentation: pad-and-crop by up to ``pad`` pixels, horizontal flip."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).view(n, 1, h, 1)
+    cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).view(n, 1, 1, w)
+    out = padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(x.shape[1]).view(1, -1, 1, 1), rows, cols]
+    flip = torch.rand(n, generator=gen) < 0.5
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+class FolderSplit(Split):
+    """Images read from disk through torchvision (``imagefolder:PATH``), resized to the model's input."""
+
+    def __init__(self, dataset, indices: list[int], num_workers: int = 0) -> None:
+        self.dataset, self.indices, self.num_workers = dataset, indices, num_workers
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def subset(self, n: int) -> FolderSplit:
+        return FolderSplit(self.dataset, self.indices[:n], self.num_workers)
+
+    def batches(
+        self, batch_size: int, *, shuffle: bool = False, augment: bool = False, seed: int = 0
+    ) -> Iterator[Batch]:
+        from torch.utils.data import DataLoader, Subset
+
+        indices = self.indices
+        if shuffle:
+            perm = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed)).tolist()
+            indices = [indices[i] for i in perm]
+        loader = DataLoader(Subset(self.dataset, indices), batch_size=batch_size, num_workers=self.num_workers)
+        for x, y in loader:
+            if augment:
+                flip = torch.rand(len(x), generator=torch.Generator().manual_seed(seed)) < 0.5
+                x[flip] = x[flip].flip(-1)
+            yield x, y
+
+
+@dataclass
+class DataBundle:
+    name: str
+    train: Split
+    held_out: Split
+    test: Split
+    num_classes: int
+    image_shape: tuple[int, int, int]  # C, H, W
+
+
+def held_out_indices(n: int, held_out: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic (train, held-out) index split of ``n`` training samples."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[held_out:].sort().values, perm[:held_out].sort().values
+
+
+def default_held_out_size(n_train: int) -> int:
+    return 5000 if n_train >= 50_000 else max(1, n_train // 10)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise UserError(f"{path} is not an IDX file: reinstall the dataset")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims))
+    if len(data) - offset != expected:
+        raise UserError(f"{path} is truncated ({len(data) - offset} of {expected} bytes): reinstall the dataset")
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _find_fashion_mnist() -> Path:
+    candidates = [*FASHION_MNIST_DIRS, CACHE_DIR / "FashionMNIST" / "raw"]
+    if env := os.environ.get("AUTOPRUNE_FASHION_MNIST"):
+        candidates.insert(0, Path(env))
+    for d in candidates:
+        if any((d / f"train-images-idx3-ubyte{ext}").is_file() for ext in (".gz", "")):
+            return d
+    try:
+        from torchvision.datasets import FashionMNIST
+
+        FashionMNIST(str(CACHE_DIR), train=True, download=True)
+        FashionMNIST(str(CACHE_DIR), train=False, download=True)
+    except Exception as e:  # no network, mirror down, ...
+        raise UserError(
+            "Fashion-MNIST not found: install Debian's dataset-fashion-mnist (apt-get install "
+            f"dataset-fashion-mnist) or allow torchvision's download ({type(e).__name__})"
+        ) from e
+    return CACHE_DIR / "FashionMNIST" / "raw"
+
+
+def _idx(d: Path, stem: str) -> np.ndarray:
+    gz = d / f"{stem}.gz"
+    return _read_idx(gz if gz.is_file() else d / stem)
+
+
+def load_fashion_mnist(held_out: int | None = None, seed: int = 0) -> DataBundle:
+    d = _find_fashion_mnist()
+    xtr = torch.from_numpy(_idx(d, "train-images-idx3-ubyte").copy()).unsqueeze(1)
+    ytr = torch.from_numpy(_idx(d, "train-labels-idx1-ubyte").copy())
+    xte = torch.from_numpy(_idx(d, "t10k-images-idx3-ubyte").copy()).unsqueeze(1)
+    yte = torch.from_numpy(_idx(d, "t10k-labels-idx1-ubyte").copy())
+    stats = ((0.2860,), (0.3530,))
+    return _bundle_from_tensors("fashion-mnist", xtr, ytr, xte, yte, 10, stats, held_out, seed)
+
+
+def _bundle_from_tensors(name, xtr, ytr, xte, yte, num_classes, stats, held_out, seed) -> DataBundle:
+    n_held = default_held_out_size(len(ytr)) if held_out is None else held_out
+    tr, ho = held_out_indices(len(ytr), n_held, seed)
+    mean, std = stats
+    return DataBundle(
+        name,
+        TensorSplit(xtr[tr], ytr[tr], mean, std),
+        TensorSplit(xtr[ho], ytr[ho], mean, std),
+        TensorSplit(xte, yte, mean, std),
+        num_classes,
+        tuple(xtr.shape[1:]),
+    )
+
+
+def load_cifar(which: str, held_out: int | None = None, seed: int = 0) -> DataBundle:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls, n_classes = (CIFAR10, 10) if which == "cifar10" else (CIFAR100, 100)
+    try:
+        train = cls(str(CACHE_DIR), train=True, download=True)
+        test = cls(str(CACHE_DIR), train=False, download=True)
+    except Exception as e:
+        raise UserError(
+            f"{which} is not in {CACHE_DIR} and could not be downloaded ({type(e).__name__}): "
+            f"place the extracted archive there or set AUTOPRUNE_CACHE"
+        ) from e
+
+    def as_tensors(ds):
+        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
+
+    xtr, ytr = as_tensors(train)
+    xte, yte = as_tensors(test)
+    stats = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    return _bundle_from_tensors(which, xtr, ytr, xte, yte, n_classes, stats, held_out, seed)
+
+
+def load_imagefolder(path: str, image_shape: tuple[int, int, int], held_out: int | None, seed: int) -> DataBundle:
+    """``PATH/{train,val|test}/CLASS/*.jpg``, or one ``PATH/CLASS/*.jpg`` tree split three ways."""
+    from torchvision import datasets, transforms
+
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise UserError(f"image folder {str(root)!r} does not exist: pass imagefolder:PATH to a class-per-folder tree")
+    _, h, w = image_shape
+    tf = transforms.Compose(
+        [
+            transforms.Resize(int(round(max(h, w) * 256 / 224))),
+            transforms.CenterCrop((h, w)),
+            transforms.ToTensor(),
+            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
+    test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+    try:
+        if (root / "train").is_dir() and test_dir is not None:
+            train_ds = datasets.ImageFolder(str(root / "train"), tf)
+            test_ds = datasets.ImageFolder(str(test_dir), tf)
+            n_held = default_held_out_size(len(train_ds)) if held_out is None else held_out
+            tr, ho = held_out_indices(len(train_ds), n_held, seed)
+            splits = (FolderSplit(train_ds, tr.tolist()), FolderSplit(train_ds, ho.tolist()),
+                      FolderSplit(test_ds, list(range(len(test_ds)))))
+            n_classes = len(train_ds.classes)
+        else:
+            ds = datasets.ImageFolder(str(root), tf)
+            perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist()
+            n_test = max(1, len(ds) // 5)
+            n_held = max(1, len(ds) // 10) if held_out is None else held_out
+            splits = (FolderSplit(ds, sorted(perm[n_test + n_held :])), FolderSplit(ds, sorted(perm[n_test : n_test + n_held])),
+                      FolderSplit(ds, sorted(perm[:n_test])))
+            n_classes = len(ds.classes)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise UserError(f"cannot read image folder {root}: {e}") from e
+    return DataBundle(f"imagefolder:{path}", *splits, n_classes, image_shape)
+
+
+def make_synthetic(
+    image_shape: tuple[int, int, int], num_classes: int = 10, n_train: int = 512, n_test: int = 256,
+    held_out: int | None = None, seed: int = 0,
+) -> DataBundle:
+    """A learnable synthetic task: each class is a fixed random pattern plus noise (for tests and smoke runs)."""
+    gen = torch.Generator().manual_seed(seed)
+    c, h, w = image_shape
+    prototypes = torch.rand(num_classes, c, h, w, generator=gen) * 255
+
+    def sample(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.randint(0, num_classes, (n,), generator=gen)
+        noise = torch.randn(n, c, h, w, generator=gen) * 60
+        return (prototypes[y] + noise).clamp(0, 255).to(torch.uint8), y
+
+    xtr, ytr = sample(n_train)
+    xte, yte = sample(n_test)
+    stats = ((0.5,) * c, (0.29,) * c)
+    n_held = max(1, n_train // 4) if held_out is None else held_out
+    return _bundle_from_tensors("synthetic", xtr, ytr, xte, yte, num_classes, stats, n_held, seed)
+
+
+def load_data(
+    spec: str, image_shape: tuple[int, int, int] | None = None, *, num_classes: int = 10,
+    held_out: int | None = None, seed: int = 0,
+) -> DataBundle:
+    """Resolve a dataset name. ``image_shape`` (C, H, W) is needed for ``imagefolder`` and ``synthetic``."""
+    if spec == "fashion-mnist":
+        return load_fashion_mnist(held_out, seed)
+    if spec in ("cifar10", "cifar100"):
+        return load_cifar(spec, held_out, seed)
+    if spec.startswith("imagefolder:"):
+        return load_imagefolder(spec.partition(":")[2], image_shape or (3, 224, 224), held_out, seed)
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        n = int(spec.partition(":")[2] or 512)
+        return make_synthetic(image_shape or (3, 32, 32), num_classes, n_train=n, held_out=held_out, seed=seed)
+    raise UserError(f"unknown dataset {spec!r}: use one of {', '.join(DATASETS)}")
+
+
+def check_compatible(data: DataBundle, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """Fail early when the data cannot feed the model."""
+    if tuple(data.image_shape) != tuple(input_shape[1:]):
+        shape = "x".join(map(str, data.image_shape))
+        raise UserError(
+            f"dataset {data.name} has images of {shape} but the model takes "
+            f"{'x'.join(map(str, input_shape[1:]))}: pass --input-shape Nx{shape}"
+        )
+    if data.num_classes > num_classes:
+        raise UserError(
+            f"dataset {data.name} has {data.num_classes} classes but the model outputs {num_classes}: "
+            f"build the model with --num-classes {data.num_classes}"
+        )

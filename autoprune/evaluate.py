@@ -1,0 +1,44 @@
+"""Accuracy on a split, and BatchNorm recalibration.
+
+Pruning changes the statistics every BatchNorm layer sees, so a pruned model is scored after re-estimating its
+running mean and variance on a few training batches (the "BN recalibration" of AMC's and EagleEye's evaluations).
+It costs forward passes only, and without it a good policy can look worse than a bad one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from autoprune.data import Split
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, split: Split, batch_size: int = 500) -> float:
+    """Top-1 accuracy of ``model`` on ``split``, in [0, 1]."""
+    model.eval()
+    correct = total = 0
+    for x, y in split.batches(batch_size):
+        correct += (model(x).argmax(1) == y).sum().item()
+        total += len(y)
+    return correct / max(total, 1)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, split: Split, num_batches: int = 10, batch_size: int = 128, seed: int = 0) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics as a cumulative average over ``num_batches`` batches."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch weighs the same
+    model.train()
+    for i, (x, _) in enumerate(split.batches(batch_size, shuffle=True, seed=seed)):
+        if i >= num_batches:
+            break
+        model(x)
+    for m, momentum in saved:
+        m.momentum = momentum
+    return model.eval()
