@@ -1,1 +1,34 @@
-"""autoprune."""
+"""autoprune: find how much to prune each layer of a CNN under a FLOPs, params or latency budget, then prune it.
+
+The public API mirrors the command line::
+
+    import autoprune
+    graph = autoprune.analyze_model("resnet18", (1, 3, 224, 224))
+    outcome = autoprune.uniform_search("resnet18", "flops=50%")
+    pruned = autoprune.apply_policy(model, autoprune.Policy.load("runs/x/policy.json"))
+"""
+
+__version__ = "0.1.0"
+
+from autoprune.api import (  # noqa: E402
+    PolicyOutcome,
+    analyze_model,
+    apply_policy,
+    evaluate_pruned,
+    load_model,
+    make_cost_model,
+    prune_with_policy,
+    save_outcome,
+    train_model,
+    uniform_search,
+)
+from autoprune.budget import Budget, parse_budget  # noqa: E402
+from autoprune.errors import UserError  # noqa: E402
+from autoprune.layers import LayerGraph, LayerGroup, analyze  # noqa: E402
+from autoprune.policy import Policy  # noqa: E402
+
+__all__ = [
+    "Budget", "LayerGraph", "LayerGroup", "Policy", "PolicyOutcome", "UserError", "analyze", "analyze_model",
+    "apply_policy", "evaluate_pruned", "load_model", "make_cost_model", "parse_budget", "prune_with_policy",
+    "save_outcome", "train_model", "uniform_search",
+]

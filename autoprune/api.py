@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+import torch.nn as nn
+
 from autoprune import atomic
-from autoprune.data import check_compatible, load_data
-from autoprune.evaluate import accuracy
-from autoprune.models import build_model, resolve
+from autoprune.budget import Budget, parse_budget
+from autoprune.cost.measure import measure_model
+from autoprune.cost.model import CostModel
+from autoprune.data import DataBundle, Split, check_compatible, load_data
+from autoprune.errors import UserError
+from autoprune.evaluate import accuracy, recalibrate_bn
+from autoprune.export import export_onnx, save_pytorch
+from autoprune.layers import LayerGraph, analyze
+from autoprune.models import CIFAR_RESNET_DEPTHS, DEMO_MODEL, build_model, resolve
+from autoprune.policy import Policy
+from autoprune.prune import ChannelPruner, kept_from_mapping
+from autoprune.search.base import Problem
+from autoprune.search.baselines import uniform_kept
 from autoprune.training import TrainConfig, train
 
 
@@ -40,3 +55,186 @@ def train_model(
     }
     atomic.torch_save({"state_dict": net.state_dict(), "meta": result}, out)
     return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models, groups, policies
+
+
+def load_model(
+    model: str, weights: str | Path | None = None, input_shape: tuple[int, ...] | None = None, *,
+    trust_pickle: bool = False, num_classes: int | None = None, in_channels: int | None = None,
+) -> tuple[nn.Module, tuple[int, ...]]:
+    """Build a named model with its weights; returns the module and the input shape to analyse it at."""
+    if input_shape is not None and in_channels is None and ":" not in model and model != DEMO_MODEL:
+        in_channels = input_shape[1] if model in CIFAR_RESNET_DEPTHS else None
+    net, spec = build_model(model, weights, num_classes=num_classes, in_channels=in_channels,
+                            trust_pickle=trust_pickle)
+    shape = tuple(input_shape) if input_shape is not None else spec.input_shape
+    _check_runs(net, shape, model)
+    return net, shape
+
+
+def _check_runs(net: nn.Module, shape: tuple[int, ...], name: str) -> None:
+    try:
+        with torch.no_grad():
+            net.eval()(torch.randn(*shape))
+    except Exception as e:  # wrong channels, too small an image, ...
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"model {name} does not run on input {'x'.join(map(str, shape))} ({first[:160]}): "
+                        "pass the --input-shape it expects") from e
+
+
+def analyze_model(model: str | nn.Module, input_shape: tuple[int, ...] | None = None, *,
+                  weights: str | Path | None = None, trust_pickle: bool = False, name: str | None = None) -> LayerGraph:
+    """The prunable groups of a model (by name or instance) and its cost model."""
+    if isinstance(model, str):
+        net, shape = load_model(model, weights, input_shape, trust_pickle=trust_pickle)
+        return analyze(net, shape, model)
+    if input_shape is None:
+        raise UserError("an nn.Module needs an input_shape to be analysed")
+    return analyze(model, tuple(input_shape), name or type(model).__name__)
+
+
+def make_cost_model(graph: LayerGraph, table: str | Path | None = None, force: bool = False) -> CostModel:
+    """FLOPs/params always; latency when a device table is given."""
+    if table is None:
+        return CostModel(graph)
+    from autoprune.cost.latency_table import LatencyTable
+
+    lut = LatencyTable.load(table)
+    lut.check_device(force=force)
+    return CostModel(graph, latency=lut.predictor(graph))
+
+
+def apply_policy(
+    model: nn.Module, policy: Policy | dict[str, int], input_shape: tuple[int, ...] | None = None, *,
+    criterion: str = "l2", data: Split | None = None, reconstruct: bool = False, seed: int = 0,
+    graph: LayerGraph | None = None, model_name: str | None = None,
+) -> nn.Module:
+    """A physically smaller copy of ``model`` keeping what ``policy`` says (a Policy or {group name: kept})."""
+    if isinstance(policy, Policy):
+        shape = tuple(input_shape or policy.input_shape)
+        pruner = ChannelPruner(model, shape, graph=graph, criterion=criterion, data=data, seed=seed,
+                               model_name=model_name or type(model).__name__)
+        kept = policy.check_fits(pruner.graph)
+    else:
+        if input_shape is None and graph is None:
+            raise UserError("apply_policy with a {group: kept} mapping needs input_shape")
+        pruner = ChannelPruner(model, input_shape, graph=graph, criterion=criterion, data=data, seed=seed)
+        unknown = sorted(set(policy) - {g.name for g in pruner.graph.groups})
+        if unknown:
+            raise UserError(f"no prunable group named {', '.join(unknown[:4])}: see `autoprune info`")
+        kept = kept_from_mapping(pruner.graph, policy)
+    return pruner.apply(kept, reconstruct=reconstruct)
+
+
+@dataclass
+class PolicyOutcome:
+    """A policy and the pruned model it gives, with the measured costs and accuracies."""
+
+    policy: Policy
+    pruned: nn.Module
+    baseline: dict = field(default_factory=dict)  # the unpruned model's metrics, same keys as policy.metrics
+
+
+def evaluate_pruned(pruned: nn.Module, data: DataBundle, recalibrate: bool = True, seed: int = 0) -> dict[str, float]:
+    """Held-out and test accuracy, after BatchNorm recalibration on training batches."""
+    if recalibrate:
+        recalibrate_bn(pruned, data.train, seed=seed)
+    return {"held_out_accuracy": accuracy(pruned, data.held_out), "test_accuracy": accuracy(pruned, data.test)}
+
+
+def uniform_search(
+    model: str, budget: str | Budget, *, input_shape: tuple[int, ...] | None = None,
+    weights: str | Path | None = None, trust_pickle: bool = False, data: str | DataBundle | None = None,
+    table: str | Path | None = None, force: bool = False, min_keep: float = 0.1, round_to: int = 1,
+    criterion: str = "l2", seed: int = 0, measure: bool = False, threads: int = 2,
+) -> PolicyOutcome:
+    """One keep ratio for every group, the largest that meets the budget (found by bisection)."""
+    t0 = time.perf_counter()
+    net, shape = load_model(model, weights, input_shape, trust_pickle=trust_pickle)
+    bundle = _load_bundle(data, shape, net) if data is not None else None
+    graph = analyze(net, shape, model)
+    bud = parse_budget(budget) if isinstance(budget, str) else budget
+    problem = Problem(graph, make_cost_model(graph, table, force), bud, min_keep=min_keep, round_to=round_to)
+    kept, ratio = uniform_kept(problem)
+    pruner = ChannelPruner(net, shape, graph=graph, criterion=criterion,
+                           data=bundle.train if bundle else None, seed=seed)
+    pruned = pruner.apply(kept)
+    metrics = _cost_metrics(problem, kept)
+    baseline = _cost_metrics(problem, graph.channels)
+    if bundle is not None:
+        baseline.update(evaluate_pruned(net, bundle, recalibrate=False))
+        metrics.update(evaluate_pruned(pruned, bundle, seed=seed))
+    if measure:
+        baseline["latency_measured_us"] = measure_model(net, shape, threads=threads).median_us
+        metrics["latency_measured_us"] = measure_model(pruned, shape, threads=threads).median_us
+    policy = Policy.from_kept(
+        graph, kept, budget=bud.text, metrics=metrics,
+        search={"strategy": "uniform", "keep_ratio": ratio, "evaluations": 0, "seed": seed, "criterion": criterion,
+                "min_keep": min_keep, "round_to": round_to, "data": bundle.name if bundle else None,
+                "seconds": time.perf_counter() - t0, "versions": versions()},
+    )
+    return PolicyOutcome(policy, pruned, baseline)
+
+
+def _cost_metrics(problem: Problem, kept) -> dict[str, float]:
+    c = problem.cost(kept)
+    out = {"flops": c["flops"], "params": c["params"],
+           "flops_share": c["flops"] / problem.cost.baseline["flops"],
+           "params_share": c["params"] / problem.cost.baseline["params"]}
+    if "latency" in c:
+        out["latency_predicted_us"] = c["latency"]
+    return out
+
+
+def _load_bundle(data: str | DataBundle, shape: tuple[int, ...], net: nn.Module) -> DataBundle:
+    bundle = data if isinstance(data, DataBundle) else load_data(data, tuple(shape[1:]))
+    with torch.no_grad():
+        n_out = net(torch.randn(1, *shape[1:])).shape[-1]
+    check_compatible(bundle, shape, n_out)
+    return bundle
+
+
+def save_outcome(outcome: PolicyOutcome, out_dir: str | Path, onnx: bool = True) -> Path:
+    """Write ``policy.json``, ``pruned.pt`` (+ ``pruned_state.pt``) and ``pruned.onnx`` into a run directory.
+
+    Each file is replaced atomically and policy.json is written last, so a directory holding a policy.json always
+    holds the model files that go with it.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_pytorch(outcome.pruned, out / "pruned.pt", out / "pruned_state.pt")
+    if onnx:
+        export_onnx(outcome.pruned, outcome.policy.input_shape, out / "pruned.onnx")
+    outcome.policy.save(out / "policy.json")
+    return out / "policy.json"
+
+
+def prune_with_policy(
+    model: str, policy_path: str | Path, out: str | Path, *, onnx: str | Path | None = None,
+    weights: str | Path | None = None, trust_pickle: bool = False, criterion: str = "l2", data: str | None = None,
+    reconstruct: bool = False, seed: int = 0,
+) -> tuple[nn.Module, Policy]:
+    """Apply a policy file to a model and save the pruned module (and its state_dict, and ONNX if asked)."""
+    policy = Policy.load(policy_path)
+    net, shape = load_model(model, weights, policy.input_shape, trust_pickle=trust_pickle)
+    bundle = _load_bundle(data, shape, net) if data is not None else None
+    pruned = apply_policy(net, policy, shape, criterion=criterion, data=bundle.train if bundle else None,
+                          reconstruct=reconstruct, seed=seed, model_name=model)
+    out = Path(out)
+    save_pytorch(pruned, out, out.with_name(out.stem + "_state.pt"))
+    if onnx is not None:
+        export_onnx(pruned, shape, onnx)
+    return pruned, policy
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+    import torch_pruning
+
+    import autoprune
+
+    return {"autoprune": autoprune.__version__, "torch": torch.__version__, "torch_pruning": torch_pruning.__version__,
+            "onnxruntime": onnxruntime.__version__}

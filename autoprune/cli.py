@@ -17,8 +17,9 @@ from autoprune.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find how much to prune each layer of a CNN under a FLOPs, params or latency budget, then prune it.")
-console = Console()
-err_console = Console(stderr=True)
+# Off a terminal (pipes, CI logs) rich would wrap at 80 columns and cut group names: print wide instead.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 @app.command()
@@ -55,9 +56,138 @@ def train(
                   f"({result['seconds']:.0f} s) -> {out}")
 
 
+def _shape(text: str | None) -> tuple[int, ...] | None:
+    from autoprune.models import parse_input_shape
+
+    return parse_input_shape(text) if text else None
+
+
+MODEL_HELP = "torchvision classifier (resnet18, mobilenet_v2, ...), resnet20/32/44/56, fmnist-resnet20, or pkg.mod:fn"
+SHAPE_HELP = "input shape NxCxHxW, e.g. 1x3x224x224 (default: the model's own)"
+
+
+@app.command()
+def info(
+    model: str = typer.Option(..., help=MODEL_HELP),
+    input_shape: str | None = typer.Option(None, help=SHAPE_HELP),
+    weights: Path | None = typer.Option(None, help="a state_dict file"),
+    trust_pickle: bool = typer.Option(False, help="allow unpickling a whole saved module (runs code from the file)"),
+) -> None:
+    """List the prunable channel groups of a model with their FLOPs share."""
+    from rich.table import Table
+
+    from autoprune.api import analyze_model
+    from autoprune.budget import format_cost
+
+    graph = analyze_model(model, _shape(input_shape), weights=weights, trust_pickle=trust_pickle)
+    table = Table(title=f"{model} @ {'x'.join(map(str, graph.input_shape))}: {len(graph.groups)} prunable groups")
+    for col in ("#", "group", "kind", "channels", "c_in", "kernel", "stride", "input", "FLOPs share", "params"):
+        table.add_column(col, justify="left" if col in ("group", "kind") else "right", no_wrap=col == "group")
+    for g in graph.groups:
+        table.add_row(str(g.index), g.name, g.kind, str(g.channels), str(g.c_in), "x".join(map(str, g.kernel)),
+                      "x".join(map(str, g.stride)), "x".join(map(str, g.in_hw)) or "-",
+                      f"{g.flops / graph.base_flops:.1%}", format_cost("params", g.params))
+    console.print(table)
+    console.print(f"total {format_cost('flops', graph.base_flops)} FLOPs (MACs), "
+                  f"{format_cost('params', graph.base_params)} params; never pruned: {', '.join(graph.ignored)}; "
+                  f"fingerprint {graph.fingerprint}")
+
+
+@app.command()
+def search(
+    budget: str = typer.Option(..., help="e.g. flops=50%, params=2M, latency=10ms (latency needs --table)"),
+    model: str | None = typer.Option(None, help=MODEL_HELP + " (default: the demo model)"),
+    weights: Path | None = typer.Option(None, help="a state_dict file"),
+    data: str | None = typer.Option(None, help="fashion-mnist | cifar10 | cifar100 | imagefolder:PATH | synthetic"),
+    input_shape: str | None = typer.Option(None, help=SHAPE_HELP),
+    strategy: str = typer.Option("uniform", help="uniform"),
+    table: Path | None = typer.Option(None, help="latency table (CSV) for latency budgets"),
+    force: bool = typer.Option(False, help="use a latency table measured on another device"),
+    min_keep: float = typer.Option(0.1, help="smallest keep ratio of any group"),
+    round_to: int = typer.Option(1, help="kept channels rounded to a multiple of this"),
+    criterion: str = typer.Option("l2", help="channel importance: l1 | l2 | bn-scale | taylor | apoz | random"),
+    seed: int = typer.Option(0),
+    measure: bool = typer.Option(True, help="measure onnxruntime latency of the unpruned and pruned model"),
+    threads: int = typer.Option(2, help="onnxruntime threads for latency measurement"),
+    out: Path | None = typer.Option(None, help="run directory (default runs/<model>-<budget>)"),
+    trust_pickle: bool = typer.Option(False, help="allow unpickling a whole saved module"),
+) -> None:
+    """Search per-group keep ratios under a budget, prune, and write the run directory."""
+    from autoprune.api import save_outcome, uniform_search
+    from autoprune.models import DEMO_MODEL
+
+    if model is None:
+        model = DEMO_MODEL
+        data = data or "fashion-mnist"
+    if strategy != "uniform":
+        raise UserError(f"unknown strategy {strategy!r}: use uniform")
+    with console.status(f"{strategy} search on {model} for {budget} ..."):
+        outcome = uniform_search(model, budget, input_shape=_shape(input_shape), weights=weights, data=data,
+                                 table=table, force=force, min_keep=min_keep, round_to=round_to,
+                                 criterion=criterion, seed=seed, measure=measure, threads=threads,
+                                 trust_pickle=trust_pickle)
+    run_dir = out or Path("runs") / f"{model.replace(':', '_').replace('.', '_')}-{_slug(budget)}"
+    path = save_outcome(outcome, run_dir)
+    _print_comparison(outcome.baseline, outcome.policy.metrics, outcome.policy.budget)
+    console.print(f"uniform keep ratio {outcome.policy.search['keep_ratio']:.3f}; policy -> {path}")
+
+
+def _slug(budget: str) -> str:
+    return budget.replace("=", "").replace("%", "pct").replace(",", "-").replace(".", "p")
+
+
+def _print_comparison(before: dict, after: dict, budget: str | None) -> None:
+    from rich.table import Table
+
+    from autoprune.budget import format_cost
+
+    rows = [("FLOPs (MACs)", "flops", lambda v: format_cost("flops", v)),
+            ("params", "params", lambda v: format_cost("params", v)),
+            ("latency, predicted", "latency_predicted_us", lambda v: format_cost("latency", v)),
+            ("latency, onnxruntime", "latency_measured_us", lambda v: format_cost("latency", v)),
+            ("held-out accuracy", "held_out_accuracy", lambda v: f"{v:.2%}"),
+            ("test accuracy", "test_accuracy", lambda v: f"{v:.2%}")]
+    t = Table(title=f"unpruned vs pruned ({budget})")
+    for col in ("metric", "unpruned", "pruned", "ratio"):
+        t.add_column(col, justify="left" if col == "metric" else "right")
+    for label, key, fmt in rows:
+        if key in after and key in before:
+            ratio = after[key] / before[key] if before[key] else float("nan")
+            t.add_row(label, fmt(before[key]), fmt(after[key]), f"{ratio:.3f}")
+    console.print(t)
+
+
+@app.command()
+def prune(
+    model: str = typer.Option(..., help=MODEL_HELP),
+    policy: Path = typer.Option(..., help="policy.json written by a search"),
+    out: Path = typer.Option(..., help="pruned model file (.pt, the whole module); its state_dict goes beside it"),
+    onnx: Path | None = typer.Option(None, help="also export ONNX here"),
+    weights: Path | None = typer.Option(None, help="a state_dict file"),
+    criterion: str = typer.Option("l2", help="channel importance: l1 | l2 | bn-scale | taylor | apoz | random"),
+    data: str | None = typer.Option(None, help="data for taylor / apoz / --reconstruct"),
+    reconstruct: bool = typer.Option(False, help="refit the layers after each pruned group by least squares"),
+    seed: int = typer.Option(0),
+    trust_pickle: bool = typer.Option(False, help="allow unpickling a whole saved module"),
+) -> None:
+    """Apply a policy: write a physically smaller model."""
+    from autoprune.api import prune_with_policy
+    from autoprune.budget import format_cost
+
+    pruned, pol = prune_with_policy(model, policy, out, onnx=onnx, weights=weights, trust_pickle=trust_pickle,
+                                    criterion=criterion, data=data, reconstruct=reconstruct, seed=seed)
+    n = sum(p.numel() for p in pruned.parameters())
+    console.print(f"pruned {pol.model}: {format_cost('params', n)} params -> {out}" + (f", {onnx}" if onnx else ""))
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                     TimeRemainingColumn(), console=err_console, transient=False)
+
+
+from autoprune.cli_latency import latency_app  # noqa: E402
+
+app.add_typer(latency_app, name="latency-table")
 
 
 def main() -> None:

@@ -58,13 +58,16 @@ class PruneStep:
     """One layer's share of a group's surgery: call ``handler(target, idxs)`` for the channels being removed.
 
     ``root_idxs[j]`` is the group channel that the layer's channel ``idxs[j]`` belongs to (they differ after a
-    concatenation or split).
+    concatenation or split). ``pruning_dim`` is the dimension the handler cuts: Torch-Pruning's pruners are shared
+    singletons whose ``pruning_dim`` it sets from the target node just before each call (e.g. dim 0 of ConvNeXt's
+    (C, 1, 1) layer scale), so a replay must set it too.
     """
 
     target: object  # nn.Module, nn.Parameter, or a Torch-Pruning operation node's module
     handler: object
     idxs: list[int]
     root_idxs: list[int]
+    pruning_dim: int = -1
 
 
 @dataclass
@@ -227,7 +230,8 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "m
         recipe = []
         for item in group:
             dep, idxs = item.dep, item.idxs
-            recipe.append(PruneStep(dep.target.module, dep.handler, list(idxs), list(item.root_idxs)))
+            recipe.append(PruneStep(dep.target.module, dep.handler, list(idxs), list(item.root_idxs),
+                                    dep.target.pruning_dim))
             target = dep.target
             m = target.module
             n = len(idxs)
@@ -371,6 +375,15 @@ def _cost_terms(model, rec, groups, own_in, own_out, own_param, own_call, name_o
         w, c = affine(owned, total)
         emit("<parameter>", (w, c), (w, c), 0.0, 0.0, 0.0, p.numel() / total)
         counted_params += p.numel()
+    # A pruned module the op counter does not hook (e.g. torchvision's LayerNorm2d, a LayerNorm subclass, in
+    # ConvNeXt) costs no FLOPs but loses parameters with its channels: per-channel (1-D) ones scale with the groups.
+    for m in {**own_in, **own_out}:
+        ps = list(m.parameters(recurse=False))
+        if not ps or any(id(p) in counted_ids for p in ps) or any(p.dim() != 1 or len(p) != len(ps[0]) for p in ps):
+            continue
+        w, c = affine({**own_in.get(m, {}), **own_out.get(m, {})}, len(ps[0]))
+        emit(name_of.get(m, "?"), (w, c), (w, c), 0.0, 0.0, 0.0, sum(p.numel() for p in ps) / len(ps[0]))
+        counted_ids.update(id(p) for p in ps)
     params_const = float(sum(p.numel() for p in model.parameters() if id(p) not in counted_ids))
 
     def stack(rows):

@@ -170,12 +170,19 @@ class ChannelPruner:
                 if not isinstance(step.target, (nn.Module, nn.Parameter)) or id(step.target) not in memo:
                     continue  # operation nodes (add, relu, cat) carry no weights
                 local = {i for i, r in zip(step.idxs, step.root_idxs, strict=True) if r in drop}
-                key = (id(step.target), step.handler)
+                key = (id(step.target), step.handler, step.pruning_dim)
                 removals[key] |= local
                 targets[key] = step.target
+        name_of = {id(m): n for n, m in self.model.named_modules()}
+        out_removed: dict[str, set[int]] = {}
         for key, idxs in removals.items():
             original = targets[key]
+            if getattr(key[1], "__name__", "") == "prune_out_channels" and id(original) in name_of:
+                out_removed[name_of[id(original)]] = idxs
             target = memo[id(original)]
+            pruner = getattr(key[1], "__self__", None)
+            if pruner is not None and hasattr(pruner, "pruning_dim"):
+                pruner.pruning_dim = key[2]  # as Torch-Pruning's Dependency.__call__ does: the pruner is shared
             if isinstance(original, nn.Parameter):
                 module, attr = self._param_owner[id(original)]
                 owner = memo[id(module)]
@@ -186,13 +193,14 @@ class ChannelPruner:
         if reconstruct:
             if self.data is None:
                 raise UserError("--reconstruct needs data to refit layers on: pass --data")
-            reconstruct_consumers(self.model, pruned, self.graph, kept, self.data, reconstruct_batches, self.seed)
+            reconstruct_consumers(self.model, pruned, self.graph, kept, self.data, out_removed, reconstruct_batches,
+                                  self.seed)
         return pruned
 
 
 def reconstruct_consumers(
     original: nn.Module, pruned: nn.Module, graph: LayerGraph, kept: Sequence[int], data: Split,
-    num_batches: int = 4, seed: int = 0, max_rows: int = 40_000,
+    out_removed: Mapping[str, set[int]], num_batches: int = 4, seed: int = 0, max_rows: int = 40_000,
 ) -> None:
     """Refit every layer whose inputs lost channels so its outputs match the unpruned layer's (least squares).
 
@@ -213,9 +221,10 @@ def reconstruct_consumers(
             continue
         if not isinstance(dst, (nn.Conv2d, nn.Linear)):
             continue
-        xs, ys = [], []
-        h1 = dst.register_forward_hook(lambda m, i, o: xs.append(i[0].detach()))
-        h2 = src.register_forward_hook(lambda m, i, o: ys.append(o.detach()))
+        xs: list[torch.Tensor] = []
+        ys: list[torch.Tensor] = []
+        h1 = dst.register_forward_hook(lambda m, i, o, xs=xs: xs.append(i[0].detach()))
+        h2 = src.register_forward_hook(lambda m, i, o, ys=ys: ys.append(o.detach()))
         try:
             with torch.no_grad():
                 for x, _ in batches:
@@ -224,7 +233,11 @@ def reconstruct_consumers(
         finally:
             h1.remove()
             h2.remove()
-        _refit(dst, torch.cat(xs), torch.cat(ys), max_rows, seed)
+        y = torch.cat(ys)
+        if out_removed.get(name):  # the layer's own outputs were pruned too: match only the kept ones
+            keep = sorted(set(range(y.shape[1])) - out_removed[name])
+            y = y[:, keep]
+        _refit(dst, torch.cat(xs), y, max_rows, seed)
 
 
 @torch.no_grad()

@@ -1,0 +1,36 @@
+# autoprune: `make demo` runs the main job on the embedded default, `make test` runs the test suite.
+# Both create .venv and install the project (torch and torchvision resolved together from PyPI) on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian where apt is usable; otherwise autoprune falls back to torchvision's download.
+data:
+	@if [ ! -f $(FMNIST)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+		|| echo "note: could not install dataset-fashion-mnist; autoprune will try torchvision's download"; \
+	fi
+
+demo: setup data
+	$(BIN)/autoprune search --budget flops=50% --strategy uniform --out runs/demo
+
+test: setup data
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check autoprune tests scripts
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,97 @@
+"""End-to-end latency measurement, the way a serving stack runs a model.
+
+onnxruntime: a session with full graph optimisation (so conv + BN + activation fusion is what is timed), a fixed
+number of intra-op threads, warm-up runs, then the median of timed repeats with the 10th/90th percentiles as the
+spread. torch: the eager model under ``inference_mode`` with the same protocol.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from autoprune.errors import UserError
+
+BACKENDS = ("onnxruntime", "torch")
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_us: float
+    p10_us: float
+    p90_us: float
+    repeats: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def timing_from_samples(samples_us: list[float] | np.ndarray) -> Timing:
+    s = np.asarray(samples_us, dtype=np.float64)
+    return Timing(float(np.median(s)), float(np.percentile(s, 10)), float(np.percentile(s, 90)), len(s))
+
+
+def ort_session(onnx_model: bytes, threads: int = 2, device: str = "cpu"):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise UserError("onnxruntime has no CUDA provider here: install onnxruntime-gpu or use --device cpu")
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(onnx_model, so, providers=providers)
+
+
+def time_callable(fn, warmup: int, repeats: int) -> Timing:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e6)
+    return timing_from_samples(samples)
+
+
+def measure_onnx(onnx_model: bytes, input_shape: tuple[int, ...], threads: int = 2, warmup: int = 10,
+                 repeats: int = 100, device: str = "cpu") -> Timing:
+    sess = ort_session(onnx_model, threads, device)
+    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
+    return time_callable(lambda: sess.run(None, {name: x}), warmup, repeats)
+
+
+def measure_model(model: nn.Module, input_shape: tuple[int, ...], backend: str = "onnxruntime", threads: int = 2,
+                  warmup: int = 10, repeats: int = 100, device: str = "cpu") -> Timing:
+    """Median end-to-end latency of ``model`` on one input of ``input_shape``."""
+    if backend == "onnxruntime":
+        from autoprune.export import onnx_bytes
+
+        return measure_onnx(onnx_bytes(model, input_shape, dynamic_batch=False), input_shape, threads, warmup,
+                            repeats, device)
+    if backend == "torch":
+        prev = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            model = model.eval().to(device)
+            x = torch.randn(*input_shape, device=device)
+
+            def run() -> None:
+                with torch.inference_mode():
+                    model(x)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+
+            return time_callable(run, warmup, repeats)
+        finally:
+            torch.set_num_threads(prev)
+    raise UserError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")

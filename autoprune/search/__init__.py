@@ -1,0 +1,71 @@
+"""Search strategies over per-group keep ratios; all share one :class:`~autoprune.search.base.Problem`.
+
+``run_search(strategy, problem, evaluator, episodes=..., seed=...)`` is the one entry point: it builds the
+reward, runs the strategy through a :class:`~autoprune.search.base.SearchContext` (so every strategy spends the
+same kind of evaluation and is recorded the same way) and returns a :class:`~autoprune.search.base.SearchResult`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoprune.errors import UserError
+from autoprune.reward import DEFAULT_REWARD, REWARDS, Evaluator, Reward
+from autoprune.search.base import Problem, SearchContext, SearchEvent, SearchResult, Strategy, pareto_front
+from autoprune.search.baselines import RandomStrategy, SensitivityStrategy, UniformStrategy, uniform_kept
+from autoprune.search.ddpg import DDPGStrategy
+from autoprune.search.netadapt import NetAdaptStrategy
+from autoprune.search.optuna_search import SAMPLERS, OptunaStrategy
+
+_CLASSES: dict[str, type[Strategy]] = {c.name: c for c in (DDPGStrategy, OptunaStrategy, NetAdaptStrategy,
+                                                            UniformStrategy, RandomStrategy, SensitivityStrategy)}
+STRATEGIES: tuple[str, ...] = tuple(_CLASSES)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator a strategy may draw from (Python, NumPy, torch); samplers get ``seed`` directly."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_search(
+    strategy: str, problem: Problem, evaluator: Evaluator | None, *, episodes: int, seed: int,
+    options: dict | None = None, callback: Callable[[SearchEvent], None] | None = None,
+    workdir: Path | None = None, resume: bool = False,
+) -> SearchResult:
+    """Run ``strategy`` on ``problem`` for at most ``episodes`` evaluations; the same seed gives the same policy.
+
+    ``options``: the strategy's own options (``Strategy.defaults``), plus ``reward`` (one of ``REWARDS``, default
+    ``acc``) and ``finetune_steps`` (the ``acc-ft`` reward's fine-tune length, default 200).
+    ``callback(SearchEvent)`` is called after every evaluation. ``workdir`` holds what a strategy persists (the
+    Optuna study); ``resume`` continues it.
+    """
+    if strategy not in _CLASSES:
+        raise UserError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    if episodes < 1:
+        raise UserError(f"--episodes {episodes} must be at least 1")
+    options = dict(options or {})
+    reward_name = options.pop("reward", DEFAULT_REWARD)
+    finetune_steps = int(options.pop("finetune_steps", 200))
+    if reward_name not in REWARDS:
+        raise UserError(f"unknown reward {reward_name!r}: use one of {', '.join(REWARDS)}")
+    cls = _CLASSES[strategy]
+    if evaluator is None and cls.needs_reward:
+        raise UserError(f"strategy {strategy} needs an evaluator (model weights and --data); uniform does not")
+    seed_everything(seed)
+    reward = None if evaluator is None else Reward(reward_name, evaluator, problem.cost, finetune_steps=finetune_steps)
+    runner = cls(problem, seed=seed, options=options, workdir=Path(workdir) if workdir else None, resume=resume)
+    ctx = SearchContext(problem, reward, strategy, episodes, callback)
+    extra = runner.run(ctx)
+    extra["reward"] = reward_name if reward is not None else None
+    return ctx.result(seed, **extra)
+
+
+__all__ = ["STRATEGIES", "SAMPLERS", "REWARDS", "Problem", "SearchContext", "SearchEvent", "SearchResult",
+           "Strategy", "pareto_front", "run_search", "uniform_kept", "seed_everything"]

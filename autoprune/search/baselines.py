@@ -1,0 +1,107 @@
+"""Baseline strategies: uniform (one keep ratio for every group), random feasible policies, and classic per-layer
+sensitivity analysis."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from autoprune.search.base import Problem, SearchContext, Strategy
+
+
+def uniform_kept(problem: Problem, iterations: int = 40) -> tuple[np.ndarray, float]:
+    """The largest uniform keep ratio whose policy meets the budget, by bisection (rounding makes the cost a
+    non-decreasing step function of the ratio, so bisection finds the last feasible step)."""
+    full = problem.ratios_to_kept(np.ones(len(problem.channels)))
+    if problem.feasible(full):
+        return full, 1.0
+    lo, hi = 0.0, 1.0  # ratio lo is feasible (every group at its floor), hi is not
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if problem.feasible(problem.ratios_to_kept(np.full(len(problem.channels), mid))):
+            lo = mid
+        else:
+            hi = mid
+    return problem.ratios_to_kept(np.full(len(problem.channels), lo)), lo
+
+
+class UniformStrategy(Strategy):
+    """One evaluation: the same keep ratio everywhere (the usual hand-designed baseline)."""
+
+    name = "uniform"
+    needs_reward = False
+
+    def run(self, ctx: SearchContext) -> dict:
+        kept, ratio = uniform_kept(self.problem)
+        ctx.evaluate(kept, ratio=ratio)
+        return {"ratio": ratio}
+
+
+class RandomStrategy(Strategy):
+    """Uniformly random keep ratios, made feasible by the environment's sequential clip; the best is kept."""
+
+    name = "random"
+
+    def run(self, ctx: SearchContext) -> dict:
+        rng = np.random.default_rng(self.seed)
+        n = len(self.problem.channels)
+        while ctx.remaining:
+            ctx.evaluate(self.problem.project(rng.uniform(self.problem.min_keep, 1.0, n)))
+        return {}
+
+
+class SensitivityStrategy(Strategy):
+    """Prune each group alone at falling keep ratios, measure the accuracy drop, then allot ratios to meet the
+    budget: every group gets the smallest ratio whose drop stays within one global tolerance, and the tolerance
+    is bisected to the smallest one that meets the budget (Li et al., 2017, "Pruning filters for efficient
+    ConvNets", section 3.2; the classic per-layer sensitivity analysis)."""
+
+    name = "sensitivity"
+    defaults: ClassVar[dict] = {"ratios": None}  # keep ratios probed per group; None: as many as the budget allows
+
+    def probe_ratios(self, episodes: int) -> np.ndarray:
+        if self.options["ratios"] is not None:
+            return np.sort(np.asarray(self.options["ratios"], dtype=np.float64))[::-1]
+        n = len(self.problem.channels)
+        points = int(np.clip((episodes - 2) // n, 1, 8))
+        return np.linspace(1.0, self.problem.min_keep, points + 1)[1:]
+
+    def run(self, ctx: SearchContext) -> dict:
+        p = self.problem
+        full = p.channels.copy()
+        base = ctx.evaluate(full, probe="unpruned")
+        ratios = self.probe_ratios(ctx.remaining)
+        drop = np.zeros((len(full), len(ratios)))
+        for i in range(len(full)):
+            for j, r in enumerate(ratios):
+                kept = full.copy()
+                kept[i] = p.ratios_to_kept(np.where(np.arange(len(full)) == i, r, 1.0))[i]
+                if ctx.remaining <= 1:
+                    drop[i, j:] = np.inf
+                    break
+                drop[i, j] = base - ctx.evaluate(kept, probe=f"{p.graph.groups[i].name}@{r:.2f}")
+        # a drop curve that is monotone in the ratio (pruning more never looks better than pruning less)
+        envelope = np.maximum.accumulate(drop, axis=1)
+
+        def policy(tol: float) -> np.ndarray:
+            rs = np.ones(len(full))
+            for i in range(len(full)):
+                ok = np.nonzero(envelope[i] <= tol)[0]
+                if len(ok):
+                    rs[i] = ratios[ok[-1]]
+            return p.ratios_to_kept(rs)
+
+        tolerances = np.unique(np.concatenate([[0.0], envelope[np.isfinite(envelope)].ravel()]))
+        chosen = None
+        for tol in tolerances:  # the smallest tolerance whose policy meets the budget
+            kept = policy(tol)
+            if p.feasible(kept):
+                chosen = (tol, kept)
+                break
+        if chosen is None:  # even the largest measured tolerance is over budget: the clip makes it feasible
+            tol, kept = float(tolerances[-1]), p.project(policy(float(tolerances[-1])) / p.channels)
+        else:
+            tol, kept = chosen
+        ctx.evaluate(kept, probe="allotted")
+        return {"probe_ratios": ratios.tolist(), "tolerance": float(tol), "base_reward": base}

@@ -1,0 +1,108 @@
+"""The command line as a user drives it: good paths write files, bad input is one line on stderr and exit 2."""
+
+import json
+
+import pytest
+import torch
+
+from autoprune.models import build_model
+
+
+def test_info_lists_groups(run_cli):
+    code, out, _ = run_cli("info", "--model", "resnet20", "--input-shape", "1x3x32x32")
+    assert code == 0
+    assert "12 prunable groups" in out and "layer3.2.conv1" in out
+
+
+def test_uniform_search_then_prune(run_cli, tmp_path):
+    run = tmp_path / "run"
+    code, out, err = run_cli("search", "--model", "resnet20", "--input-shape", "1x3x16x16", "--budget", "flops=50%",
+                             "--no-measure", "--out", run)
+    assert code == 0, err
+    policy = json.loads((run / "policy.json").read_text())
+    assert policy["search"]["strategy"] == "uniform"
+    assert 0.45 <= policy["metrics"]["flops_share"] <= 0.5
+    assert (run / "pruned.onnx").is_file() and (run / "pruned_state.pt").is_file()
+
+    out_pt = tmp_path / "p.pt"
+    code, out, err = run_cli("prune", "--model", "resnet20", "--policy", run / "policy.json", "--out", out_pt,
+                             "--onnx", tmp_path / "p.onnx")
+    assert code == 0, err
+    pruned = torch.load(out_pt, weights_only=False)
+    assert sum(p.numel() for p in pruned.parameters()) == policy["metrics"]["params"]
+    state = torch.load(tmp_path / "p_state.pt", weights_only=True)
+    assert set(state) == set(pruned.state_dict())
+
+
+def test_search_with_data_reports_accuracy(run_cli, tmp_path):
+    code, out, err = run_cli("search", "--model", "resnet20", "--input-shape", "1x3x16x16", "--data", "synthetic",
+                             "--budget", "params=50%", "--no-measure", "--out", tmp_path / "r")
+    assert code == 0, err
+    m = json.loads((tmp_path / "r" / "policy.json").read_text())["metrics"]
+    assert 0 <= m["test_accuracy"] <= 1 and 0 <= m["held_out_accuracy"] <= 1
+    assert m["params_share"] <= 0.5
+
+
+def one_line_error(code: int, err: str) -> str:
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_unknown_model(run_cli):
+    line = one_line_error(*run_cli("info", "--model", "resnet9000")[::2])
+    assert "unknown model 'resnet9000'" in line
+
+
+def test_malformed_budget(run_cli, tmp_path):
+    code, _, err = run_cli("search", "--model", "resnet20", "--budget", "flops=fast", "--out", tmp_path / "x")
+    assert "'flops=fast'" in one_line_error(code, err)
+    assert not (tmp_path / "x").exists()
+
+
+def test_budget_below_the_floor(run_cli, tmp_path):
+    code, _, err = run_cli("search", "--model", "resnet20", "--budget", "flops=0.1%", "--min-keep", "0.25",
+                           "--no-measure", "--out", tmp_path / "x")
+    line = one_line_error(code, err)
+    assert "unreachable" in line and "smallest reachable" in line
+    assert not (tmp_path / "x").exists()
+
+
+def test_latency_budget_needs_a_table(run_cli, tmp_path):
+    code, _, err = run_cli("search", "--model", "resnet20", "--budget", "latency=1ms", "--out", tmp_path / "x")
+    assert "latency table" in one_line_error(code, err)
+
+
+def test_policy_for_a_different_model(run_cli, tmp_path):
+    code, _, err = run_cli("search", "--model", "resnet20", "--budget", "flops=50%", "--no-measure",
+                           "--out", tmp_path / "r")
+    assert code == 0, err
+    code, _, err = run_cli("prune", "--model", "resnet32", "--policy", tmp_path / "r" / "policy.json",
+                           "--out", tmp_path / "p.pt")
+    assert "does not fit model resnet32" in one_line_error(code, err)
+
+
+def test_missing_weights_file(run_cli, tmp_path):
+    code, _, err = run_cli("info", "--model", "resnet20", "--weights", tmp_path / "missing.pt")
+    assert "does not exist" in one_line_error(code, err)
+
+
+def test_pickled_module_needs_trust(run_cli, tmp_path):
+    model, _ = build_model("resnet20")
+    torch.save(model, tmp_path / "whole.pt")
+    code, _, err = run_cli("info", "--model", "resnet20", "--weights", tmp_path / "whole.pt")
+    assert "--trust-pickle" in one_line_error(code, err)
+    code, out, err = run_cli("info", "--model", "resnet20", "--weights", tmp_path / "whole.pt", "--trust-pickle")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("shape", ["1x3x224", "axbxcxd", "1x3x0x32"])
+def test_bad_input_shape(run_cli, shape):
+    line = one_line_error(*run_cli("info", "--model", "resnet20", "--input-shape", shape)[::2])
+    assert shape in line
+
+
+def test_input_shape_the_model_cannot_take(run_cli):
+    line = one_line_error(*run_cli("info", "--model", "resnet18", "--input-shape", "1x5x64x64")[::2])
+    assert "--input-shape" in line
