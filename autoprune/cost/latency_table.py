@@ -1,0 +1,594 @@
+"""Device latency look-up tables: measure each prunable layer once on the device, predict any policy by lookup.
+
+NetAdapt (Yang et al., 2018) builds the table from isolated layers and sums it; the sum of isolated layers misses
+what the serving graph does between them (layout reorders, fused adds, pooling, session overhead), so this table is
+*calibrated* and *validated*: at build time a few uniformly pruned networks are materialised and timed end to end,
+and an affine map ``latency = fixed_us + scale * sum(layers)`` is fitted to them. ``fixed_us`` is the part of the
+network no policy changes; ``scale`` absorbs the per-layer overhead an isolated probe has and the network has not.
+``autoprune latency-table validate`` then checks the prediction on random (non-uniform) policies.
+
+Files: ``<table>.csv`` (one row per measured layer configuration, schema in ``latency_tables/README.md``) and the
+JSON sidecar ``<table>.json`` (device fingerprint, calibration, build settings).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch.nn as nn
+
+from autoprune import atomic
+from autoprune.cost.measure import BACKENDS, Timing, measure_model, measure_onnx
+from autoprune.cost.probes import REGIMES, LayerPlan, ProbeSpec, effective_channels, plan_layers
+from autoprune.errors import UserError
+from autoprune.layers import LayerGraph
+
+FORMAT = "autoprune.latency_table/1"
+COLUMNS = ["group", "in_group", "layer", "op", "regime", "c_in", "c_out", "kernel", "stride", "padding", "groups",
+           "h_in", "w_in", "batch", "median_us", "p10_us", "p90_us", "repeats", "probe"]
+NUMERIC = ["c_in", "c_out", "groups", "h_in", "w_in", "batch", "median_us", "p10_us", "p90_us", "repeats"]
+# fields of the fingerprint that identify the device (threads, batch, shape and date are settings, not the device)
+DEVICE_FIELDS = ("cpu", "cores", "os", "machine", "backend", "backend_version", "providers", "device", "gpu")
+CALIBRATION_RATIOS = (1.0, 0.8, 0.6, 0.45, 0.3)
+ProgressFn = Callable[[int, int, str], None]
+
+
+# ---------------------------------------------------------------------------------------------------- device
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def device_fingerprint(backend: str = "onnxruntime", threads: int = 2, device: str = "cpu") -> dict:
+    """What identifies the machine a table is valid on (plus the measurement settings, for the record)."""
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        version = ort.__version__
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    else:
+        import torch
+
+        version = torch.__version__
+        providers = [f"torch-{device}"]
+    gpu = ""
+    if device == "cuda":
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "unavailable"
+    return {
+        "cpu": _cpu_model(), "cores": os.cpu_count() or 1, "os": platform.system(), "machine": platform.machine(),
+        "backend": backend, "backend_version": version, "providers": providers, "device": device, "gpu": gpu,
+        "threads": threads, "python": platform.python_version(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def device_id(fp: dict) -> str:
+    """Directory name for tables of one device and setting, e.g. ``amd-epyc-2c-onnxruntime-2t``."""
+    hw = _slug(fp.get("gpu") or "") if fp.get("device") == "cuda" else _slug(fp.get("cpu", ""))
+    return f"{hw}-{fp.get('cores', 0)}c-{fp.get('backend', '?')}-{fp.get('threads', 0)}t" + \
+        ("-cuda" if fp.get("device") == "cuda" else "")
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    return "x".join(str(int(d)) for d in shape)
+
+
+def default_table_path(model: str, input_shape: Sequence[int], fp: dict, root: str | Path = "latency_tables") -> Path:
+    return Path(root) / device_id(fp) / f"{_slug(model)}-{shape_text(input_shape)}.csv"
+
+
+def detect_blocking(backend: str, threads: int, device: str) -> tuple[int, int]:
+    """``(block, align)`` of onnxruntime's NCHWc kernels on this CPU, found by asking the graph optimiser which
+    convs it converts and how wide it pads their weights; ``(1, 1)`` when there is no such layout."""
+    if backend != "onnxruntime" or device != "cpu":
+        return 1, 1
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    def blocked(c_in: int) -> tuple[bool, int]:
+        spec = ProbeSpec("conv", c_in, 1, (3, 3), (1, 1), (1, 1), (1, 1), 1, 8, 8, 1)
+        with tempfile.TemporaryDirectory() as tmp:
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            so.intra_op_num_threads = threads
+            so.log_severity_level = 3
+            so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+            ort.InferenceSession(spec.onnx_bytes(), so, providers=["CPUExecutionProvider"])
+            model = onnx.load(so.optimized_model_filepath)
+        is_blocked = any(n.domain == "com.microsoft.nchwc" and n.op_type == "Conv" for n in model.graph.node)
+        out_dim = max((int(t.dims[0]) for t in model.graph.initializer if len(t.dims) == 4), default=1)
+        return is_blocked, out_dim
+
+    ok, block = blocked(64)
+    if not ok or block <= 1:
+        return 1, 1
+    for align in (1, 2, 4, 8, 16, 32, 64):
+        if align >= block or blocked(64 + align)[0]:  # fewer than a block is always accepted: probe above it
+            return block, min(align, block)
+    return block, block
+
+
+def measure_spec(spec: ProbeSpec, backend: str, threads: int, device: str, warmup: int, repeats: int) -> Timing:
+    """Time one probe the way the serving stack would run it."""
+    if backend == "onnxruntime":
+        return measure_onnx(spec.onnx_bytes(), spec.input_shape, threads, warmup, repeats, device)
+    return measure_model(spec.torch_module(), spec.input_shape, "torch", threads, warmup, repeats, device)
+
+
+# ---------------------------------------------------------------------------------------------------- table
+
+class LatencyTable:
+    """A measured table: ``df`` (the CSV rows) and ``meta`` (the sidecar). Use :meth:`predictor` in a search."""
+
+    def __init__(self, df: pd.DataFrame, meta: dict, path: Path | None = None) -> None:
+        self.df, self.meta, self.path = df, meta, path
+        self.block, self.align = int(meta.get("channel_block", 1)), int(meta.get("channel_align", 1))
+        self._layers = _layer_arrays(df, self.block, self.align)
+
+    # -- what the search command reads
+    @property
+    def model(self) -> str:
+        return str(self.meta["model"])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.meta["input_shape"])
+
+    @property
+    def backend(self) -> str:
+        return str(self.meta["backend"])
+
+    @property
+    def threads(self) -> int:
+        return int(self.meta["threads"])
+
+    @property
+    def device(self) -> str:
+        return str(self.meta.get("device", "cpu"))
+
+    @property
+    def fingerprint(self) -> dict:
+        return dict(self.meta.get("fingerprint", {}))
+
+    @property
+    def fixed_us(self) -> float:
+        return float(self.meta.get("fixed_us", 0.0))
+
+    @property
+    def scale(self) -> float:
+        return float(self.meta.get("scale", 1.0))
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self._layers["names"])
+
+    # -- files
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        if path.suffix != ".csv":
+            raise UserError(f"latency table path {str(path)!r} must end in .csv (the sidecar is written beside it)")
+        text = self.df[COLUMNS].to_csv(index=False, float_format="%.3f")
+        atomic.write_text(path, text)
+        atomic.write_text(path.with_suffix(".json"), json.dumps(self.meta, indent=2) + "\n")
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyTable:
+        """Read a table; anything missing or malformed is one :class:`UserError` naming the file and the fix."""
+        path = Path(path).expanduser()
+        if path.suffix == ".json":
+            path = path.with_suffix(".csv")
+        fix = "rebuild it with `autoprune latency-table build`"
+        if not path.is_file():
+            raise UserError(f"latency table {str(path)!r} does not exist: pass the .csv of a table ({fix})")
+        sidecar = path.with_suffix(".json")
+        if not sidecar.is_file():
+            raise UserError(f"latency table {path} has no sidecar {sidecar.name} (device fingerprint, calibration): "
+                            f"copy it next to the CSV or {fix}")
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"sidecar {sidecar} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}): {fix}") from e
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise UserError(f"sidecar {sidecar} is not an autoprune latency table ({FORMAT}): {fix}")
+        for key in ("model", "input_shape", "backend", "threads", "fixed_us", "scale", "channel_block",
+                    "channel_align"):
+            if key not in meta:
+                raise UserError(f"sidecar {sidecar} lacks {key!r}: {fix}")
+        try:
+            df = pd.read_csv(path, dtype={"kernel": str, "stride": str, "padding": str, "group": str,
+                                          "in_group": str, "layer": str, "probe": str})
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+            raise UserError(f"latency table {path} is not a readable CSV ({str(e).splitlines()[0]}): {fix}") from e
+        missing = [c for c in COLUMNS if c not in df.columns]
+        if missing:
+            raise UserError(f"latency table {path} lacks column(s) {', '.join(missing)}: {fix}")
+        df["group"] = df["group"].fillna("")
+        df["in_group"] = df["in_group"].fillna("")
+        for c in NUMERIC:
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+        bad = df[NUMERIC + ["layer", "op", "regime"]].isna().any(axis=1)
+        if bad.any() or df.empty:
+            line = int(np.flatnonzero(bad.to_numpy())[0]) + 2 if bad.any() else 1
+            raise UserError(f"latency table {path} is truncated or corrupt (line {line} has missing or "
+                            f"non-numeric fields): {fix}")
+        if (df["median_us"] <= 0).any() or not df["op"].isin(["conv", "depthwise", "linear"]).all() or \
+                not df["regime"].isin(REGIMES).all():
+            raise UserError(f"latency table {path} has invalid rows (non-positive latency or unknown op/regime): "
+                            f"{fix}")
+        try:
+            return cls(df, meta, path)
+        except ValueError as e:
+            raise UserError(f"latency table {path} is incomplete ({e}): {fix}") from e
+
+    # -- device check
+    def device_differences(self) -> dict[str, tuple]:
+        here = device_fingerprint(self.backend, self.threads, self.device)
+        mine = self.fingerprint
+        return {k: (mine.get(k), here.get(k)) for k in DEVICE_FIELDS if mine.get(k) != here.get(k)}
+
+    def check_device(self, force: bool = False, refuse: bool = False) -> dict[str, tuple]:
+        """Compare the table's device fingerprint with this machine's; returns the differing fields.
+
+        A table measured elsewhere predicts the wrong latencies. ``refuse=True`` (``validate``) raises
+        :class:`UserError` unless ``force``; otherwise (``search``) a loud warning goes to stderr, a one-line
+        note when ``force`` says the user knows.
+        """
+        diffs = self.device_differences()
+        if not diffs:
+            return diffs
+        text = "; ".join(f"{k}: table {a!r} vs here {b!r}" for k, (a, b) in diffs.items())
+        where = self.path or "latency table"
+        if refuse and not force:
+            raise UserError(f"{where} was measured on another device ({text}): build a table here with "
+                            "`autoprune latency-table build`, or pass --force")
+        from rich.console import Console
+
+        err = Console(stderr=True)
+        if force:
+            err.print(f"note: using {where} from another device (--force): {text}", highlight=False)
+        else:
+            err.print(f"[bold red]WARNING: {where} was measured on a DIFFERENT DEVICE — latency predictions will be "
+                      f"wrong here.[/]\n[red]{text}[/]\n[red]Build a table on this machine "
+                      "(`autoprune latency-table build`) or pass --force to silence this.[/]", highlight=False)
+        return diffs
+
+    # -- prediction
+    def predictor(self, graph: LayerGraph) -> Callable[[np.ndarray], float]:
+        """``fn(kept) -> microseconds`` for ``graph`` (the analysed model the table was built for).
+
+        Everything that does not depend on the policy (which terms row each layer is, its grid, its regime
+        curves) is resolved here, so a call is a few vectorised numpy operations (~10 µs).
+        """
+        L = self._layers
+        rows, hi_in, hi_out = [], L["hi_in"], L["hi_out"]
+        index = {n: j for j, n in reversed(list(enumerate(graph.terms.layer_names)))}
+        t = graph.terms
+        for k, name in enumerate(L["names"]):
+            j = index.get(name)
+            if j is None:
+                raise UserError(f"latency table {self.path} has layer {name!r} that {graph.model_name} lacks: build "
+                                f"a table for this model (`autoprune latency-table build --model {graph.model_name}`)")
+            full_in = round(float(t.in_w[j] @ graph.channels + t.in_c[j]))
+            full_out = round(float(t.out_w[j] @ graph.channels + t.out_c[j]))
+            if (full_in, full_out) != (hi_in[k], hi_out[k]):
+                raise UserError(f"latency table {self.path} has {name} at {hi_in[k]}->{hi_out[k]} channels but the "
+                                f"model has {full_in}->{full_out}: build a table for this model")
+            rows.append(j)
+        if tuple(graph.input_shape) != self.input_shape:
+            raise UserError(f"latency table {self.path} was measured at input {shape_text(self.input_shape)}, the "
+                            f"model is analysed at {shape_text(graph.input_shape)}: use --input-shape "
+                            f"{shape_text(self.input_shape)} or build a table for that shape")
+        modules = dict(graph.model.named_modules()) if graph.model is not None else {}
+        uncovered = sorted({n for n in t.layer_names if isinstance(modules.get(n), (nn.Conv2d, nn.Linear))}
+                           - set(L["names"]))
+        if uncovered:
+            raise UserError(f"latency table {self.path} has no measurements for {len(uncovered)} layer(s) of "
+                            f"{graph.model_name} (e.g. {uncovered[0]}): build a table for this model")
+        rows_a = np.asarray(rows)
+        in_w, in_c, out_w, out_c = t.in_w[rows_a], t.in_c[rows_a], t.out_w[rows_a], t.out_c[rows_a]
+        n = len(rows_a)
+        lut = _lookups(L, max(self.block, 1), max(self.align, 1))
+        off_in, off_out, cell, go = lut["off_in"], lut["off_out"], lut["cell"], lut["go"]
+        reg, i0s, i1s, tis = lut["r"], lut["i0"], lut["i1"], lut["ti"]
+        o0s, o1s, tos, vals = lut["o0"], lut["o1"], lut["to"], lut["vals"]
+        hi_in_a, hi_out_a = np.asarray(hi_in, dtype=np.int64), np.asarray(hi_out, dtype=np.int64)
+        lidx2 = np.arange(n) * 2
+        scale, fixed = self.scale, self.fixed_us
+
+        def layer_us(kept: np.ndarray) -> np.ndarray:
+            k = np.asarray(kept, dtype=np.float64)
+            ci = np.minimum(np.rint(in_w @ k + in_c).astype(np.int64), hi_in_a)
+            co = np.minimum(np.rint(out_w @ k + out_c).astype(np.int64), hi_out_a)
+            a = off_in + ci
+            lr = lidx2 + reg[a]
+            b = off_out[lr] + co
+            ti, to, o0, o1 = tis[a], tos[b], o0s[b], o1s[b]
+            base0, base1 = lr * cell + i0s[a] * go, lr * cell + i1s[a] * go
+            return ((1 - ti) * ((1 - to) * vals[base0 + o0] + to * vals[base0 + o1])
+                    + ti * ((1 - to) * vals[base1 + o0] + to * vals[base1 + o1]))
+
+        def predict(kept: np.ndarray) -> float:
+            return float(fixed + scale * layer_us(kept).sum())
+
+        predict.layer_us = layer_us  # type: ignore[attr-defined]  # the uncalibrated per-layer terms
+        return predict
+
+    def predict(self, graph: LayerGraph, kept: Sequence[int] | np.ndarray) -> float:
+        """Predicted end-to-end latency (µs) of ``graph``'s model keeping ``kept[i]`` channels of group ``i``."""
+        return self.predictor(graph)(np.asarray(kept))
+
+
+def _lookups(L: dict, block: int, align: int) -> dict:
+    """Per layer and every integer channel count up to full width: the regime, grid bracket and interpolation
+    weight, precomputed so that pricing a policy is a handful of gathers (the search calls it thousands of times)."""
+    n = len(L["names"])
+    is_dw, is_lin, has = L["is_dw"], L["is_lin"], L["has"]
+    r_l, i0_l, i1_l, ti_l, off_in = [], [], [], [], []
+    o0_l, o1_l, to_l, off_out = [], [], [], []
+    pos_in = pos_out = 0
+    for k in range(n):
+        ci = np.arange(int(L["hi_in"][k]) + 1, dtype=np.float64)
+        aligned = bool(is_lin[k]) | (block <= 1) | (ci % align == 0) | ((not is_dw[k]) & (ci < block))
+        r = np.where(aligned, 0 if has[k, 0] else 1, 1 if has[k, 1] else 0)
+        blk = (r == 0) & (not is_lin[k])
+        ci_eff = effective_channels(ci, block, blk & (bool(is_dw[k]) | (ci >= block)), True)
+        rows = k * 2 + r
+        i0, i1, ti = _bracket(L["ax_in_f"][rows], L["n_in_f"][rows], ci_eff)
+        r_l.append(r)
+        i0_l.append(i0)
+        i1_l.append(i1)
+        ti_l.append(ti)
+        off_in.append(pos_in)
+        pos_in += len(ci)
+        for regime in (0, 1):
+            co = np.arange(int(L["hi_out"][k]) + 1, dtype=np.float64)
+            pad = regime == 0 and not is_lin[k] and not is_dw[k]
+            co_eff = effective_channels(co, block, np.full(len(co), pad), True)
+            row = np.full(len(co), k * 2 + regime)
+            o0, o1, to = _bracket(L["ax_out_f"][row], L["n_out_f"][row], co_eff)
+            o0_l.append(o0)
+            o1_l.append(o1)
+            to_l.append(to)
+            off_out.append(pos_out)
+            pos_out += len(co)
+    vals = L["vals"]
+    return {
+        "r": np.concatenate(r_l), "i0": np.concatenate(i0_l), "i1": np.concatenate(i1_l),
+        "ti": np.concatenate(ti_l), "off_in": np.asarray(off_in), "o0": np.concatenate(o0_l),
+        "o1": np.concatenate(o1_l), "to": np.concatenate(to_l), "off_out": np.asarray(off_out),
+        "vals": vals.reshape(-1), "go": vals.shape[-1], "cell": vals.shape[-2] * vals.shape[-1],
+    }
+
+
+def _bracket(axes: np.ndarray, counts: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: grid indices around ``x`` and the interpolation weight (clamped to the grid's ends)."""
+    rows = np.arange(len(x))
+    i0 = np.minimum((axes <= x[:, None]).sum(1) - 1, counts - 2).clip(0)
+    i1 = np.minimum(i0 + 1, counts - 1)
+    x0, x1 = axes[rows, i0], axes[rows, i1]
+    span = x1 - x0
+    t = ((x - x0) / np.maximum(span, 1e-9)).clip(0.0, 1.0) * (span > 0)
+    return i0, i1, t
+
+
+def _layer_arrays(df: pd.DataFrame, block: int, align: int) -> dict:
+    """The table as padded arrays: per layer and regime, the c_in / c_out grid and the latency on it, on the
+    channel widths the kernels really compute (blocked widths padded to whole blocks)."""
+    names = list(dict.fromkeys(df["layer"]))
+    grids = []
+    for name in names:
+        rows = df[df["layer"] == name]
+        op = rows["op"].iloc[0]
+        per_regime = {}
+        for r in REGIMES:
+            rr = rows[rows["regime"] == r]
+            if rr.empty:
+                continue
+            blk = r == "aligned" and op != "linear"
+            ci = effective_channels(rr["c_in"], block, blk and True, True)
+            if op == "conv":
+                ci = np.where(rr["c_in"].to_numpy() >= block, ci, rr["c_in"].to_numpy())
+            co = effective_channels(rr["c_out"], block, blk and op == "conv", True)
+            rr = rr.assign(c_in=ci, c_out=0 if op == "depthwise" else co)
+            piv = rr.pivot_table(index="c_in", columns="c_out", values="median_us", aggfunc="median")
+            if piv.isna().any().any():
+                raise ValueError(f"layer {name} ({r}) misses grid points")
+            per_regime[r] = (piv.index.to_numpy(float), piv.columns.to_numpy(float), piv.to_numpy(float))
+        grids.append((op, per_regime, int(rows["c_in"].max()), int(rows["c_out"].max())))
+    n_l = len(names)
+    gi = max(len(g[0]) for _, pr, _, _ in grids for g in pr.values())
+    go = max(len(g[1]) for _, pr, _, _ in grids for g in pr.values())
+    ax_in = np.zeros((n_l, 2, gi))
+    ax_out = np.zeros((n_l, 2, go))
+    vals = np.zeros((n_l, 2, gi, go))
+    n_in = np.ones((n_l, 2), dtype=np.int64)
+    n_out = np.ones((n_l, 2), dtype=np.int64)
+    has = np.zeros((n_l, 2), dtype=bool)
+    for k, (_, per_regime, _, _) in enumerate(grids):
+        for r, regime in enumerate(REGIMES):
+            if regime not in per_regime:
+                continue
+            xi, xo, v = per_regime[regime]
+            has[k, r] = True
+            n_in[k, r], n_out[k, r] = len(xi), len(xo)
+            ax_in[k, r] = np.pad(xi, (0, gi - len(xi)), mode="edge")
+            ax_out[k, r] = np.pad(xo, (0, go - len(xo)), mode="edge")
+            vals[k, r] = np.pad(v, ((0, gi - len(xi)), (0, go - len(xo))), mode="edge")
+    ops = [g[0] for g in grids]
+    return {
+        "names": names, "is_dw": np.array([o == "depthwise" for o in ops]), "is_lin": np.array([o == "linear" for o
+                                                                                                in ops]),
+        "has": has, "ax_in": ax_in, "n_in": n_in, "ax_out": ax_out, "n_out": n_out, "vals": vals,
+        "hi_in": np.array([g[2] for g in grids]), "hi_out": np.array([g[3] for g in grids]),
+        "ax_in_f": ax_in.reshape(n_l * 2, -1), "n_in_f": n_in.reshape(-1), "ax_out_f": ax_out.reshape(n_l * 2, -1),
+        "n_out_f": n_out.reshape(-1),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- build
+
+def plan_rows(plans: list[LayerPlan]) -> tuple[pd.DataFrame, dict[str, ProbeSpec]]:
+    """Table rows (without timings) for every layer's grid point, and the distinct probes they need."""
+    rows, specs = [], {}
+    for p in plans:
+        for regime, ci, co in p.points:
+            s = p.spec(ci, co)
+            specs.setdefault(s.probe_id, s)
+            rows.append({
+                "group": p.group, "in_group": p.in_group, "layer": p.layer, "op": p.op, "regime": regime,
+                "c_in": ci, "c_out": co, "kernel": f"{s.kernel[0]}x{s.kernel[1]}",
+                "stride": f"{s.stride[0]}x{s.stride[1]}", "padding": f"{s.padding[0]}x{s.padding[1]}",
+                "groups": s.groups, "h_in": s.h_in, "w_in": s.w_in, "batch": s.batch, "probe": s.probe_id,
+            })
+    return pd.DataFrame(rows), specs
+
+
+def uniform_kept(graph: LayerGraph, ratio: float, step: int) -> np.ndarray:
+    """Keep ``ratio`` of every group, rounded to whole blocks of ``step`` channels (the serving-friendly widths)."""
+    from autoprune.prune import round_channels
+
+    return np.array([round_channels(g.channels, ratio, step) for g in graph.groups], dtype=np.int64)
+
+
+def calibrate(raw_sums: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
+    """``(fixed_us, scale)`` of ``measured ≈ fixed + scale * raw`` (least squares; a pure offset when the points
+    cannot fix a slope)."""
+    x, y = np.asarray(raw_sums, float), np.asarray(measured, float)
+    if len(x) >= 2 and np.ptp(x) > 1e-6 * max(x.max(), 1):
+        scale, fixed = np.polyfit(x, y, 1)
+        if scale > 0:
+            return float(fixed), float(scale)
+    return float(np.mean(y - x)), 1.0
+
+
+def table_from_measurements(rows: pd.DataFrame, timings: dict[str, Timing]) -> pd.DataFrame:
+    missing = [p for p in rows["probe"].unique() if p not in timings]
+    if missing:
+        raise UserError(f"{len(missing)} probe(s) were not measured (e.g. {missing[0]}): rerun measure_probes.py")
+    df = rows.copy()
+    for field in ("median_us", "p10_us", "p90_us", "repeats"):
+        df[field] = [getattr(timings[p], field) for p in df["probe"]]
+    return df[COLUMNS]
+
+
+def build_table(
+    model_name: str, input_shape: Sequence[int] | None = None, *, backend: str = "onnxruntime", threads: int = 2,
+    device: str = "cpu", weights: str | Path | None = None, grid: int = 6, warmup: int = 3, repeats: int = 15,
+    e2e_repeats: int = 50, blocking: tuple[int, int] | None = None, on_progress: ProgressFn | None = None,
+) -> LatencyTable:
+    """Measure every conv/linear layer of ``model_name`` on a channel grid, calibrate end to end, return the table."""
+    from autoprune.export import onnx_bytes
+    from autoprune.layers import analyze
+    from autoprune.models import build_model
+    from autoprune.prune import ChannelPruner
+
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if threads < 1 or grid < 2 or repeats < 1:
+        raise UserError("--threads and --repeats must be at least 1 and --grid at least 2")
+    t_start = time.perf_counter()
+    model, spec = build_model(model_name, weights, use_default_weights=False)
+    shape = tuple(input_shape or spec.input_shape)
+    graph = analyze(model, shape, model_name)
+    block, align = detect_blocking(backend, threads, device) if blocking is None else blocking
+    plans = plan_layers(graph, block, align, grid)
+    rows, specs = plan_rows(plans)
+    total = len(specs) + len(CALIBRATION_RATIOS)
+    timings: dict[str, Timing] = {}
+    # largest first: the costly probes run while the machine is in its steadiest state, and progress is honest
+    order = sorted(specs.values(), key=lambda s: -s.c_in * s.c_out * s.kernel[0] * s.kernel[1] * s.h_in * s.w_in)
+    for i, s in enumerate(order):
+        timings[s.probe_id] = measure_spec(s, backend, threads, device, warmup, repeats)
+        if on_progress:
+            on_progress(i + 1, total, f"layer probes {i + 1}/{len(specs)}")
+    fp = device_fingerprint(backend, threads, device)
+    meta = {"grid": grid, "warmup": warmup, "repeats": repeats, "probes": len(specs)}
+
+    def measure_network(i: int, ratio: float, net) -> Timing:
+        if backend == "onnxruntime":
+            t = measure_onnx(onnx_bytes(net, shape, dynamic_batch=False), shape, threads, 10, e2e_repeats, device)
+        else:
+            t = measure_model(net, shape, backend, threads, 10, e2e_repeats, device)
+        if on_progress:
+            on_progress(len(specs) + i + 1, total, f"end-to-end calibration {i + 1}/{len(CALIBRATION_RATIOS)}")
+        return t
+
+    pruner = ChannelPruner(model, shape, graph=graph, model_name=model_name)
+    networks = {r: measure_network(i, r, pruner.apply(uniform_kept(graph, r, block)))
+                for i, r in enumerate(CALIBRATION_RATIOS)}
+    table = assemble_table(graph, rows, timings, networks, fp, block, align, backend, threads, device, meta)
+    table.meta["build_seconds"] = round(time.perf_counter() - t_start, 1)
+    return table
+
+
+def assemble_table(graph: LayerGraph, rows: pd.DataFrame, timings: dict[str, Timing], networks: dict[float, Timing],
+                   fp: dict, block: int, align: int, backend: str, threads: int, device: str,
+                   extra: dict | None = None) -> LatencyTable:
+    """Measured probes + end-to-end timings of uniformly pruned networks -> a calibrated table (build and import
+    share this, so a table measured on another device is made exactly as a local one)."""
+    shape = tuple(graph.input_shape)
+    df = table_from_measurements(rows, timings)
+    fp = {**fp, "batch": int(shape[0]), "input_shape": list(shape)}
+    meta = {
+        "format": FORMAT, "model": graph.model_name, "input_shape": list(shape), "batch": int(shape[0]),
+        "structure": graph.fingerprint, "backend": backend, "threads": threads, "device": device,
+        "device_id": device_id(fp), "fingerprint": fp, "channel_block": block, "channel_align": align,
+        "fixed_us": 0.0, "scale": 1.0, **(extra or {}),
+    }
+    raw = LatencyTable(df, meta).predictor(graph)
+    calib = [{"keep_ratio": r, "sum_layers_us": float(raw(uniform_kept(graph, r, block))), **t.to_dict()}
+             for r, t in sorted(networks.items(), reverse=True)]
+    if not calib:
+        raise UserError("no end-to-end calibration timing was measured: rerun the measurement")
+    fixed, scale = calibrate([c["sum_layers_us"] for c in calib], [c["median_us"] for c in calib])
+    full = [c for c in calib if c["keep_ratio"] == 1.0]
+    meta.update({"fixed_us": fixed, "scale": scale, "calibration": calib, "unpruned_us": (full or calib)[0]})
+    return LatencyTable(df, meta)
+
+
+def describe(table: LatencyTable) -> dict:
+    """Summary figures for ``show``."""
+    m = table.meta
+    return {
+        "model": table.model, "input shape": shape_text(table.input_shape), "backend": table.backend,
+        "threads": table.threads, "device": table.device, "layers": len(table.layers),
+        "rows": len(table.df), "probes": m.get("probes", table.df["probe"].nunique()),
+        "channel block/align": f"{m.get('channel_block')}/{m.get('channel_align')}",
+        "unpruned (measured)": _us(m.get("unpruned_us", {}).get("median_us")),
+        "fixed part": _us(table.fixed_us), "scale": f"{table.scale:.3f}",
+        "build time": f"{m['build_seconds']} s" if m.get("build_seconds") else "-",
+    }
+
+
+def _us(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v / 1000:.3f} ms" if abs(v) >= 1000 else f"{v:.1f} µs"
+

@@ -1,0 +1,194 @@
+"""Does a latency table predict what the device measures? Random policies, really pruned, timed end to end.
+
+Policies span 20–100 % of the unpruned FLOPs and are deliberately non-uniform (each group gets its own keep ratio),
+unlike the uniform policies the table was calibrated on. Each pruned network is exported and timed with the table's
+backend and settings twice, in two fresh sessions: the second timing is the measurement's own test–retest noise,
+reported next to the prediction error so a reader can tell how much of the error is the table's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from autoprune.cost.flops import costs
+from autoprune.cost.latency_table import LatencyTable, ProgressFn
+from autoprune.cost.measure import Timing, measure_model, measure_onnx
+from autoprune.errors import UserError
+from autoprune.layers import LayerGraph
+from autoprune.prune import round_channels
+
+
+def random_policies(graph: LayerGraph, samples: int, seed: int = 0, lo: float = 0.2, hi: float = 1.0,
+                    round_to: int = 1, min_keep: float = 0.1) -> list[np.ndarray]:
+    """``samples`` kept-channel vectors whose FLOPs are spread evenly over [lo, hi] of the unpruned model.
+
+    Each policy draws a random "pruning appetite" per group and scales it until the FLOPs target is met, so the
+    shapes are irregular (some groups untouched, others cut to the floor) but the FLOPs range is covered.
+    """
+    rng = np.random.default_rng(seed)
+    channels = graph.channels
+    full = costs(graph, channels)["flops"]
+    floor = np.array([round_channels(int(c), min_keep, round_to) for c in channels])
+
+    def kept_at(alpha: float, appetite: np.ndarray) -> np.ndarray:
+        ratios = np.clip(1.0 - alpha * appetite, min_keep, 1.0)
+        return np.maximum(floor, [round_channels(int(c), float(r), round_to) for c, r in zip(channels, ratios,
+                                                                                               strict=True)])
+
+    targets = np.linspace(lo, hi, samples) if samples > 1 else np.array([hi])
+    rng.shuffle(targets)
+    out = []
+    for target in targets:
+        appetite = rng.uniform(0.0, 1.0, len(channels)) ** rng.uniform(0.3, 3.0)
+        a, b = 0.0, 1.0
+        while costs(graph, kept_at(b, appetite))["flops"] / full > target and b < 1e4:
+            b *= 2
+        for _ in range(30):
+            mid = (a + b) / 2
+            if costs(graph, kept_at(mid, appetite))["flops"] / full > target:
+                a = mid
+            else:
+                b = mid
+        out.append(kept_at(b, appetite).astype(np.int64))
+    return out
+
+
+def measure_twice(net, shape: tuple[int, ...], table: LatencyTable, warmup: int, repeats: int) -> tuple[Timing, Timing]:
+    """Two independent end-to-end timings (fresh session each), with the table's backend, threads and device."""
+    if table.backend == "onnxruntime":
+        from autoprune.export import onnx_bytes
+
+        data = onnx_bytes(net, shape, dynamic_batch=False)
+        return tuple(measure_onnx(data, shape, table.threads, warmup, repeats, table.device) for _ in range(2))
+    return tuple(measure_model(net, shape, table.backend, table.threads, warmup, repeats, table.device)
+                 for _ in range(2))
+
+
+def validate_table(
+    table: LatencyTable, model_name: str | None = None, *, weights: str | Path | None = None, samples: int = 50,
+    seed: int = 0, warmup: int = 10, repeats: int = 50, round_to: int | None = None, min_keep: float = 0.1,
+    on_progress: ProgressFn | None = None,
+) -> tuple[pd.DataFrame, dict]:
+    """Predicted vs measured latency of ``samples`` random policies; returns the per-policy rows and a summary."""
+    from autoprune.layers import analyze
+    from autoprune.models import build_model
+    from autoprune.prune import ChannelPruner
+
+    model_name = model_name or table.model
+    if model_name != table.model:
+        raise UserError(f"the table is for {table.model}, not {model_name}: pass a table built for {model_name}")
+    if samples < 3:
+        raise UserError("--samples must be at least 3 to estimate an error and a rank correlation")
+    shape = table.input_shape
+    model, _ = build_model(model_name, weights, use_default_weights=False)
+    graph = analyze(model, shape, model_name)
+    predict = table.predictor(graph)
+    pruner = ChannelPruner(model, shape, graph=graph, model_name=model_name)
+    step = table.block if round_to is None else max(int(round_to), 1)
+    policies = [graph.channels.astype(np.int64)] + random_policies(graph, samples - 1, seed, round_to=step,
+                                                                   min_keep=min_keep)
+    full_flops = costs(graph, graph.channels)["flops"]
+    rows = []
+    for i, kept in enumerate(policies):
+        net = pruner.apply(kept)
+        first, second = measure_twice(net, shape, table, warmup, repeats)
+        rows.append({
+            "policy": i, "flops_share": costs(graph, kept)["flops"] / full_flops, "predicted_us": predict(kept),
+            "measured_us": first.median_us, "p10_us": first.p10_us, "p90_us": first.p90_us,
+            "retest_us": second.median_us, "kept": " ".join(str(int(k)) for k in kept),
+        })
+        if on_progress:
+            on_progress(i + 1, len(policies), f"policy {i + 1}/{len(policies)}")
+    df = pd.DataFrame(rows)
+    return df, summarize(df)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
+    if np.std(ra) == 0 or np.std(rb) == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def summarize(df: pd.DataFrame) -> dict:
+    err = (df["predicted_us"] - df["measured_us"]) / df["measured_us"]
+    noise = (df["retest_us"] - df["measured_us"]).abs() / df["measured_us"]
+    worst = int(err.abs().idxmax())
+    return {
+        "policies": len(df), "mape": float(err.abs().mean()), "median_ape": float(err.abs().median()),
+        "bias": float(err.mean()), "worst_error": float(err.iloc[worst]), "worst_policy": int(df["policy"].iloc[worst]),
+        "spearman": _spearman(df["predicted_us"].to_numpy(), df["measured_us"].to_numpy()),
+        "retest_mape": float(noise.mean()), "retest_worst": float(noise.max()),
+        "retest_spearman": _spearman(df["retest_us"].to_numpy(), df["measured_us"].to_numpy()),
+        "spread_p90_p10": float(((df["p90_us"] - df["p10_us"]) / df["measured_us"]).median()),
+        "measured_range_us": [float(df["measured_us"].min()), float(df["measured_us"].max())],
+    }
+
+
+def scatter_plot(df: pd.DataFrame, summary: dict, path: str | Path, title: str) -> Path:
+    """Predicted vs measured (µs → ms), p10–p90 of the measurement as error bars, the ±5 % band shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    meas, pred = df["measured_us"] / 1000, df["predicted_us"] / 1000
+    lo, hi = 0.9 * min(meas.min(), pred.min()), 1.05 * max(meas.max(), pred.max())
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=120)
+    xs = np.linspace(lo, hi, 50)
+    ax.fill_between(xs, xs * 0.95, xs * 1.05, color="tab:green", alpha=0.15, label="±5 %")
+    ax.plot(xs, xs, color="tab:green", lw=1)
+    ax.errorbar(meas, pred, xerr=[(df["measured_us"] - df["p10_us"]) / 1000, (df["p90_us"] - df["measured_us"]) / 1000],
+                fmt="o", ms=4, color="tab:blue", ecolor="tab:gray", elinewidth=0.8, alpha=0.85,
+                label="policy (bars: measured p10–p90)")
+    ax.scatter(meas, df["retest_us"] / 1000, s=8, marker="x", color="tab:orange", label="re-measurement vs first")
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="measured latency (ms)", ylabel="predicted latency (ms)",
+           title=title)
+    ax.text(0.03, 0.97, f"MAPE {summary['mape']:.1%}  worst {summary['worst_error']:+.1%}\n"
+                        f"Spearman {summary['spearman']:.3f}\nretest noise {summary['retest_mape']:.1%}",
+            transform=ax.transAxes, va="top", fontsize=9, family="monospace")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def budget_check(table: LatencyTable, budget: str, *, weights: str | Path | None = None, repeats: int = 100,
+                 warmup: int = 20, round_to: int | None = None, min_keep: float = 0.1,
+                 on_measure: Callable[[str], None] | None = None) -> dict:
+    """Choose a policy for ``budget`` by uniform search over the table's prediction, prune it for real and time it
+    (median of ``repeats``): does the policy meet the budget on the device, without wasting it?"""
+    from autoprune.budget import parse_budget
+    from autoprune.cost.model import CostModel
+    from autoprune.layers import analyze
+    from autoprune.models import build_model
+    from autoprune.prune import ChannelPruner
+    from autoprune.search.base import Problem
+    from autoprune.search.baselines import uniform_kept
+
+    shape = table.input_shape
+    model, _ = build_model(table.model, weights, use_default_weights=False)
+    graph = analyze(model, shape, table.model)
+    predict = table.predictor(graph)
+    problem = Problem(graph, CostModel(graph, latency=predict), parse_budget(budget), min_keep=min_keep,
+                      round_to=table.block if round_to is None else round_to)
+    kept, ratio = uniform_kept(problem)
+    limit = problem.limits["latency"]
+    net = ChannelPruner(model, shape, graph=graph, model_name=table.model).apply(kept)
+    unpruned = measure_twice(model, shape, table, warmup, repeats)[0]
+    timing = measure_twice(net, shape, table, warmup, repeats)[0]
+    return {
+        "budget": budget, "limit_us": limit, "keep_ratio": ratio, "predicted_us": predict(kept),
+        "measured_us": timing.median_us, "p10_us": timing.p10_us, "p90_us": timing.p90_us,
+        "repeats": timing.repeats, "unpruned_us": unpruned.median_us,
+        "unpruned_predicted_us": predict(graph.channels), "measured_over_limit": timing.median_us / limit,
+        "meets": bool(timing.median_us <= limit), "within_10pct": bool(0.9 * limit <= timing.median_us <= limit),
+        "kept": [int(k) for k in kept], "flops_share": costs(graph, kept)["flops"] / costs(graph, graph.channels)[
+            "flops"]
+    }

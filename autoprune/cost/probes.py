@@ -1,0 +1,376 @@
+"""Probes: the real operators a pruning policy changes, each as a tiny stand-alone model to time on the device.
+
+NetAdapt's look-up table idea: every conv / linear layer's latency depends only on its input and output channel
+counts once the rest of its configuration (kernel, stride, spatial size, batch) is fixed, so time it once per point
+of a (c_in, c_out) grid and predict any policy by interpolation. A probe is a Conv (+ ReLU, which onnxruntime fuses
+into it, as it fuses the BatchNorm that the exporter has already folded into the weights), a depthwise Conv, or a
+MatMul + bias, built directly as an ONNX graph.
+
+Probe weights are ``ConstantOfShape`` nodes: onnxruntime constant-folds them into initialisers at session creation
+(so the NCHWc layout transform, which needs constant weights, still applies), and a probe file is a few hundred bytes
+instead of megabytes, which is what makes shipping thousands of them to another device practical.
+
+Two regimes per layer. onnxruntime's x86 NCHWc kernels need the input channels to be a multiple of the SIMD block
+(16 with AVX-512, 8 with AVX2; fewer than a block is also fine) and pad the output channels up to one; other
+channel counts fall back to im2col + GEMM, which is markedly slower. Latency as a function of c_in is therefore two
+smooth curves, not one, so the grid measures both ("aligned" c_in values and "unaligned" ones) and prediction picks
+the curve that the queried c_in is on. Measured on onnxruntime 1.31 with AVX-512: input channels that are a multiple
+of 4 (``align``) or fewer than 16 are blocked, and blocked widths are padded up to 16 (``block``); both are detected
+per device (:func:`autoprune.cost.latency_table.detect_blocking`), and are 1 where the backend has no such layout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from autoprune.errors import UserError
+from autoprune.layers import LayerGraph
+
+OPS = ("conv", "depthwise", "linear")
+REGIMES = ("aligned", "unaligned")
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One operator configuration to time; equal specs are measured once and shared by every layer using them."""
+
+    op: str  # conv | depthwise | linear
+    c_in: int
+    c_out: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    h_in: int
+    w_in: int
+    batch: int
+    act: bool = True  # a ReLU after the conv (fused by onnxruntime, so it costs what the serving graph costs)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        if self.op == "linear":
+            return (self.batch, self.c_in)
+        return (self.batch, self.c_in, self.h_in, self.w_in)
+
+    @property
+    def probe_id(self) -> str:
+        """A stable file-name-safe name (the probe's ONNX file is ``<probe_id>.onnx``)."""
+        if self.op == "linear":
+            return f"linear-b{self.batch}-i{self.c_in}-o{self.c_out}"
+        k, s, p, d = self.kernel, self.stride, self.padding, self.dilation
+        return (f"{self.op}-b{self.batch}-i{self.c_in}-o{self.c_out}-k{k[0]}x{k[1]}-s{s[0]}x{s[1]}-p{p[0]}x{p[1]}"
+                f"-d{d[0]}x{d[1]}-g{self.groups}-h{self.h_in}x{self.w_in}{'-relu' if self.act else ''}")
+
+    def onnx_bytes(self) -> bytes:
+        """The probe as a serialised ONNX model (opset 17, input ``x``, output ``y``)."""
+        from onnx import TensorProto, helper
+
+        def const(name: str, shape: list[int]) -> tuple[list, list]:
+            shape_t = helper.make_tensor(f"{name}_shape", TensorProto.INT64, [len(shape)], shape)
+            node = helper.make_node("ConstantOfShape", [f"{name}_shape"], [name],
+                                    value=helper.make_tensor(f"{name}_value", TensorProto.FLOAT, [1], [0.01]))
+            return [node], [shape_t]
+
+        nodes, inits = [], []
+        if self.op == "linear":
+            n, i = const("W", [self.c_in, self.c_out])
+            nodes += n
+            inits += i
+            n, i = const("B", [self.c_out])
+            nodes += n
+            inits += i
+            nodes.append(helper.make_node("MatMul", ["x", "W"], ["mm"]))
+            nodes.append(helper.make_node("Add", ["mm", "B"], ["y"]))
+        else:
+            n, i = const("W", [self.c_out, self.c_in // self.groups, *self.kernel])
+            nodes += n
+            inits += i
+            n, i = const("B", [self.c_out])
+            nodes += n
+            inits += i
+            out = "c" if self.act else "y"
+            nodes.append(helper.make_node("Conv", ["x", "W", "B"], [out], kernel_shape=list(self.kernel),
+                                          strides=list(self.stride), pads=[*self.padding, *self.padding],
+                                          dilations=list(self.dilation), group=self.groups))
+            if self.act:
+                nodes.append(helper.make_node("Relu", ["c"], ["y"]))
+        graph = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                 list(self.input_shape))],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="autoprune")
+        model.ir_version = 8  # readable by onnxruntime >= 1.14
+        return model.SerializeToString()
+
+    def torch_module(self) -> nn.Module:
+        """The same operator as an eager PyTorch module (the torch backend times this)."""
+        if self.op == "linear":
+            return nn.Linear(self.c_in, self.c_out).eval()
+        conv = nn.Conv2d(self.c_in, self.c_out, self.kernel, self.stride, self.padding, self.dilation, self.groups)
+        return (nn.Sequential(conv, nn.ReLU()) if self.act else conv).eval()
+
+
+@dataclass
+class LayerPlan:
+    """The grid one counted conv/linear layer is measured on, and which groups drive its channels."""
+
+    layer: str
+    row: int  # its row in ``graph.terms``
+    op: str
+    group: str  # groups whose kept count sets the layer's output channels ("+"-joined; "" when none)
+    in_group: str  # groups that set its input channels
+    base: ProbeSpec  # the layer at full width
+    points: list[tuple[str, int, int]] = field(default_factory=list)  # (regime, c_in, c_out)
+
+    def spec(self, c_in: int, c_out: int) -> ProbeSpec:
+        groups = c_in if self.op == "depthwise" else self.base.groups
+        return ProbeSpec(**{**self.base.__dict__, "c_in": c_in, "c_out": c_out, "groups": groups})
+
+
+def is_aligned(c, block: int, align: int, op: str = "conv"):
+    """Whether input channels ``c`` take the blocked (NCHWc) kernels: a multiple of ``align`` or, for dense convs,
+    fewer than one ``block`` (read straight from the NCHW input)."""
+    c = np.asarray(c)
+    if op == "linear" or block <= 1:
+        return np.ones_like(c, dtype=bool)
+    if op == "depthwise":
+        return c % align == 0
+    return (c % align == 0) | (c < block)
+
+
+def effective_channels(c, block: int, aligned, pad: bool):
+    """The width a blocked kernel really computes: ``c`` padded up to a whole block (``pad`` and ``aligned``)."""
+    c = np.asarray(c, dtype=np.float64)
+    if block <= 1:
+        return c
+    return np.where(np.asarray(aligned) & pad, np.ceil(c / block) * block, c)
+
+
+def _subsample(values: list[int], n: int) -> list[int]:
+    values = sorted(set(values))
+    if len(values) <= n:
+        return values
+    idx = np.unique(np.round(np.linspace(0, len(values) - 1, n)).astype(int))
+    return [values[i] for i in idx]
+
+
+def _with_end(keep: list[int], values: list[int], hi: int) -> list[int]:
+    if hi in values and hi not in keep:
+        keep = sorted({*keep[:-1], hi})
+    return keep
+
+
+def channel_axes(lo: int, hi: int, block: int, align: int, n: int, op: str) -> dict[str, list[int]]:
+    """Grid values of the input channels per regime, between the fewest channels a policy can leave (``lo``) and
+    the full width (``hi``, always measured exactly). Aligned points sit on whole blocks (what a padded width costs);
+    unaligned ones mid-block and odd, so they are unaligned for any power-of-two ``align``."""
+    if lo >= hi:
+        return {"aligned": [hi]} if bool(is_aligned(hi, block, align, op)) else {"unaligned": [hi]}
+    step = max(block, 1)
+    multiples = list(range(math.ceil(lo / step) * step, hi + 1, step))
+    small = [c for c in (lo, step // 4, step // 2) if op == "conv" and lo <= c < step]
+    axes: dict[str, list[int]] = {}
+    aligned = [c for c in {lo, *small, *multiples, hi} if lo <= c <= hi and bool(is_aligned(c, block, align, op))]
+    if aligned:
+        axes["aligned"] = _with_end(_subsample(aligned, n), aligned, hi)
+    if block > 1 and op != "linear":
+        mid = [m - step // 2 - 1 for m in multiples] + [m + step // 2 + 1 for m in multiples[-1:]]
+        unaligned = [c for c in {*mid, lo, hi} if lo <= c <= hi and not bool(is_aligned(c, block, align, op))]
+        if unaligned:
+            axes["unaligned"] = _with_end(_subsample(unaligned, n), unaligned, hi)
+    return axes
+
+
+def output_axis(lo: int, hi: int, block: int, n: int) -> list[int]:
+    if lo >= hi:
+        return [hi]
+    step = max(block, 1)
+    multiples = list(range(math.ceil(lo / step) * step, hi + 1, step))
+    return sorted({*_subsample([lo, *multiples, hi], n), hi})
+
+
+def _input_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, tuple[int, ...]]:
+    shapes: dict[nn.Module, tuple[int, ...]] = {}
+
+    def hook(module, inputs, _out) -> None:
+        shapes.setdefault(module, tuple(inputs[0].shape))
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.randn(*input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def plan_layers(graph: LayerGraph, block: int, align: int, grid: int) -> list[LayerPlan]:
+    """One :class:`LayerPlan` per conv/linear layer that runs in the forward pass, with its grid points."""
+    if graph.model is None:
+        raise ValueError("the graph has no model attached")
+    modules = dict(graph.model.named_modules())
+    shapes = _input_shapes(graph.model, graph.input_shape)
+    terms = graph.terms
+    ones = np.ones(len(graph.groups))
+    names = [g.name for g in graph.groups]
+    plans: list[LayerPlan] = []
+    seen: set[str] = set()
+    for j, name in enumerate(terms.layer_names):
+        m = modules.get(name)
+        if not isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or name in seen:
+            continue
+        seen.add(name)
+        if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.Conv2d):
+            raise UserError(f"latency tables support Conv2d and Linear layers; {name} is {type(m).__name__}: "
+                            "use a FLOPs budget for this model")
+        if m not in shapes:
+            continue  # never executed
+        shape = shapes[m]
+        in_hi, out_hi = round(float(terms.in_w[j] @ graph.channels + terms.in_c[j])), \
+            round(float(terms.out_w[j] @ graph.channels + terms.out_c[j]))
+        in_lo = max(1, math.ceil(float(terms.in_w[j] @ ones + terms.in_c[j]) - 1e-9))
+        out_lo = max(1, math.ceil(float(terms.out_w[j] @ ones + terms.out_c[j]) - 1e-9))
+        group = "+".join(names[i] for i in np.flatnonzero(terms.out_w[j]))
+        in_group = "+".join(names[i] for i in np.flatnonzero(terms.in_w[j]))
+        if isinstance(m, nn.Linear):
+            batch = int(np.prod(shape[:-1]))
+            base = ProbeSpec("linear", in_hi, out_hi, (1, 1), (1, 1), (0, 0), (1, 1), 1, 1, 1, batch, act=False)
+            op = "linear"
+        else:
+            if isinstance(m.padding, str):
+                raise UserError(f"{name} uses padding={m.padding!r}; latency tables need numeric conv padding")
+            depthwise = m.groups > 1 and m.groups == m.in_channels and m.out_channels == m.in_channels
+            op = "depthwise" if depthwise else "conv"
+            base = ProbeSpec(op, in_hi, out_hi, tuple(m.kernel_size), tuple(m.stride), tuple(m.padding),
+                             tuple(m.dilation), m.groups, int(shape[2]), int(shape[3]), int(shape[0]))
+        plan = LayerPlan(name, j, op, group, in_group, base)
+        if op == "depthwise":
+            for regime, values in channel_axes(in_lo, in_hi, block, align, grid, op).items():
+                plan.points += [(regime, c, c) for c in values]
+        elif op == "conv" and m.groups > 1:  # grouped (not depthwise): autoprune leaves it at full width
+            plan.points.append(("aligned" if bool(is_aligned(in_hi, block, align)) else "unaligned", in_hi, out_hi))
+        else:
+            outs = output_axis(out_lo, out_hi, block if op == "conv" else 1, grid)
+            for regime, values in channel_axes(in_lo, in_hi, block, align, grid, op).items():
+                plan.points += [(regime, ci, co) for ci in values for co in outs]
+        plans.append(plan)
+    if not plans:
+        raise UserError(f"{graph.model_name} has no Conv2d or Linear layer to build a latency table for")
+    return plans
+
+
+# ------------------------------------------------------------------------------------- probes for another device
+
+PROBES_FORMAT = "autoprune.probes/1"
+
+
+def measure_script() -> Path:
+    """The canonical stand-alone timing script (``scripts/measure_probes.py`` of the source tree)."""
+    path = Path(__file__).resolve().parents[2] / "scripts" / "measure_probes.py"
+    if not path.is_file():
+        raise UserError(f"{path} is missing: `probes` needs autoprune's source tree (scripts/measure_probes.py)")
+    return path
+
+
+def export_probes(model_name: str, input_shape: tuple[int, ...] | None, out: str | Path, *, threads: int = 2,
+                  grid: int = 6, block: int = 16, align: int = 4, weights: str | Path | None = None,
+                  warmup: int = 3, repeats: int = 15, e2e_repeats: int = 50) -> dict[str, int]:
+    """Write every probe as ONNX, the uniformly pruned calibration networks, the plan and ``measure_probes.py``
+    into ``out``, so that a device with only onnxruntime and numpy can produce a table's measurements."""
+    import shutil
+
+    from autoprune import atomic
+    from autoprune.cost.latency_table import CALIBRATION_RATIOS, plan_rows, shape_text, uniform_kept
+    from autoprune.export import onnx_bytes
+    from autoprune.layers import analyze
+    from autoprune.models import build_model
+    from autoprune.prune import ChannelPruner
+
+    if block < 1 or align < 1 or grid < 2:
+        raise UserError("--block and --align must be at least 1 and --grid at least 2")
+    out = Path(out)
+    model, spec = build_model(model_name, weights, use_default_weights=False)
+    shape = tuple(input_shape or spec.input_shape)
+    graph = analyze(model, shape, model_name)
+    rows, specs = plan_rows(plan_layers(graph, block, align, grid))
+    (out / "probes").mkdir(parents=True, exist_ok=True)
+    (out / "networks").mkdir(parents=True, exist_ok=True)
+    listing = []
+    for pid, s in specs.items():
+        atomic.write_with(out / "probes" / f"{pid}.onnx", lambda f, s=s: f.write(s.onnx_bytes()))
+        listing.append({"file": f"probes/{pid}.onnx", "kind": "probe", "keep_ratio": "",
+                        "input_shape": shape_text(s.input_shape)})
+    pruner = ChannelPruner(model, shape, graph=graph, model_name=model_name)
+    for r in CALIBRATION_RATIOS:
+        data = onnx_bytes(pruner.apply(uniform_kept(graph, r, block)), shape, dynamic_batch=False)
+        name = f"networks/keep-{r:.2f}.onnx"
+        atomic.write_with(out / name, lambda f, d=data: f.write(d))
+        listing.append({"file": name, "kind": "network", "keep_ratio": r, "input_shape": shape_text(shape)})
+    import pandas as pd
+
+    atomic.write_text(out / "probes.csv", pd.DataFrame(listing).to_csv(index=False))
+    atomic.write_text(out / "plan.csv", rows.to_csv(index=False))
+    meta = {"format": PROBES_FORMAT, "model": model_name, "input_shape": list(shape), "structure": graph.fingerprint,
+            "channel_block": block, "channel_align": align, "grid": grid, "threads": threads, "warmup": warmup,
+            "repeats": repeats, "e2e_warmup": 10, "e2e_repeats": e2e_repeats}
+    atomic.write_text(out / "probes.json", json.dumps(meta, indent=2) + "\n")
+    shutil.copyfile(measure_script(), out / "measure_probes.py")
+    return {"probes": len(specs), "networks": len(CALIBRATION_RATIOS)}
+
+
+def import_probes(probe_dir: str | Path, weights: str | Path | None = None):
+    """Read what ``measure_probes.py`` measured in ``probe_dir`` into a calibrated :class:`LatencyTable`."""
+    import pandas as pd
+
+    from autoprune.cost.latency_table import assemble_table
+    from autoprune.cost.measure import Timing
+    from autoprune.layers import analyze
+    from autoprune.models import build_model
+
+    d = Path(probe_dir)
+    need = {"probes.json": "run `autoprune latency-table probes` to create it",
+            "plan.csv": "run `autoprune latency-table probes` to create it",
+            "measured.csv": f"run `python {d / 'measure_probes.py'} {d}` on the device first",
+            "device.json": f"run `python {d / 'measure_probes.py'} {d}` on the device first"}
+    for name, fix in need.items():
+        if not (d / name).is_file():
+            raise UserError(f"{d / name} is missing: {fix}")
+    try:
+        meta = json.loads((d / "probes.json").read_text())
+        fp = json.loads((d / "device.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{d}: probes.json or device.json is not valid JSON ({e}): rerun the measurement") from e
+    if meta.get("format") != PROBES_FORMAT:
+        raise UserError(f"{d / 'probes.json'} is not an autoprune probe set ({PROBES_FORMAT})")
+    try:
+        plan = pd.read_csv(d / "plan.csv", dtype={"group": str, "in_group": str, "kernel": str, "stride": str,
+                                                  "padding": str}).fillna({"group": "", "in_group": ""})
+        measured = pd.read_csv(d / "measured.csv")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
+        raise UserError(f"{d}: plan.csv or measured.csv is not a readable CSV ({str(e).splitlines()[0]}): rerun "
+                        "measure_probes.py") from e
+    cols = ["file", "kind", "keep_ratio", "median_us", "p10_us", "p90_us", "repeats"]
+    if any(c not in measured.columns for c in cols) or measured[cols[3:]].isna().any().any():
+        raise UserError(f"{d / 'measured.csv'} is truncated or corrupt: rerun measure_probes.py")
+    timing = {row.file: Timing(float(row.median_us), float(row.p10_us), float(row.p90_us), int(row.repeats))
+              for row in measured.itertuples()}
+    probes_t = {Path(f).stem: t for f, t in timing.items() if f.startswith("probes/")}
+    networks = {float(r.keep_ratio): timing[r.file] for r in measured.itertuples() if r.kind == "network"}
+    model, _ = build_model(meta["model"], weights, use_default_weights=False)
+    graph = analyze(model, tuple(meta["input_shape"]), meta["model"])
+    if graph.fingerprint != meta.get("structure"):
+        raise UserError(f"{d} was made for a different structure of {meta['model']}: regenerate the probes")
+    backend = fp.get("backend", "onnxruntime")
+    extra = {"grid": meta["grid"], "warmup": meta["warmup"], "repeats": meta["repeats"], "probes": len(probes_t),
+             "imported_from": str(d)}
+    return assemble_table(graph, plan, probes_t, networks, fp, int(meta["channel_block"]),
+                          int(meta["channel_align"]), backend, int(fp.get("threads", meta["threads"])),
+                          fp.get("device", "cpu"), extra)

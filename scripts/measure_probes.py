@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Time autoprune's latency probes on this device. Needs only Python 3.8+, onnxruntime and numpy.
+
+    python measure_probes.py PROBE_DIR [--threads N] [--repeats R] [--warmup W] [--e2e-repeats E]
+
+PROBE_DIR is what ``autoprune latency-table probes`` wrote: ``probes.csv`` lists ONNX files (one operator each, plus a
+few uniformly pruned whole networks for calibration). Each is timed the way a serving stack runs it: an onnxruntime
+session with full graph optimisation (so conv + activation fusion and the blocked layouts are what is timed), a fixed
+number of intra-op threads, warm-up runs, then the median of timed runs with the 10th / 90th percentiles. Writes
+``measured.csv`` and ``device.json`` (this device's fingerprint) into PROBE_DIR; then, where autoprune is installed:
+``autoprune latency-table import PROBE_DIR``.
+
+This file is the canonical copy in autoprune's ``scripts/``; ``probes`` copies it next to the probe models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def fingerprint(threads: int, device: str) -> dict:
+    """The same fields autoprune's ``device_fingerprint`` records, so a table made here is checked like any other."""
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    return {
+        "cpu": cpu_model(), "cores": os.cpu_count() or 1, "os": platform.system(), "machine": platform.machine(),
+        "backend": "onnxruntime", "backend_version": ort.__version__, "providers": providers, "device": device,
+        "gpu": "", "threads": threads, "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def session(path: Path, threads: int, device: str) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), so, providers=providers)
+
+
+def measure(path: Path, shape: list[int], threads: int, device: str, warmup: int, repeats: int) -> dict:
+    sess = session(path, threads, device)
+    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    for _ in range(warmup):
+        sess.run(None, {name: x})
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, {name: x})
+        samples.append((time.perf_counter() - t0) * 1e6)
+    s = np.asarray(samples)
+    return {"median_us": float(np.median(s)), "p10_us": float(np.percentile(s, 10)),
+            "p90_us": float(np.percentile(s, 90)), "repeats": len(s)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("probe_dir", type=Path)
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: as in probes.json)")
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--e2e-repeats", type=int, default=None, help="timed runs per calibration network")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    args = ap.parse_args(argv)
+    d = args.probe_dir
+    try:
+        meta = json.loads((d / "probes.json").read_text())
+        with open(d / "probes.csv", newline="") as f:
+            listing = list(csv.DictReader(f))
+    except (OSError, ValueError) as e:
+        print(f"error: {d} is not a probe directory written by `autoprune latency-table probes` ({e})", file=sys.stderr)
+        return 2
+    threads = args.threads or int(meta.get("threads", 2))
+    warmup = args.warmup if args.warmup is not None else int(meta.get("warmup", 3))
+    repeats = args.repeats or int(meta.get("repeats", 15))
+    e2e_repeats = args.e2e_repeats or int(meta.get("e2e_repeats", 50))
+    rows = []
+    t_start = time.perf_counter()
+    for i, item in enumerate(listing):
+        shape = [int(v) for v in item["input_shape"].split("x")]
+        network = item["kind"] == "network"
+        t = measure(d / item["file"], shape, threads, args.device, int(meta.get("e2e_warmup", 10)) if network
+                    else warmup, e2e_repeats if network else repeats)
+        rows.append({"file": item["file"], "kind": item["kind"], "keep_ratio": item["keep_ratio"], **t})
+        if (i + 1) % 25 == 0 or i + 1 == len(listing):
+            print(f"{i + 1}/{len(listing)} measured ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
+    tmp = d / "measured.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["file", "kind", "keep_ratio", "median_us", "p10_us", "p90_us", "repeats"])
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, d / "measured.csv")
+    (d / "device.json").write_text(json.dumps(fingerprint(threads, args.device), indent=2) + "\n")
+    print(f"wrote {d / 'measured.csv'} and {d / 'device.json'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

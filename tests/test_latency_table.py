@@ -1,0 +1,252 @@
+"""Latency look-up tables: interpolation, regimes, device fingerprint, probe round trip, bad files.
+
+Tiny models (CIFAR ResNet-20 at 16x16) and few repeats keep this file fast; no test asserts a wall-clock time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from autoprune.cost.latency_table import (
+    LatencyTable,
+    build_table,
+    device_fingerprint,
+    plan_rows,
+    table_from_measurements,
+)
+from autoprune.cost.measure import Timing
+from autoprune.cost.probes import export_probes, import_probes, plan_layers
+from autoprune.errors import UserError
+from autoprune.layers import analyze
+from autoprune.models import build_model
+
+SHAPE = (1, 3, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def graph():
+    model, _ = build_model("resnet20", use_default_weights=False)
+    return analyze(model, SHAPE, "resnet20")
+
+
+def _synthetic(graph, fn, block=1, align=1, grid=4, fixed=0.0, scale=1.0) -> LatencyTable:
+    """A table whose 'measurements' are ``fn(op, regime, c_in, c_out)``: prediction must reproduce it."""
+    rows, _ = plan_rows(plan_layers(graph, block, align, grid))
+    timings = {}
+    for r in rows.itertuples():
+        v = fn(r.op, r.regime, r.c_in, r.c_out)
+        timings[r.probe] = Timing(v, v, v, 1)
+    df = table_from_measurements(rows, timings)
+    meta = {"format": "autoprune.latency_table/1", "model": graph.model_name, "input_shape": list(graph.input_shape),
+            "backend": "onnxruntime", "threads": 1, "device": "cpu", "fixed_us": fixed, "scale": scale,
+            "channel_block": block, "channel_align": align, "fingerprint": device_fingerprint("onnxruntime", 1)}
+    return LatencyTable(df, meta)
+
+
+def _layer_channels(graph, table, kept):
+    """(c_in, c_out) of every table layer under ``kept``, straight from the cost terms."""
+    t, k = graph.terms, np.asarray(kept, float)
+    out = []
+    for name in table.layers:
+        j = t.layer_names.index(name)
+        out.append((round(float(t.in_w[j] @ k + t.in_c[j])), round(float(t.out_w[j] @ k + t.out_c[j]))))
+    return out
+
+
+def _bilinear(op, regime, ci, co):
+    return 1.0 + 2.0 * ci + 3.0 * co + 0.25 * ci * co
+
+
+def test_bilinear_interpolation_is_exact_between_grid_points(graph):
+    table = _synthetic(graph, _bilinear, grid=3, fixed=100.0, scale=2.0)
+    predict = table.predictor(graph)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        kept = np.array([rng.integers(1, c + 1) for c in graph.channels])
+        expected = 100.0 + 2.0 * sum(_bilinear(None, None, ci, co) for ci, co in _layer_channels(graph, table, kept))
+        assert predict(kept) == pytest.approx(expected, rel=1e-9)
+
+
+def test_grid_points_reproduce_the_measurement(graph):
+    table = _synthetic(graph, lambda op, r, ci, co: float(ci * 1000 + co))
+    predict = table.predictor(graph)
+    per_layer = predict.layer_us(graph.channels)
+    full = table.df.groupby("layer", sort=False).apply(
+        lambda d: d.loc[(d.c_in == d.c_in.max()) & (d.c_out == d.c_out.max()), "median_us"].iloc[0])
+    np.testing.assert_allclose(per_layer, full.loc[table.layers].to_numpy())
+
+
+def test_interpolation_is_monotone_for_a_monotone_table(graph):
+    table = _synthetic(graph, lambda op, r, ci, co: float(ci * co + ci + co))
+    predict = table.predictor(graph)
+    prev = 0.0
+    for ratio in np.linspace(0.1, 1.0, 12):
+        v = predict(np.maximum(1, np.round(graph.channels * ratio)).astype(int))
+        assert v >= prev - 1e-9
+        prev = v
+
+
+def test_regimes_and_block_padding(graph):
+    """Unaligned input channels use the unaligned curve; blocked output channels are priced padded to a block."""
+    def fn(op, regime, ci, co):
+        return (1000.0 if regime == "unaligned" else 0.0) + float(ci) + 0.001 * co
+
+    table = _synthetic(graph, fn, block=16, align=4, grid=6)
+    predict = table.predictor(graph)
+    g = [grp.name for grp in graph.groups].index("layer2.0.conv1")  # 32 channels, drives layer2.0.conv2's input
+    layer = table.layers.index("layer2.0.conv2")
+    kept = graph.channels.copy()
+    kept[g] = 20  # multiple of 4: blocked, c_in padded to 32
+    assert predict.layer_us(kept)[layer] == pytest.approx(32 + 0.001 * 32, abs=1e-6)
+    kept[g] = 21  # not a multiple of 4 (and >= one block): the unaligned kernel
+    assert predict.layer_us(kept)[layer] > 1000
+    # blocked conv whose output group keeps 20 of 32: priced at 32 output channels
+    layer1 = table.layers.index("layer2.0.conv1")
+    kept = graph.channels.copy()
+    kept[g] = 20
+    a = predict.layer_us(kept)[layer1]
+    kept[g] = 32
+    assert a == pytest.approx(predict.layer_us(kept)[layer1])
+
+
+def test_predictor_drives_a_latency_budget(graph):
+    from autoprune.budget import parse_budget
+    from autoprune.cost.model import CostModel
+    from autoprune.search.base import Problem
+    from autoprune.search.baselines import uniform_kept
+
+    table = _synthetic(graph, _bilinear, fixed=50.0)
+    predict = table.predictor(graph)
+    problem = Problem(graph, CostModel(graph, latency=predict), parse_budget("latency=60%"))
+    kept, _ = uniform_kept(problem)
+    assert predict(kept) <= 0.6 * predict(graph.channels) + 1e-6
+    assert predict(kept) < predict(graph.channels)
+
+
+def test_table_for_another_model_is_refused(graph):
+    table = _synthetic(graph, _bilinear)
+    other_model, _ = build_model("resnet32", use_default_weights=False)
+    with pytest.raises(UserError):
+        table.predictor(analyze(other_model, SHAPE, "resnet32"))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A real (tiny) table measured on this machine and saved."""
+    table = build_table("resnet20", SHAPE, threads=1, grid=2, warmup=1, repeats=3, e2e_repeats=3)
+    path = tmp_path_factory.mktemp("table") / "resnet20.csv"
+    table.save(path)
+    return path
+
+
+def test_build_save_load_predict(built, graph):
+    table = LatencyTable.load(built)
+    assert table.model == "resnet20" and table.input_shape == SHAPE and table.backend == "onnxruntime"
+    assert table.threads == 1
+    assert (table.df["median_us"] > 0).all()
+    assert (table.df["p10_us"] <= table.df["p90_us"]).all()
+    meta = json.loads(built.with_suffix(".json").read_text())
+    assert len(meta["calibration"]) == 5 and meta["unpruned_us"]["median_us"] > 0
+    for key in ("cpu", "cores", "threads", "os", "backend", "backend_version", "providers", "batch", "input_shape",
+                "date"):
+        assert key in meta["fingerprint"]
+    v = table.predictor(graph)(graph.channels)
+    assert np.isfinite(v) and v > 0
+    assert table.check_device() == {}
+
+
+def test_fingerprint_mismatch_refused_or_warned(built, tmp_path, capsys):
+    csv = tmp_path / "t.csv"
+    csv.write_text(built.read_text())
+    meta = json.loads(built.with_suffix(".json").read_text())
+    meta["fingerprint"]["cpu"] = "Some Other CPU 9000"
+    csv.with_suffix(".json").write_text(json.dumps(meta))
+    table = LatencyTable.load(csv)
+    with pytest.raises(UserError, match="another device.*--force"):
+        table.check_device(refuse=True)
+    diffs = table.check_device()
+    assert "cpu" in diffs
+    assert "DIFFERENT DEVICE" in capsys.readouterr().err
+    assert "cpu" in table.check_device(force=True, refuse=True)  # --force: proceeds
+
+
+def test_validate_command_refuses_foreign_table(built, tmp_path):
+    from typer.testing import CliRunner
+
+    from autoprune.cli import app
+
+    csv = tmp_path / "t.csv"
+    csv.write_text(built.read_text())
+    meta = json.loads(built.with_suffix(".json").read_text())
+    meta["fingerprint"]["backend_version"] = "0.0.1"
+    csv.with_suffix(".json").write_text(json.dumps(meta))
+    result = CliRunner().invoke(app, ["latency-table", "validate", "--table", str(csv), "--samples", "3"])
+    assert isinstance(result.exception, UserError)
+    assert "backend_version" in str(result.exception)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "no_sidecar", "bad_json", "missing_column", "empty"])
+def test_bad_tables_are_one_line_user_errors(built, tmp_path, damage):
+    csv = tmp_path / "t.csv"
+    text = built.read_text()
+    csv.write_text(text)
+    csv.with_suffix(".json").write_text(built.with_suffix(".json").read_text())
+    if damage == "truncate":
+        csv.write_text(text[: len(text) // 2 + 7])  # cut in the middle of a row
+    elif damage == "garbage":
+        lines = text.splitlines()
+        lines[3] = "x,y,\x00\x01zz,1,2"
+        csv.write_text("\n".join(lines))
+    elif damage == "no_sidecar":
+        csv.with_suffix(".json").unlink()
+    elif damage == "bad_json":
+        csv.with_suffix(".json").write_text("{not json")
+    elif damage == "missing_column":
+        pd.read_csv(built).drop(columns=["median_us"]).to_csv(csv, index=False)
+    elif damage == "empty":
+        csv.write_text("")
+    with pytest.raises(UserError) as info:
+        LatencyTable.load(csv)
+    assert "\n" not in str(info.value)
+
+
+def test_probe_round_trip(tmp_path, graph):
+    """probes -> measure_probes.py (a separate process, onnxruntime + numpy only) -> import -> predict."""
+    out = tmp_path / "probes"
+    n = export_probes("resnet20", SHAPE, out, threads=1, grid=2, block=16, align=4)
+    assert n["probes"] > 0 and (out / "measure_probes.py").is_file()
+    code = ("import sys, runpy; sys.modules['torch'] = None; sys.modules['autoprune'] = None; "
+            f"sys.argv = ['measure_probes.py', {str(out)!r}, '--repeats', '2', '--warmup', '1', '--e2e-repeats', '2']; "
+            f"runpy.run_path({str(out / 'measure_probes.py')!r}, run_name='__main__')")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
+    measured = pd.read_csv(out / "measured.csv")
+    assert len(measured) == n["probes"] + n["networks"] and (measured["median_us"] > 0).all()
+    table = import_probes(out)
+    plan = pd.read_csv(out / "plan.csv")
+    assert len(table.df) == len(plan)
+    assert table.check_device() == {}
+    saved = table.save(tmp_path / "imported.csv")
+    v = LatencyTable.load(saved).predictor(graph)(graph.channels)
+    assert np.isfinite(v) and v > 0
+
+
+def test_import_without_measurements_is_a_user_error(tmp_path):
+    out = tmp_path / "probes"
+    export_probes("resnet20", SHAPE, out, threads=1, grid=2)
+    with pytest.raises(UserError, match="measure_probes.py"):
+        import_probes(out)
+
+
+def test_calibration_fit():
+    from autoprune.cost.latency_table import calibrate
+
+    fixed, scale = calibrate([100, 200, 300], [150, 250, 350])
+    assert fixed == pytest.approx(50) and scale == pytest.approx(1)
+    fixed, scale = calibrate([100], [130])
+    assert (fixed, scale) == (pytest.approx(30), 1.0)
