@@ -1,0 +1,213 @@
+"""Rewards: what one evaluation of a policy costs and returns.
+
+Every strategy scores a policy (kept channels per group) through the same path, so their results compare:
+
+    apply (real channel removal, ms) -> [short fine-tune] -> recalibrate BatchNorm -> fold BN into conv
+    -> accuracy on the held-out split (carved from the training data; the test split is never looked at)
+
+Rewards (``REWARDS``):
+
+* ``acc``: held-out accuracy after BN recalibration (AMC's and EagleEye's evaluation of a candidate);
+* ``acc-ft``: held-out accuracy after a short fine-tune (a few hundred SGD steps, optionally distilled from the
+  unpruned model) — closer to what the final fine-tune reaches, at a hundredfold cost per evaluation;
+* ``r-flops``: AMC's ``R_FLOPs = -error * log(FLOPs)``, which rewards saving FLOPs beyond the budget.
+
+Speed matters: a 300-episode search evaluates 300 policies. The :class:`Evaluator` therefore keeps the held-out
+images and the recalibration batches as ready, normalised, ``channels_last`` tensors, folds every BatchNorm into
+its conv *after* recalibration (``torch.fx.experimental.optimization.fuse``), and runs the held-out pass under
+``torch.inference_mode``. It caches results by kept tuple and records seconds per phase.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from autoprune.data import DataBundle, Split
+from autoprune.errors import UserError
+from autoprune.prune import ChannelPruner
+from autoprune.training import TrainConfig, train
+
+REWARDS = ("acc", "acc-ft", "r-flops")
+DEFAULT_REWARD = "acc"
+
+
+@dataclass
+class Evaluation:
+    """One evaluated policy: held-out accuracy and where the seconds went."""
+
+    accuracy: float
+    phases: dict[str, float] = field(default_factory=dict)  # apply, finetune, recalibrate, evaluate (seconds)
+    cached: bool = False
+
+    @property
+    def seconds(self) -> float:
+        return float(sum(self.phases.values()))
+
+
+def _materialise(split: Split, batch_size: int, limit: int | None = None, *, shuffle: bool = False,
+                 seed: int = 0) -> list[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+    out = []
+    for i, (x, y) in enumerate(split.batches(batch_size, shuffle=shuffle, seed=seed)):
+        if limit is not None and i >= limit:
+            break
+        out.append((x.contiguous(memory_format=torch.channels_last), y))
+    return out
+
+
+class Evaluator:
+    """Scores policies of one model: apply kept -> recalibrate BN -> accuracy on the held-out split.
+
+    ``held_out`` images (default 5,000, or the split's size) are scored; fewer makes an evaluation cheaper and the
+    reward noisier (a binomial standard error of ~0.45 points at 90% accuracy on 5,000 images, ~0.7 on 2,000).
+    ``calib_batches`` x ``calib_batch_size`` training images re-estimate BN statistics — always the same images,
+    so two evaluations of one policy agree exactly. ``fast`` folds BN into the convs and uses ``channels_last``;
+    it changes no prediction beyond float rounding.
+    """
+
+    def __init__(
+        self, pruner: ChannelPruner, data: DataBundle, *, held_out: int | None = 5000, calib_batches: int = 10,
+        calib_batch_size: int = 128, eval_batch_size: int = 1000, fast: bool = True, seed: int = 0,
+        finetune_steps: int = 0, finetune_lr: float = 0.01, kd: bool = False,
+    ) -> None:
+        if held_out is not None and held_out < 1:
+            raise UserError(f"held-out size {held_out} must be at least 1")
+        self.pruner, self.data, self.fast, self.seed = pruner, data, fast, seed
+        self.finetune_steps, self.finetune_lr, self.kd = finetune_steps, finetune_lr, kd
+        split = data.held_out if held_out is None else data.held_out.subset(min(held_out, len(data.held_out)))
+        self.held_out_size = len(split)
+        self._eval_batches = _materialise(split, eval_batch_size)
+        self._calib = [x for x, _ in _materialise(data.train, calib_batch_size, calib_batches, shuffle=True,
+                                                  seed=seed)]
+        self._cache: dict[tuple[tuple[int, ...], int], Evaluation] = {}
+        self.calls = 0
+
+    # -- the three phases -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def recalibrate(self, model: nn.Module) -> nn.Module:
+        """Re-estimate BN running statistics as a cumulative average over the fixed calibration batches."""
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            return model
+        saved = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average: every batch weighs the same
+        model.train()
+        for x in self._calib:
+            model(x)
+        for m, momentum in zip(bns, saved, strict=True):
+            m.momentum = momentum
+        return model.eval()
+
+    def score(self, model: nn.Module) -> float:
+        """Held-out accuracy of an already recalibrated model (BN folded first when ``fast``)."""
+        model.eval()
+        if self.fast:
+            model = _fold_bn(model)
+        correct = total = 0
+        with torch.inference_mode():
+            for x, y in self._eval_batches:
+                correct += int((model(x).argmax(1) == y).sum())
+                total += len(y)
+        return correct / max(total, 1)
+
+    def finetune(self, model: nn.Module, steps: int) -> nn.Module:
+        """A short SGD fine-tune (constant small lr, no augmentation), distilled from the unpruned model if ``kd``."""
+        teacher = self.pruner.model if self.kd else None
+        cfg = TrainConfig(epochs=1.0, lr=self.finetune_lr, max_steps=steps, schedule="cosine", augment=False,
+                          seed=self.seed)
+        model = model.to(memory_format=torch.contiguous_format)
+        with torch.enable_grad():
+            train(model, self.data.train, cfg, teacher=teacher)
+        return model
+
+    # -- the whole evaluation ---------------------------------------------------------------------------------
+    def evaluate(self, kept: Sequence[int] | np.ndarray, finetune_steps: int | None = None) -> Evaluation:
+        """Accuracy of the policy ``kept`` (cached by kept tuple and fine-tune length)."""
+        steps = self.finetune_steps if finetune_steps is None else int(finetune_steps)
+        key = (tuple(int(k) for k in kept), steps)
+        if key in self._cache:
+            hit = self._cache[key]
+            return Evaluation(hit.accuracy, dict(hit.phases), cached=True)
+        self.calls += 1
+        phases: dict[str, float] = {}
+        t = time.perf_counter()
+        model = self.pruner.apply(list(key[0]))
+        phases["apply"] = time.perf_counter() - t
+        if steps > 0:
+            t = time.perf_counter()
+            model = self.finetune(model, steps)
+            phases["finetune"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if self.fast:
+            model = model.to(memory_format=torch.channels_last)
+        if steps == 0:  # after a fine-tune, the BN statistics it accumulated are already the pruned model's
+            self.recalibrate(model)
+        phases["recalibrate"] = time.perf_counter() - t
+        t = time.perf_counter()
+        acc = self.score(model)
+        phases["evaluate"] = time.perf_counter() - t
+        ev = Evaluation(acc, phases)
+        self._cache[key] = ev
+        return ev
+
+    def evaluate_model(self, model: nn.Module, recalibrate: bool = True) -> float:
+        """Held-out accuracy of any model (e.g. pruned by another tool), through the same recalibration."""
+        import copy
+
+        model = copy.deepcopy(model)
+        if self.fast:
+            model = model.to(memory_format=torch.channels_last)
+        if recalibrate:
+            self.recalibrate(model)
+        return self.score(model)
+
+
+def _fold_bn(model: nn.Module) -> nn.Module:
+    """Conv+BN folding through torch.fx; a model fx cannot trace is scored unfused."""
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(model, inplace=True)
+    except Exception:  # noqa: BLE001 - an untraceable user model: correct, only slower
+        return model
+
+
+@dataclass
+class RewardResult:
+    reward: float
+    accuracy: float
+    phases: dict[str, float]
+    cached: bool
+
+
+class Reward:
+    """``reward(kept) -> RewardResult``: one named reward over an :class:`Evaluator` (cached there)."""
+
+    def __init__(self, name: str, evaluator: Evaluator, cost=None, *, finetune_steps: int = 200) -> None:
+        if name not in REWARDS:
+            raise UserError(f"unknown reward {name!r}: use one of {', '.join(REWARDS)}")
+        if name == "r-flops" and cost is None:
+            raise ValueError("the r-flops reward needs the cost model")
+        self.name, self.evaluator, self.cost = name, evaluator, cost
+        self.finetune_steps = finetune_steps if name == "acc-ft" else 0
+
+    def __call__(self, kept: Sequence[int] | np.ndarray, finetune_steps: int | None = None) -> RewardResult:
+        steps = self.finetune_steps if finetune_steps is None else finetune_steps
+        ev = self.evaluator.evaluate(kept, steps)
+        if self.name == "r-flops":  # AMC, eq. for R_FLOPs: -error * log(FLOPs)
+            reward = -(1.0 - ev.accuracy) * math.log(max(self.cost(kept)["flops"], 1.0))
+        else:
+            reward = ev.accuracy
+        return RewardResult(reward, ev.accuracy, ev.phases, ev.cached)
+
+
+def make_reward(name: str, evaluator: Evaluator, cost=None, **kwargs) -> Reward:
+    return Reward(name, evaluator, cost, **kwargs)

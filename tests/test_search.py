@@ -1,0 +1,140 @@
+"""Search strategies on a tiny model: feasibility, Pareto fronts, Optuna resume, determinism, rewards."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from autoprune.errors import UserError
+from autoprune.reward import Evaluator, Reward
+from autoprune.search import STRATEGIES, SearchEvent, pareto_front, run_search, uniform_kept
+from tests._search_tiny import tiny_evaluator, tiny_model, tiny_problem
+
+FAST = {"ddpg": {"warmup": 2, "hidden": (32, 32), "batch_size": 8}, "netadapt": {"short_finetune": 1}}
+
+
+@pytest.fixture(scope="module")
+def evaluator() -> Evaluator:
+    return tiny_evaluator()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_returns_a_feasible_policy(strategy, evaluator):
+    problem = tiny_problem("flops=50%,latency=70%", latency=True)
+    events: list[SearchEvent] = []
+    result = run_search(strategy, problem, evaluator, episodes=8, seed=0, options=FAST.get(strategy),
+                        callback=events.append)
+    assert problem.feasible(result.best_kept)
+    assert 1 <= result.evaluations <= 8 and len(result.history) == result.evaluations
+    assert len(events) == result.evaluations and events[-1].best_reward == result.best_reward
+    assert {"kept", "flops", "params", "latency", "reward", "wall_s"} <= set(result.history.columns)
+    feasible = result.history[result.history["feasible"]]
+    assert result.best_reward == feasible["reward"].max()
+
+
+def test_uniform_needs_no_evaluator():
+    problem = tiny_problem("params=50%")
+    result = run_search("uniform", problem, None, episodes=1, seed=0)
+    assert result.best_reward is None
+    assert np.array_equal(result.best_kept, uniform_kept(problem)[0])
+
+
+def test_strategies_that_score_need_an_evaluator():
+    with pytest.raises(UserError, match="evaluator"):
+        run_search("random", tiny_problem(), None, episodes=3, seed=0)
+
+
+@pytest.mark.parametrize("bad", [{"strategy": "anneal"}, {"options": {"sampler": "bogus"}},
+                                 {"options": {"noise": 1}}, {"options": {"reward": "loss"}}, {"episodes": 0}])
+def test_bad_input_is_a_user_error(bad, evaluator):
+    kwargs = {"strategy": "optuna", "episodes": 3, "options": None, **bad}
+    if bad.get("options") == {"noise": 1}:
+        kwargs["strategy"] = "ddpg"
+    with pytest.raises(UserError):
+        run_search(kwargs.pop("strategy"), tiny_problem(), evaluator, seed=0, **kwargs)
+
+
+@pytest.mark.parametrize("strategy,options", [("ddpg", FAST["ddpg"]), ("optuna", {"sampler": "tpe"}),
+                                              ("random", None)])
+def test_same_seed_same_policy(strategy, options):
+    runs = [run_search(strategy, tiny_problem(), tiny_evaluator(), episodes=6, seed=3, options=options)
+            for _ in range(2)]
+    assert np.array_equal(runs[0].best_kept, runs[1].best_kept)
+    assert list(runs[0].history["kept"]) == list(runs[1].history["kept"])
+
+
+def test_pareto_front_is_non_dominated(evaluator):
+    result = run_search("random", tiny_problem("flops=70%"), evaluator, episodes=12, seed=1)
+    front = result.pareto_front("flops", "reward")
+    assert len(front) >= 1
+    h = result.history
+    for _, a in front.iterrows():
+        dominated = h[(h["flops"] <= a["flops"]) & (h["reward"] >= a["reward"])
+                      & ((h["flops"] < a["flops"]) | (h["reward"] > a["reward"]))]
+        assert dominated.empty
+    # every row off the front is dominated by (or equal to) a front row
+    for _, b in result.history.iterrows():
+        assert ((front["flops"] <= b["flops"]) & (front["reward"] >= b["reward"])).any()
+
+
+def test_pareto_front_of_a_hand_made_history():
+    h = pd.DataFrame({"flops": [1, 2, 3, 2, 4], "reward": [0.5, 0.7, 0.6, 0.4, 0.9]})
+    assert sorted(pareto_front(h)["flops"]) == [1, 2, 4]
+
+
+def test_optuna_resume_continues_the_trial_count(tmp_path, evaluator):
+    problem = tiny_problem()
+    first = run_search("optuna", problem, evaluator, episodes=4, seed=0, workdir=tmp_path)
+    assert (tmp_path / "optuna.db").is_file() and first.extra["trials"] == 4
+    with pytest.raises(UserError, match="resume"):
+        run_search("optuna", problem, evaluator, episodes=4, seed=0, workdir=tmp_path)
+    resumed = run_search("optuna", problem, evaluator, episodes=7, seed=0, workdir=tmp_path, resume=True)
+    assert resumed.extra["trials"] == 7 and resumed.evaluations == 7
+    assert list(resumed.history["evaluation"]) == list(range(7))
+    assert list(resumed.history["trial"]) == list(range(7))
+    assert list(resumed.history["kept"])[:4] == list(first.history["kept"])
+    assert resumed.best_reward >= first.best_reward
+
+
+@pytest.mark.parametrize("sampler", ["cmaes", "gp", "nsga2"])
+def test_other_samplers(sampler, evaluator):
+    dep = {"cmaes": "cmaes", "gp": "scipy"}.get(sampler)
+    if dep and importlib.util.find_spec(dep) is None:
+        with pytest.raises(UserError, match=f"pip install {dep}"):
+            run_search("optuna", tiny_problem(), evaluator, episodes=3, seed=0, options={"sampler": sampler})
+        return
+    problem = tiny_problem("flops=60%,latency=80%", latency=True)
+    result = run_search("optuna", problem, evaluator, episodes=6, seed=0,
+                        options={"sampler": sampler, "n_startup_trials": 3} if sampler != "nsga2" else
+                        {"sampler": sampler})
+    assert problem.feasible(result.best_kept) and result.evaluations == 6
+    if sampler == "nsga2":
+        front = result.extra["pareto_front"]
+        assert front and all(problem.feasible(r["kept"]) for r in front)
+        lat = [r["latency"] for r in front]
+        rew = [r["reward"] for r in front]
+        assert lat == sorted(lat) and rew == sorted(rew)  # cheaper is worse along a front
+
+
+def test_rewards(evaluator):
+    problem = tiny_problem()
+    kept = problem.project(np.full(len(problem.channels), 0.6))
+    acc = Reward("acc", evaluator)(kept)
+    rflops = Reward("r-flops", evaluator, problem.cost)(kept)
+    assert rflops.accuracy == acc.accuracy
+    assert rflops.reward == pytest.approx(-(1 - acc.accuracy) * np.log(problem.cost(kept)["flops"]))
+    ft = Reward("acc-ft", evaluator, finetune_steps=2)(kept)
+    assert "finetune" in ft.phases and 0 <= ft.accuracy <= 1
+
+
+def test_bn_folding_changes_no_prediction():
+    _, _, pruner, data = tiny_model()
+    problem = tiny_problem()
+    kept = problem.project(np.full(len(problem.channels), 0.5))
+    fast = tiny_evaluator(fast=True).evaluate(kept)
+    slow = tiny_evaluator(fast=False).evaluate(kept)
+    assert fast.accuracy == pytest.approx(slow.accuracy, abs=1 / 48 + 1e-9)
+    assert set(fast.phases) == {"apply", "recalibrate", "evaluate"}
