@@ -6,7 +6,9 @@
 PROBE_DIR is what ``autoprune latency-table probes`` wrote: ``probes.csv`` lists ONNX files (one operator each, plus a
 few uniformly pruned whole networks for calibration). Each is timed the way a serving stack runs it: an onnxruntime
 session with full graph optimisation (so conv + activation fusion and the blocked layouts are what is timed), a fixed
-number of intra-op threads, warm-up runs, then the median of timed runs with the 10th / 90th percentiles. Writes
+number of intra-op threads, warm-up runs, then the median of timed runs with the 10th / 90th percentiles. Operator
+probes are timed by onnxruntime's profiler (kernel time, without the layout reorders only a lone operator needs);
+whole networks by wall time per run. Writes
 ``measured.csv`` and ``device.json`` (this device's fingerprint) into PROBE_DIR; then, where autoprune is installed:
 ``autoprune latency-table import PROBE_DIR``.
 
@@ -22,6 +24,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,8 +54,11 @@ def fingerprint(threads: int, device: str) -> dict:
     }
 
 
-def session(path: Path, threads: int, device: str) -> ort.InferenceSession:
+def session(path: Path, threads: int, device: str, profile_prefix: str | None = None) -> ort.InferenceSession:
     so = ort.SessionOptions()
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -62,17 +68,44 @@ def session(path: Path, threads: int, device: str) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), so, providers=providers)
 
 
-def measure(path: Path, shape: list[int], threads: int, device: str, warmup: int, repeats: int) -> dict:
-    sess = session(path, threads, device)
-    name = sess.get_inputs()[0].name
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    for _ in range(warmup):
-        sess.run(None, {name: x})
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, {name: x})
-        samples.append((time.perf_counter() - t0) * 1e6)
+LAYOUT_OPS = ("ReorderInput", "ReorderOutput")
+
+
+def kernel_times(events: list, warmup: int) -> list:
+    """Per run (profiler ``model_run`` span), the summed kernel time of its nodes except layout reorders, which
+    a stand-alone probe needs and a served network of blocked convs does not run between them."""
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session"
+                  and e.get("name") == "model_run")
+    nodes = sorted((e["ts"], e["dur"]) for e in events if e.get("cat") == "Node"
+                   and e.get("name", "").endswith("_kernel_time")
+                   and e.get("args", {}).get("op_name") not in LAYOUT_OPS)
+    out, j = [], 0
+    for start, end in runs:
+        total = 0.0
+        while j < len(nodes) and nodes[j][0] < start:
+            j += 1
+        while j < len(nodes) and nodes[j][0] <= end:
+            total += nodes[j][1]
+            j += 1
+        out.append(total)
+    return out[warmup:]
+
+
+def measure(path: Path, shape: list, threads: int, device: str, warmup: int, repeats: int, kernels: bool) -> dict:
+    """Operator probes (``kernels``): kernel time from onnxruntime's profiler; whole networks: wall time per run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sess = session(path, threads, device, str(Path(tmp) / "probe") if kernels else None)
+        name = sess.get_inputs()[0].name
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        for _ in range(warmup):
+            sess.run(None, {name: x})
+        samples = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            sess.run(None, {name: x})
+            samples.append((time.perf_counter() - t0) * 1e6)
+        if kernels:
+            samples = kernel_times(json.loads(Path(sess.end_profiling()).read_text()), warmup)
     s = np.asarray(samples)
     return {"median_us": float(np.median(s)), "p10_us": float(np.percentile(s, 10)),
             "p90_us": float(np.percentile(s, 90)), "repeats": len(s)}
@@ -105,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         shape = [int(v) for v in item["input_shape"].split("x")]
         network = item["kind"] == "network"
         t = measure(d / item["file"], shape, threads, args.device, int(meta.get("e2e_warmup", 10)) if network
-                    else warmup, e2e_repeats if network else repeats)
+                    else warmup, e2e_repeats if network else repeats, kernels=not network)
         rows.append({"file": item["file"], "kind": item["kind"], "keep_ratio": item["keep_ratio"], **t})
         if (i + 1) % 25 == 0 or i + 1 == len(listing):
             print(f"{i + 1}/{len(listing)} measured ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)

@@ -221,6 +221,9 @@ def test_probe_round_trip(tmp_path, graph):
     out = tmp_path / "probes"
     n = export_probes("resnet20", SHAPE, out, threads=1, grid=2, block=16, align=4)
     assert n["probes"] > 0 and (out / "measure_probes.py").is_file()
+    with pytest.raises(UserError, match="measure_probes.py"):  # not measured yet
+        import_probes(out)
+    # torch and autoprune are made unimportable: the script must stand alone
     code = ("import sys, runpy; sys.modules['torch'] = None; sys.modules['autoprune'] = None; "
             f"sys.argv = ['measure_probes.py', {str(out)!r}, '--repeats', '2', '--warmup', '1', '--e2e-repeats', '2']; "
             f"runpy.run_path({str(out / 'measure_probes.py')!r}, run_name='__main__')")
@@ -234,13 +237,12 @@ def test_probe_round_trip(tmp_path, graph):
     saved = table.save(tmp_path / "imported.csv")
     v = LatencyTable.load(saved).predictor(graph)(graph.channels)
     assert np.isfinite(v) and v > 0
-
-
-def test_import_without_measurements_is_a_user_error(tmp_path):
-    out = tmp_path / "probes"
-    export_probes("resnet20", SHAPE, out, threads=1, grid=2)
-    with pytest.raises(UserError, match="measure_probes.py"):
+    # a truncated measurement file is refused in one line
+    text = (out / "measured.csv").read_text()
+    (out / "measured.csv").write_text(text[: len(text) // 2])
+    with pytest.raises(UserError) as info:
         import_probes(out)
+    assert "\n" not in str(info.value)
 
 
 def test_calibration_fit():
