@@ -95,3 +95,57 @@ def measure_model(model: nn.Module, input_shape: tuple[int, ...], backend: str =
         finally:
             torch.set_num_threads(prev)
     raise UserError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+
+
+LAYOUT_OPS = ("ReorderInput", "ReorderOutput")
+
+
+def kernel_times_from_profile(events: list[dict], warmup: int, exclude: tuple[str, ...] = LAYOUT_OPS) -> list[float]:
+    """Per timed run, the summed kernel time (µs) of the nodes onnxruntime's profiler recorded, less ``exclude``.
+
+    Runs are the profiler's ``model_run`` spans; the first ``warmup`` are dropped.
+    """
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session"
+                  and e.get("name") == "model_run")
+    nodes = sorted((e["ts"], e["dur"]) for e in events if e.get("cat") == "Node"
+                   and e.get("name", "").endswith("_kernel_time") and e.get("args", {}).get("op_name") not in exclude)
+    out, j = [], 0
+    for start, end in runs:
+        total = 0.0
+        while j < len(nodes) and nodes[j][0] < start:
+            j += 1
+        while j < len(nodes) and nodes[j][0] <= end:
+            total += nodes[j][1]
+            j += 1
+        out.append(total)
+    return out[warmup:]
+
+
+def measure_onnx_kernels(onnx_model: bytes, input_shape: tuple[int, ...], threads: int = 2, warmup: int = 3,
+                         repeats: int = 15, device: str = "cpu", exclude: tuple[str, ...] = LAYOUT_OPS) -> Timing:
+    """Kernel time of an operator probe, without the layout conversions the probe needs only because it stands
+    alone: in a served network the blocked convs pass blocked tensors to each other and no reorder runs between
+    them. Timed by onnxruntime's own profiler, per run (median and p10/p90 over the timed runs)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "probe")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        sess = ort.InferenceSession(onnx_model, so, providers=providers)
+        name = sess.get_inputs()[0].name
+        x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
+        for _ in range(warmup + repeats):
+            sess.run(None, {name: x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    return timing_from_samples(kernel_times_from_profile(events, warmup, exclude))
