@@ -1,0 +1,196 @@
+"""Benchmark the search strategies on the demo model (ResNet-20, Fashion-MNIST) at one budget.
+
+Each strategy runs with the same evaluation budget and seed through ``autoprune.search.run_search``; its best
+policy is then scored the same way for every row — apply, BN recalibration on the same training batches, accuracy
+on the whole held-out split and on the test split — and optionally after the same fine-tune. Torch-Pruning's global
+magnitude pruning at the same FLOPs is the reference row. One CSV row per run is appended to ``--out``; the
+evaluation history of each run goes to ``benchmarks/search_history/``.
+
+    .venv/bin/python scripts/bench_search.py --strategies uniform,reference --episodes 300
+    .venv/bin/python scripts/bench_search.py --strategies ddpg --episodes 300 --held-out 2000
+    .venv/bin/python scripts/bench_search.py --measure-evaluator      # per-phase seconds vs held-out size
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from autoprune.budget import parse_budget  # noqa: E402
+from autoprune.cost.model import CostModel  # noqa: E402
+from autoprune.data import load_data  # noqa: E402
+from autoprune.layers import analyze  # noqa: E402
+from autoprune.models import build_model  # noqa: E402
+from autoprune.prune import ChannelPruner  # noqa: E402
+from autoprune.reward import Evaluator  # noqa: E402
+from autoprune.search import STRATEGIES, run_search  # noqa: E402
+from autoprune.search.base import Problem  # noqa: E402
+from autoprune.search.reference import global_magnitude_at_flops  # noqa: E402
+from autoprune.training import TrainConfig, train  # noqa: E402
+
+SHAPE = (1, 1, 28, 28)
+
+
+def setup(args):
+    if args.smoke:  # a random-weight model on synthetic data: checks the script runs, measures nothing
+        model, _ = build_model("resnet20", in_channels=1, num_classes=10)
+        data = load_data("synthetic:512", SHAPE[1:], held_out=128)
+    else:
+        model, _ = build_model("fmnist-resnet20")
+        data = load_data("fashion-mnist")
+    graph = analyze(model, SHAPE, "fmnist-resnet20")
+    pruner = ChannelPruner(model, SHAPE, graph=graph, criterion="l2")
+    problem = Problem(graph, CostModel(graph), parse_budget(args.budget), min_keep=args.min_keep)
+    return model, data, graph, pruner, problem
+
+
+def finetune_and_test(model, data, test_eval: Evaluator, epochs: float, seed: int) -> float:
+    """The same fine-tune for every row: SGD, lr 0.01 cosine, augmentation, ``epochs`` epochs."""
+    model = copy.deepcopy(model)
+    train(model, data.train, TrainConfig(epochs=epochs, lr=0.01, seed=seed))
+    return test_eval.evaluate_model(model, recalibrate=False)
+
+
+def measure_evaluator(args) -> None:
+    model, data, graph, pruner, problem = setup(args)
+    rng = np.random.default_rng(0)
+    policies = [problem.project(rng.uniform(args.min_keep, 1, len(problem.channels))) for _ in range(args.repeats)]
+    rows = []
+    for fast in (False, True):
+        for held in (1000, 2000, 5000):
+            for calib in (5, 10):
+                ev = Evaluator(pruner, data, held_out=held, calib_batches=calib, fast=fast)
+                ev.evaluate(policies[0])  # warm-up
+                ev._cache.clear()
+                phases = [ev.evaluate(k).phases for k in policies]
+                row = {"fast": fast, "held_out": held, "calib_batches": calib, "threads": torch.get_num_threads()}
+                for p in ("apply", "recalibrate", "evaluate"):
+                    row[p + "_s"] = float(np.mean([ph[p] for ph in phases]))
+                row["total_s"] = row["apply_s"] + row["recalibrate_s"] + row["evaluate_s"]
+                row["accuracy_mean"] = float(np.mean([ev._cache[(tuple(int(x) for x in k), 0)].accuracy
+                                                      for k in policies]))
+                rows.append(row)
+                print(row, flush=True)
+    ft = Evaluator(pruner, data, held_out=args.held_out, finetune_steps=args.finetune_steps)
+    t = time.perf_counter()
+    e = ft.evaluate(policies[0])
+    rows.append({"fast": True, "held_out": args.held_out, "calib_batches": 0, "threads": torch.get_num_threads(),
+                 "reward": f"acc-ft ({args.finetune_steps} steps)", "total_s": time.perf_counter() - t,
+                 **{k + "_s": v for k, v in e.phases.items()}})
+    print(rows[-1], flush=True)
+    out = ROOT / "benchmarks" / "search_evaluator_timing.csv"
+    pd.DataFrame(rows).to_csv(out, index=False)
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--strategies", default="uniform,reference",
+                    help=f"comma-separated: {', '.join(STRATEGIES)}, reference, optuna:<sampler>")
+    ap.add_argument("--episodes", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--budget", default="flops=50%")
+    ap.add_argument("--min-keep", type=float, default=0.1)
+    ap.add_argument("--reward", default="acc")
+    ap.add_argument("--held-out", type=int, default=2000, help="held-out images the search's reward scores")
+    ap.add_argument("--calib-batches", type=int, default=10)
+    ap.add_argument("--finetune-steps", type=int, default=200, help="the acc-ft reward's fine-tune length")
+    ap.add_argument("--finetune-epochs", type=float, default=0.0, help="fine-tune each best policy, then test")
+    ap.add_argument("--options", default="{}", help="JSON strategy options")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "search_strategies.csv"))
+    ap.add_argument("--measure-evaluator", action="store_true")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--smoke", action="store_true", help="random weights + synthetic data; output to /tmp")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.measure_evaluator:
+        measure_evaluator(args)
+        return
+    command = "python scripts/bench_search.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    model, data, graph, pruner, problem = setup(args)
+    search_eval = Evaluator(pruner, data, held_out=args.held_out, calib_batches=args.calib_batches, seed=args.seed)
+    final_held = Evaluator(pruner, data, held_out=None, calib_batches=args.calib_batches, seed=args.seed)
+    test_data = dataclasses.replace(data, held_out=data.test)
+    final_test = Evaluator(pruner, test_data, held_out=None, calib_batches=args.calib_batches, seed=args.seed)
+    if args.smoke:
+        args.out = "/tmp/bench_search_smoke.csv"
+    hist_dir = Path("/tmp/bench_search_history") if args.smoke else ROOT / "benchmarks" / "search_history"
+    hist_dir.mkdir(parents=True, exist_ok=True)
+    for spec in args.strategies.split(","):
+        name, _, sampler = spec.partition(":")
+        t0 = time.perf_counter()
+        row: dict = {"strategy": spec, "budget": args.budget, "episodes": args.episodes, "seed": args.seed,
+                     "reward": args.reward if name not in ("uniform", "reference") else None,
+                     "search_held_out": args.held_out}
+        if name == "reference":
+            limit = problem.limits["flops"]
+            pruned, ratio, flops = global_magnitude_at_flops(model, SHAPE, limit, ignored=[model.fc])
+            row.update(evaluations=0, wall_s=time.perf_counter() - t0,
+                       flops_share=flops / problem.cost.baseline["flops"],
+                       held_out_acc=final_held.evaluate_model(pruned), test_acc=final_test.evaluate_model(pruned),
+                       kept=json.dumps({"tp_pruning_ratio": round(ratio, 4)}))
+            if args.finetune_epochs:
+                final_test.recalibrate(pruned)
+                row["test_acc_ft"] = finetune_and_test(pruned, data, final_test, args.finetune_epochs, args.seed)
+        else:
+            options = json.loads(args.options)
+            if sampler:
+                options["sampler"] = sampler
+            if name != "uniform":
+                options["reward"] = args.reward
+                options["finetune_steps"] = args.finetune_steps
+
+            def progress(ev, _every=max(1, args.episodes // 20), _spec=spec):
+                if ev.evaluation % _every == 0 or ev.evaluation == ev.episodes:
+                    print(f"  {_spec} {ev.evaluation}/{ev.episodes} best={ev.best_reward} "
+                          f"flops={ev.best_costs.get('flops', float('nan')):.3f} t={ev.seconds:.0f}s", flush=True)
+
+            result = run_search(name, problem, search_eval if name != "uniform" else None, episodes=args.episodes,
+                                seed=args.seed, options=options, callback=progress,
+                                workdir=Path(tempfile.mkdtemp(prefix="bench-search-")))
+            h = result.history
+            kept = result.best_kept
+            row.update(evaluations=result.evaluations, wall_s=result.seconds,
+                       flops_share=problem.cost_shares(kept)["flops"], best_reward=result.best_reward,
+                       held_out_acc=final_held.evaluate(kept).accuracy, test_acc=final_test.evaluate(kept).accuracy,
+                       kept=json.dumps([int(k) for k in kept]))
+            for phase in ("apply_s", "finetune_s", "recalibrate_s", "evaluate_s", "update_s", "eval_s"):
+                if phase in h:
+                    row["mean_" + phase] = float(h[phase].mean())
+            row["mean_episode_s"] = result.seconds / max(result.evaluations, 1)
+            for k in ("warmup_mean_reward", "last50_mean_reward", "warmup", "tolerance", "iterations"):
+                if k in result.extra:
+                    row[k] = result.extra[k]
+            h.to_csv(hist_dir / f"{spec.replace(':', '-')}-{args.reward}-seed{args.seed}.csv", index=False)
+            if args.finetune_epochs:
+                pruned = pruner.apply(kept)
+                final_test.recalibrate(pruned)
+                row["test_acc_ft"] = finetune_and_test(pruned, data, final_test, args.finetune_epochs, args.seed)
+        row["finetune_epochs"] = args.finetune_epochs
+        row["command"] = command
+        print({k: v for k, v in row.items() if k not in ("command", "kept")}, flush=True)
+        out = Path(args.out)
+        df = pd.DataFrame([row])
+        if out.is_file():
+            df = pd.concat([pd.read_csv(out), df], ignore_index=True)
+        df.to_csv(out, index=False)
+
+
+if __name__ == "__main__":
+    main()
