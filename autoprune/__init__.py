@@ -4,7 +4,7 @@ The public API mirrors the command line::
 
     import autoprune
     graph = autoprune.analyze_model("resnet18", (1, 3, 224, 224))
-    outcome = autoprune.uniform_search("resnet18", "flops=50%")
+    run = autoprune.search("resnet18", "imagefolder:~/val", "latency=10ms", out="runs/r18")
     pruned = autoprune.apply_policy(model, autoprune.Policy.load("runs/x/policy.json"))
 """
 
@@ -19,8 +19,8 @@ from autoprune.api import (  # noqa: E402
     make_cost_model,
     prune_with_policy,
     save_outcome,
+    search,
     train_model,
-    uniform_search,
 )
 from autoprune.budget import Budget, parse_budget  # noqa: E402
 from autoprune.errors import UserError  # noqa: E402
@@ -30,5 +30,5 @@ from autoprune.policy import Policy  # noqa: E402
 __all__ = [
     "Budget", "LayerGraph", "LayerGroup", "Policy", "PolicyOutcome", "UserError", "analyze", "analyze_model",
     "apply_policy", "evaluate_pruned", "load_model", "make_cost_model", "parse_budget", "prune_with_policy",
-    "save_outcome", "train_model", "uniform_search",
+    "save_outcome", "search", "train_model",
 ]

@@ -145,40 +145,6 @@ def evaluate_pruned(pruned: nn.Module, data: DataBundle, recalibrate: bool = Tru
     return {"held_out_accuracy": accuracy(pruned, data.held_out), "test_accuracy": accuracy(pruned, data.test)}
 
 
-def uniform_search(
-    model: str, budget: str | Budget, *, input_shape: tuple[int, ...] | None = None,
-    weights: str | Path | None = None, trust_pickle: bool = False, data: str | DataBundle | None = None,
-    table: str | Path | None = None, force: bool = False, min_keep: float = 0.1, round_to: int = 1,
-    criterion: str = "l2", seed: int = 0, measure: bool = False, threads: int = 2,
-) -> PolicyOutcome:
-    """One keep ratio for every group, the largest that meets the budget (found by bisection)."""
-    t0 = time.perf_counter()
-    net, shape = load_model(model, weights, input_shape, trust_pickle=trust_pickle)
-    bundle = _load_bundle(data, shape, net) if data is not None else None
-    graph = analyze(net, shape, model)
-    bud = parse_budget(budget) if isinstance(budget, str) else budget
-    problem = Problem(graph, make_cost_model(graph, table, force), bud, min_keep=min_keep, round_to=round_to)
-    kept, ratio = uniform_kept(problem)
-    pruner = ChannelPruner(net, shape, graph=graph, criterion=criterion,
-                           data=bundle.train if bundle else None, seed=seed)
-    pruned = pruner.apply(kept)
-    metrics = _cost_metrics(problem, kept)
-    baseline = _cost_metrics(problem, graph.channels)
-    if bundle is not None:
-        baseline.update(evaluate_pruned(net, bundle, recalibrate=False))
-        metrics.update(evaluate_pruned(pruned, bundle, seed=seed))
-    if measure:
-        baseline["latency_measured_us"] = measure_model(net, shape, threads=threads).median_us
-        metrics["latency_measured_us"] = measure_model(pruned, shape, threads=threads).median_us
-    policy = Policy.from_kept(
-        graph, kept, budget=bud.text, metrics=metrics,
-        search={"strategy": "uniform", "keep_ratio": ratio, "evaluations": 0, "seed": seed, "criterion": criterion,
-                "min_keep": min_keep, "round_to": round_to, "data": bundle.name if bundle else None,
-                "seconds": time.perf_counter() - t0, "versions": versions()},
-    )
-    return PolicyOutcome(policy, pruned, baseline)
-
-
 def _cost_metrics(problem: Problem, kept) -> dict[str, float]:
     c = problem.cost(kept)
     out = {"flops": c["flops"], "params": c["params"],
@@ -238,3 +204,150 @@ def versions() -> dict[str, str]:
 
     return {"autoprune": autoprune.__version__, "torch": torch.__version__, "torch_pruning": torch_pruning.__version__,
             "onnxruntime": onnxruntime.__version__}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The main job: search -> prune -> fine-tune -> export -> measure -> report
+
+DEMO_DATA = "fashion-mnist"
+DEMO_INPUT_SHAPE = (1, 1, 28, 28)  # revisited by the latency-budget demo: a batch where the model takes ~15-20 ms
+
+
+@dataclass
+class RunOutcome:
+    """What ``search`` leaves behind: the search result, the policy (with every metric) and the pruned model."""
+
+    result: object  # autoprune.search.SearchResult
+    policy: Policy
+    pruned: nn.Module
+    run_dir: Path | None
+
+
+def cached_table_path(model: str, shape: tuple[int, ...], backend: str = "onnxruntime", threads: int = 2) -> Path:
+    from autoprune.cost.latency_table import default_table_path, device_fingerprint
+    from autoprune.data import CACHE_DIR
+
+    return default_table_path(model, shape, device_fingerprint(backend, threads), CACHE_DIR / "latency_tables")
+
+
+def ensure_table(model: str, shape: tuple[int, ...], table: str | Path | None, *, weights=None,
+                 threads: int = 2, on_progress=None) -> Path:
+    """The latency table to use: the one given, a shipped or cached one for this device, or one built now."""
+    if table is not None:
+        return Path(table)
+    from autoprune.cost.latency_table import build_table, default_table_path, device_fingerprint
+
+    fp = device_fingerprint("onnxruntime", threads)
+    shipped = default_table_path(model, shape, fp, Path(__file__).resolve().parent.parent / "latency_tables")
+    if shipped.is_file():
+        return shipped
+    cached = cached_table_path(model, shape, threads=threads)
+    if not cached.is_file():
+        build_table(model, shape, threads=threads, weights=weights, on_progress=on_progress).save(cached)
+    return cached
+
+
+def search(
+    model: str | None = None, data: str | DataBundle | None = None, budget: str | Budget = "flops=50%", *,
+    strategy: str = "ddpg", weights: str | Path | None = None, input_shape: tuple[int, ...] | None = None,
+    table: str | Path | None = None, force: bool = False, episodes: int = 300, seed: int = 0,
+    reward: str | None = None, options: dict | None = None, min_keep: float = 0.1, round_to: int = 1,
+    criterion: str = "l2", held_out: int | None = 5000, finetune_epochs: float = 1.0,
+    finetune_lr: float | None = None, kd: bool = False, out: str | Path | None = None, resume: bool = False,
+    measure: bool = True, threads: int = 2, trust_pickle: bool = False, callback=None, on_phase=None,
+) -> RunOutcome:
+    """Search a policy under ``budget``, prune, fine-tune, export, measure and write the run directory ``out``.
+
+    With no ``model`` the embedded default runs: the demo model with its checkpoint on Fashion-MNIST.
+    ``on_phase(text)`` reports the phases (table build, search, fine-tune, ...); ``callback(SearchEvent)`` each
+    evaluation.
+    """
+    from autoprune.finetune import DEFAULT_FINETUNE_LR, finetune
+    from autoprune.reward import Evaluator
+    from autoprune.search import run_search
+
+    def phase(text: str) -> None:
+        if on_phase is not None:
+            on_phase(text)
+
+    t0 = time.perf_counter()
+    if model is None:
+        model, data = DEMO_MODEL, data or DEMO_DATA
+        input_shape = input_shape or DEMO_INPUT_SHAPE
+    bud = parse_budget(budget) if isinstance(budget, str) else budget
+    net, shape = load_model(model, weights, input_shape, trust_pickle=trust_pickle)
+    if data is None and strategy != "uniform":
+        raise UserError(f"strategy {strategy} scores policies on data: pass --data (e.g. --data imagefolder:PATH)")
+    bundle = _load_bundle(data, shape, net) if data is not None else None
+    graph = analyze(net, shape, model)
+    if "latency" in bud.metrics and table is None:
+        phase("building a latency table for this device (once; cached)")
+        table = ensure_table(model, shape, None, weights=weights, threads=threads)
+    cost = make_cost_model(graph, table, force)
+    problem = Problem(graph, cost, bud, min_keep=min_keep, round_to=round_to)
+    run_dir = Path(out) if out is not None else None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    pruner = ChannelPruner(net, shape, graph=graph, criterion=criterion, data=bundle.train if bundle else None,
+                           seed=seed)
+    evaluator = Evaluator(pruner, bundle, held_out=held_out, seed=seed, kd=kd) if bundle is not None else None
+    opts = dict(options or {})
+    if reward is not None:
+        opts["reward"] = reward
+    phase(f"searching with {strategy}")
+    result = run_search(strategy, problem, evaluator, episodes=episodes, seed=seed, options=opts,
+                        callback=callback, workdir=run_dir, resume=resume)
+    if run_dir is not None:
+        write_history(result.history, run_dir / "history.csv")
+
+    kept = [int(k) for k in result.best_kept]
+    uniform, _ = uniform_kept(problem)
+    pruned = pruner.apply(kept)
+    metrics = _cost_metrics(problem, kept)
+    unpruned = _cost_metrics(problem, graph.channels)
+    finetune_info = None
+    if bundle is not None:
+        phase("scoring the pruned model")
+        unpruned.update(evaluate_pruned(net, bundle, recalibrate=False))
+        before = evaluate_pruned(pruned, bundle, seed=seed)
+        metrics["held_out_accuracy"] = before["held_out_accuracy"]
+        metrics["test_accuracy_before_finetune"] = before["test_accuracy"]
+        if finetune_epochs > 0:
+            lr = finetune_lr or DEFAULT_FINETUNE_LR
+            phase(f"fine-tuning {finetune_epochs} epoch(s){' with distillation' if kd else ''}")
+            log = finetune(pruned, bundle, epochs=finetune_epochs, lr=lr, teacher=net if kd else None, seed=seed)
+            finetune_info = {"epochs": finetune_epochs, "lr": lr, "kd": kd, "seconds": log.seconds}
+            metrics["held_out_accuracy_after_finetune"] = accuracy(pruned, bundle.held_out)
+        metrics["test_accuracy"] = accuracy(pruned, bundle.test)
+    if measure:
+        phase("measuring end-to-end latency")
+        backend, n_threads = "onnxruntime", threads
+        if table is not None:
+            from autoprune.cost.latency_table import LatencyTable
+
+            lut = LatencyTable.load(table)
+            backend, n_threads = lut.backend, lut.threads
+        unpruned["latency_measured_us"] = measure_model(net, shape, backend, n_threads).median_us
+        metrics["latency_measured_us"] = measure_model(pruned, shape, backend, n_threads).median_us
+    metrics["unpruned"] = unpruned
+    policy = Policy.from_kept(
+        graph, kept, budget=bud.text, metrics=metrics,
+        search={"strategy": strategy, "evaluations": result.evaluations, "seed": seed,
+                "reward": result.extra.get("reward"), "episodes": episodes, "criterion": criterion,
+                "min_keep": min_keep, "round_to": round_to, "data": bundle.name if bundle else None,
+                "table": str(table) if table is not None else None, "search_seconds": result.seconds,
+                "seconds": time.perf_counter() - t0, "uniform_kept": [int(k) for k in uniform],
+                "finetune": finetune_info, "versions": versions()},
+    )
+    if run_dir is not None:
+        phase("writing the run directory")
+        save_outcome(PolicyOutcome(policy, pruned, unpruned), run_dir)
+        from autoprune.report import render
+
+        render(run_dir)
+    return RunOutcome(result, policy, pruned, run_dir)
+
+
+def write_history(history, path: Path) -> None:
+    atomic.write_text(path, history.to_csv(index=False))

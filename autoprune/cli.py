@@ -42,12 +42,16 @@ def train(
     from autoprune.api import train_model
 
     torch.manual_seed(seed)
+    last_epoch = [0]
     with _progress() as progress:
         task = progress.add_task("train", total=None)
 
         def on_epoch_step(step: int, total: int, loss: float, epoch: int, n_epochs: int) -> None:
             progress.update(task, completed=step, total=total,
                             description=f"epoch {epoch}/{n_epochs} loss {loss:.3f}")
+            if epoch != last_epoch[0] and progress.disable:  # one line per epoch in logs
+                err_console.print(f"epoch {epoch}/{n_epochs} step {step}/{total} loss {loss:.3f}")
+                last_epoch[0] = epoch
 
         result = train_model(model, data, out, epochs=epochs, lr=lr, batch_size=batch_size, schedule=schedule,
                              weight_decay=weight_decay, weights=weights, num_classes=num_classes, seed=seed,
@@ -95,41 +99,88 @@ def info(
 
 @app.command()
 def search(
-    budget: str = typer.Option(..., help="e.g. flops=50%, params=2M, latency=10ms (latency needs --table)"),
-    model: str | None = typer.Option(None, help=MODEL_HELP + " (default: the demo model)"),
+    budget: str = typer.Option(None, help="e.g. flops=50%, params=2M, latency=10ms, latency=50%"),
+    model: str | None = typer.Option(None, help=MODEL_HELP + " (default: the demo model on Fashion-MNIST)"),
     weights: Path | None = typer.Option(None, help="a state_dict file"),
     data: str | None = typer.Option(None, help="fashion-mnist | cifar10 | cifar100 | imagefolder:PATH | synthetic"),
     input_shape: str | None = typer.Option(None, help=SHAPE_HELP),
-    strategy: str = typer.Option("uniform", help="uniform"),
-    table: Path | None = typer.Option(None, help="latency table (CSV) for latency budgets"),
+    strategy: str = typer.Option("ddpg", help="ddpg | optuna | netadapt | uniform | random | sensitivity"),
+    episodes: int = typer.Option(300, help="evaluation budget: policies scored by the search"),
+    reward: str | None = typer.Option(None, help="acc | acc-ft | r-flops (default: acc)"),
+    sampler: str | None = typer.Option(None, help="optuna sampler: tpe | cmaes | gp | nsga2"),
+    option: list[str] = typer.Option([], "--option", help="strategy option KEY=VALUE (repeatable)"),
+    table: Path | None = typer.Option(None, help="latency table; built for this device when a latency budget has none"),
     force: bool = typer.Option(False, help="use a latency table measured on another device"),
     min_keep: float = typer.Option(0.1, help="smallest keep ratio of any group"),
     round_to: int = typer.Option(1, help="kept channels rounded to a multiple of this"),
     criterion: str = typer.Option("l2", help="channel importance: l1 | l2 | bn-scale | taylor | apoz | random"),
+    held_out: int = typer.Option(5000, help="held-out training images each reward is measured on"),
+    finetune_epochs: float = typer.Option(1.0, help="fine-tuning epochs for the winner (0: none)"),
+    finetune_lr: float | None = typer.Option(None, help="fine-tuning learning rate (default 0.01, a tenth of train's)"),
+    kd: bool = typer.Option(False, help="distil the fine-tune from the unpruned model's logits"),
     seed: int = typer.Option(0),
-    measure: bool = typer.Option(True, help="measure onnxruntime latency of the unpruned and pruned model"),
-    threads: int = typer.Option(2, help="onnxruntime threads for latency measurement"),
+    measure: bool = typer.Option(True, help="measure end-to-end latency of the unpruned and pruned model"),
+    threads: int = typer.Option(2, help="threads for latency measurement (when no table says otherwise)"),
     out: Path | None = typer.Option(None, help="run directory (default runs/<model>-<budget>)"),
     trust_pickle: bool = typer.Option(False, help="allow unpickling a whole saved module"),
 ) -> None:
-    """Search per-group keep ratios under a budget, prune, and write the run directory."""
-    from autoprune.api import save_outcome, uniform_search
+    """Search per-group keep ratios under a budget, prune, fine-tune, export, measure and report."""
+    from autoprune.api import search as run
     from autoprune.models import DEMO_MODEL
 
-    if model is None:
-        model = DEMO_MODEL
-        data = data or "fashion-mnist"
-    if strategy != "uniform":
-        raise UserError(f"unknown strategy {strategy!r}: use uniform")
-    with console.status(f"{strategy} search on {model} for {budget} ..."):
-        outcome = uniform_search(model, budget, input_shape=_shape(input_shape), weights=weights, data=data,
-                                 table=table, force=force, min_keep=min_keep, round_to=round_to,
-                                 criterion=criterion, seed=seed, measure=measure, threads=threads,
-                                 trust_pickle=trust_pickle)
-    run_dir = out or Path("runs") / f"{model.replace(':', '_').replace('.', '_')}-{_slug(budget)}"
-    path = save_outcome(outcome, run_dir)
-    _print_comparison(outcome.baseline, outcome.policy.metrics, outcome.policy.budget)
-    console.print(f"uniform keep ratio {outcome.policy.search['keep_ratio']:.3f}; policy -> {path}")
+    if budget is None:
+        raise UserError("missing --budget: give e.g. --budget flops=50% or --budget latency=10ms")
+    from autoprune.budget import parse_budget
+
+    parse_budget(budget)  # fail on a malformed budget before anything is loaded
+    options = _parse_options(option)
+    if sampler is not None:
+        options["sampler"] = sampler
+    run_dir = out or Path("runs") / f"{(model or DEMO_MODEL).replace(':', '_').replace('.', '_')}-{_slug(budget)}"
+    with _progress() as progress:
+        task = progress.add_task(f"{strategy}", total=episodes)
+
+        def on_event(ev) -> None:
+            best = f"best {ev.best_reward:.4f}" if ev.best_reward is not None else ""
+            costs = " ".join(f"{m} {ev.best_costs.get(m, float('nan')):.3f}/{lim:.3f}" for m, lim in ev.budget.items())
+            text = f"{ev.strategy} {best} {costs}"
+            progress.update(task, completed=ev.evaluation, total=ev.episodes, description=text)
+            if progress.disable and (ev.evaluation % max(1, ev.episodes // 10) == 0 or ev.evaluation == ev.episodes):
+                console.print(f"evaluation {ev.evaluation}/{ev.episodes} {text} ({ev.seconds:.0f} s)")
+
+        def on_phase(text: str) -> None:
+            console.print(f"[dim]{text}[/dim]")
+
+        outcome = run(model, data, budget, strategy=strategy, weights=weights, input_shape=_shape(input_shape),
+                      table=table, force=force, episodes=episodes, seed=seed, reward=reward, options=options,
+                      min_keep=min_keep, round_to=round_to, criterion=criterion, held_out=held_out,
+                      finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, kd=kd, out=run_dir,
+                      measure=measure, threads=threads, trust_pickle=trust_pickle, callback=on_event,
+                      on_phase=on_phase)
+    from autoprune.report import budget_verdict
+
+    _print_comparison(outcome.policy.metrics["unpruned"], outcome.policy.metrics, outcome.policy.budget)
+    verdict = budget_verdict(outcome.policy)
+    if verdict:
+        console.print(verdict.replace("**", ""))
+    console.print(f"{outcome.policy.search['evaluations']} evaluations in "
+                  f"{outcome.policy.search['search_seconds']:.0f} s; run directory {run_dir}/ "
+                  "(policy.json, history.csv, pruned.pt, pruned.onnx, report.md)")
+
+
+def _parse_options(items: list[str]) -> dict:
+    import json
+
+    options: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--option {item!r} is not KEY=VALUE")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
 
 
 def _slug(budget: str) -> str:
@@ -146,14 +197,16 @@ def _print_comparison(before: dict, after: dict, budget: str | None) -> None:
             ("latency, predicted", "latency_predicted_us", lambda v: format_cost("latency", v)),
             ("latency, onnxruntime", "latency_measured_us", lambda v: format_cost("latency", v)),
             ("held-out accuracy", "held_out_accuracy", lambda v: f"{v:.2%}"),
+            ("test accuracy before fine-tuning", "test_accuracy_before_finetune", lambda v: f"{v:.2%}"),
             ("test accuracy", "test_accuracy", lambda v: f"{v:.2%}")]
     t = Table(title=f"unpruned vs pruned ({budget})")
     for col in ("metric", "unpruned", "pruned", "ratio"):
         t.add_column(col, justify="left" if col == "metric" else "right")
     for label, key, fmt in rows:
-        if key in after and key in before:
-            ratio = after[key] / before[key] if before[key] else float("nan")
-            t.add_row(label, fmt(before[key]), fmt(after[key]), f"{ratio:.3f}")
+        if key in after:
+            b = before.get(key, before.get("test_accuracy") if key.startswith("test_accuracy") else None)
+            ratio = f"{after[key] / b:.3f}" if b else ""
+            t.add_row(label, fmt(b) if b is not None else "", fmt(after[key]), ratio)
     console.print(t)
 
 
@@ -181,8 +234,9 @@ def prune(
 
 
 def _progress() -> Progress:
+    # Off a terminal a live bar would only garble logs: callers print plain progress lines instead.
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeRemainingColumn(), console=err_console, transient=False)
+                    TimeRemainingColumn(), console=err_console, transient=False, disable=not err_console.is_terminal)
 
 
 from autoprune.cli_latency import latency_app  # noqa: E402

@@ -17,10 +17,11 @@ def test_info_lists_groups(run_cli):
 def test_uniform_search_then_prune(run_cli, tmp_path):
     run = tmp_path / "run"
     code, out, err = run_cli("search", "--model", "resnet20", "--input-shape", "1x3x16x16", "--budget", "flops=50%",
-                             "--no-measure", "--out", run)
+                             "--strategy", "uniform", "--no-measure", "--out", run)
     assert code == 0, err
     policy = json.loads((run / "policy.json").read_text())
     assert policy["search"]["strategy"] == "uniform"
+    assert (run / "report.md").is_file() and (run / "history.csv").is_file()
     assert 0.45 <= policy["metrics"]["flops_share"] <= 0.5
     assert (run / "pruned.onnx").is_file() and (run / "pruned_state.pt").is_file()
 
@@ -36,7 +37,7 @@ def test_uniform_search_then_prune(run_cli, tmp_path):
 
 def test_search_with_data_reports_accuracy(run_cli, tmp_path):
     code, out, err = run_cli("search", "--model", "resnet20", "--input-shape", "1x3x16x16", "--data", "synthetic",
-                             "--budget", "params=50%", "--no-measure", "--out", tmp_path / "r")
+                             "--budget", "params=50%", "--strategy", "uniform", "--finetune-epochs", "0", "--no-measure", "--out", tmp_path / "r")
     assert code == 0, err
     m = json.loads((tmp_path / "r" / "policy.json").read_text())["metrics"]
     assert 0 <= m["test_accuracy"] <= 1 and 0 <= m["held_out_accuracy"] <= 1
@@ -63,20 +64,33 @@ def test_malformed_budget(run_cli, tmp_path):
 
 def test_budget_below_the_floor(run_cli, tmp_path):
     code, _, err = run_cli("search", "--model", "resnet20", "--budget", "flops=0.1%", "--min-keep", "0.25",
-                           "--no-measure", "--out", tmp_path / "x")
+                           "--strategy", "uniform", "--no-measure", "--out", tmp_path / "x")
     line = one_line_error(code, err)
     assert "unreachable" in line and "smallest reachable" in line
     assert not (tmp_path / "x").exists()
 
 
-def test_latency_budget_needs_a_table(run_cli, tmp_path):
-    code, _, err = run_cli("search", "--model", "resnet20", "--budget", "latency=1ms", "--out", tmp_path / "x")
-    assert "latency table" in one_line_error(code, err)
+def test_missing_latency_table(run_cli, tmp_path):
+    code, _, err = run_cli("search", "--model", "resnet20", "--budget", "latency=1ms", "--strategy", "uniform",
+                           "--table", tmp_path / "none.csv", "--out", tmp_path / "x")
+    assert "none.csv" in one_line_error(code, err)
+
+
+def test_latency_budget_without_a_predictor_is_refused(tiny_model):
+    from autoprune.budget import parse_budget
+    from autoprune.cost.model import CostModel
+    from autoprune.errors import UserError
+    from autoprune.layers import analyze
+    from autoprune.search.base import Problem
+
+    graph = analyze(tiny_model, (1, 1, 16, 16))
+    with pytest.raises(UserError, match="latency table"):
+        Problem(graph, CostModel(graph), parse_budget("latency=1ms"))
 
 
 def test_policy_for_a_different_model(run_cli, tmp_path):
-    code, _, err = run_cli("search", "--model", "resnet20", "--budget", "flops=50%", "--no-measure",
-                           "--out", tmp_path / "r")
+    code, _, err = run_cli("search", "--model", "resnet20", "--budget", "flops=50%", "--strategy", "uniform",
+                           "--no-measure", "--out", tmp_path / "r")
     assert code == 0, err
     code, _, err = run_cli("prune", "--model", "resnet32", "--policy", tmp_path / "r" / "policy.json",
                            "--out", tmp_path / "p.pt")

@@ -1,0 +1,198 @@
+"""The run report: ``report.md`` and its plots, rendered from the run directory's own files.
+
+Everything is read back from ``policy.json`` and ``history.csv`` so ``autoprune report RUN`` can re-render a report
+of any finished (or interrupted) run without the model.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: files only
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from autoprune import atomic  # noqa: E402
+from autoprune.budget import format_cost, parse_budget  # noqa: E402
+from autoprune.errors import UserError  # noqa: E402
+from autoprune.policy import Policy  # noqa: E402
+from autoprune.search.base import pareto_front  # noqa: E402
+
+_ROWS = [
+    ("FLOPs (MACs)", "flops", lambda v: format_cost("flops", v)),
+    ("params", "params", lambda v: format_cost("params", v)),
+    ("latency, predicted by the table", "latency_predicted_us", lambda v: format_cost("latency", v)),
+    ("latency, measured end to end", "latency_measured_us", lambda v: format_cost("latency", v)),
+    ("held-out accuracy (search reward split)", "held_out_accuracy", lambda v: f"{v:.2%}"),
+    ("test accuracy before fine-tuning", "test_accuracy_before_finetune", lambda v: f"{v:.2%}"),
+    ("test accuracy", "test_accuracy", lambda v: f"{v:.2%}"),
+]
+
+
+def load_history(run_dir: Path) -> pd.DataFrame:
+    path = run_dir / "history.csv"
+    if not path.is_file():
+        return pd.DataFrame()
+    h = pd.read_csv(path)
+    if "kept" in h:
+        h["kept"] = h["kept"].map(lambda s: tuple(ast.literal_eval(s)) if isinstance(s, str) else s)
+    return h
+
+
+def _save(fig, path: Path) -> None:
+    atomic.write_with(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_kept(policy: Policy, uniform: list[int] | None, path: Path) -> None:
+    names = [g["name"] for g in policy.groups]
+    ratios = [g["kept"] / g["channels"] for g in policy.groups]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
+    width = 0.4 if uniform else 0.8
+    ax.bar(x - (width / 2 if uniform else 0), ratios, width, label=policy.search.get("strategy", "policy"))
+    if uniform:
+        ax.bar(x + width / 2, [k / g["channels"] for k, g in zip(uniform, policy.groups, strict=True)], width,
+               label="uniform", alpha=0.7)
+    ax.set_xticks(x, names, rotation=90, fontsize=7)
+    ax.set_ylabel("kept channels / channels")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Kept channels per group")
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_rewards(history: pd.DataFrame, path: Path) -> bool:
+    if history.empty or "reward" not in history or history["reward"].isna().all():
+        return False
+    r = history["reward"].astype(float)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(np.arange(1, len(r) + 1), r, ".", ms=3, alpha=0.6, label="reward")
+    ax.plot(np.arange(1, len(r) + 1), r.cummax(), "-", label="best so far")
+    ax.set_xlabel("evaluation")
+    ax.set_ylabel("reward")
+    ax.set_title("Reward over the search")
+    ax.legend()
+    _save(fig, path)
+    return True
+
+
+def plot_pareto(history: pd.DataFrame, policy: Policy, cost: str, path: Path) -> bool:
+    share = f"{cost}_share"
+    if history.empty or "accuracy" not in history or history["accuracy"].isna().all() or share not in history:
+        return False
+    h = history.dropna(subset=["accuracy"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(h[share], h["accuracy"], s=8, alpha=0.5, label="evaluated policies")
+    front = pareto_front(h, share, "accuracy")
+    ax.plot(front[share], front["accuracy"], "r-o", ms=3, label="Pareto front")
+    limit = next((c for c in parse_budget(policy.budget).constraints if c.metric == cost), None) if policy.budget \
+        else None
+    if limit is not None:
+        base = policy.metrics.get("unpruned", {}).get(cost if cost != "latency" else "latency_predicted_us")
+        x = limit.value if limit.relative else (limit.value / base if base else None)
+        if x is not None:
+            ax.axvline(x, color="k", ls="--", label=f"budget {limit.text}")
+    ax.set_xlabel(f"{cost} / unpruned")
+    ax.set_ylabel("held-out accuracy (reward split)")
+    ax.set_title(f"Accuracy vs {cost} of every evaluated policy")
+    ax.legend()
+    _save(fig, path)
+    return True
+
+
+def plot_latency(policy: Policy, path: Path) -> bool:
+    pairs = []
+    for label, m in (("unpruned", policy.metrics.get("unpruned", {})), ("pruned", policy.metrics)):
+        if "latency_predicted_us" in m and "latency_measured_us" in m:
+            pairs.append((label, m["latency_predicted_us"] / 1e3, m["latency_measured_us"] / 1e3))
+    if not pairs:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for label, p, m in pairs:
+        ax.scatter([p], [m], s=40, label=label)
+    hi = max(max(p, m) for _, p, m in pairs) * 1.1
+    ax.plot([0, hi], [0, hi], "k--", lw=1, label="measured = predicted")
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel("measured latency (ms)")
+    ax.set_title("Latency table vs measurement")
+    ax.legend()
+    _save(fig, path)
+    return True
+
+
+def render(run_dir: str | Path) -> Path:
+    """Write ``report.md`` and its PNG plots into ``run_dir``; returns the report's path."""
+    run_dir = Path(run_dir)
+    policy_path = run_dir / "policy.json"
+    if not policy_path.is_file():
+        raise UserError(f"{run_dir} has no policy.json: pass a run directory written by `autoprune search`")
+    policy = Policy.load(policy_path)
+    history = load_history(run_dir)
+    uniform = policy.search.get("uniform_kept")
+    cost = next((c.metric for c in parse_budget(policy.budget).constraints), "flops") if policy.budget else "flops"
+
+    plot_kept(policy, uniform, run_dir / "kept_channels.png")
+    plots = [("Kept channels per group (vs uniform)", "kept_channels.png")]
+    if plot_rewards(history, run_dir / "rewards.png"):
+        plots.append(("Reward over episodes", "rewards.png"))
+    if plot_pareto(history, policy, cost, run_dir / "pareto.png"):
+        plots.append(("Accuracy vs cost, Pareto front and budget", "pareto.png"))
+    if plot_latency(policy, run_dir / "latency.png"):
+        plots.append(("Predicted vs measured latency", "latency.png"))
+
+    m, base = policy.metrics, policy.metrics.get("unpruned", {})
+    lines = [f"# autoprune run: {policy.model} under {policy.budget}", ""]
+    lines += [f"Input {'x'.join(map(str, policy.input_shape))}; strategy **{policy.search.get('strategy')}**, "
+              f"{policy.search.get('evaluations', 0)} evaluations in {policy.search.get('seconds', 0):.0f} s "
+              f"(reward {policy.search.get('reward')}, seed {policy.search.get('seed')}).", ""]
+    verdict = budget_verdict(policy)
+    if verdict:
+        lines += [verdict, ""]
+    lines += ["| metric | unpruned | pruned | ratio |", "|---|---:|---:|---:|"]
+    for label, key, fmt in _ROWS:
+        if key in m:
+            b = base.get(key)
+            ratio = f"{m[key] / b:.3f}" if b else ""
+            lines.append(f"| {label} | {fmt(b) if b is not None else ''} | {fmt(m[key])} | {ratio} |")
+    ft = policy.search.get("finetune")
+    if ft:
+        lines += ["", f"Fine-tuned {ft.get('epochs')} epoch(s) at lr {ft.get('lr')}"
+                      f"{' with distillation from the unpruned model' if ft.get('kd') else ''}."]
+    lines += ["", "## Plots", ""]
+    lines += [f"### {title}\n\n![{title}]({name})\n" for title, name in plots]
+    lines += ["## Kept channels", "", "| group | channels | kept | ratio |", "|---|---:|---:|---:|"]
+    lines += [f"| {g['name']} | {g['channels']} | {g['kept']} | {g['kept'] / g['channels']:.2f} |"
+              for g in policy.groups]
+    out = run_dir / "report.md"
+    atomic.write_text(out, "\n".join(lines) + "\n")
+    return out
+
+
+def budget_verdict(policy: Policy) -> str | None:
+    """One sentence: does the pruned model meet its budget, measured where the budget is latency?"""
+    if not policy.budget:
+        return None
+    m, base = policy.metrics, policy.metrics.get("unpruned", {})
+    parts = []
+    for c in parse_budget(policy.budget).constraints:
+        key = {"flops": "flops", "params": "params", "latency": "latency_measured_us"}[c.metric]
+        if c.metric == "latency" and key not in m:
+            key = "latency_predicted_us"
+        if key not in m:
+            continue
+        ref = base.get(key)
+        limit = c.limit(ref) if c.relative and ref else (None if c.relative else c.value)
+        if limit is None:
+            continue
+        ok = m[key] <= limit
+        how = "measured" if key == "latency_measured_us" else ("predicted" if c.metric == "latency" else "counted")
+        parts.append(f"{c.metric} {format_cost(c.metric, m[key])} {how} vs budget {format_cost(c.metric, limit)}: "
+                     f"{'**met**' if ok else '**NOT met**'}")
+    return "; ".join(parts) + "." if parts else None
+
+
