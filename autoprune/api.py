@@ -19,7 +19,7 @@ from autoprune.errors import UserError
 from autoprune.evaluate import accuracy, recalibrate_bn
 from autoprune.export import export_onnx, save_pytorch
 from autoprune.layers import LayerGraph, analyze
-from autoprune.models import CIFAR_RESNET_DEPTHS, DEMO_MODEL, build_model, resolve
+from autoprune.models import CIFAR_RESNET_DEPTHS, DEMO_MODEL, build_model, load_weights, resolve
 from autoprune.policy import Policy
 from autoprune.prune import ChannelPruner, kept_from_mapping
 from autoprune.search.base import Problem
@@ -351,3 +351,59 @@ def search(
 
 def write_history(history, path: Path) -> None:
     atomic.write_text(path, history.to_csv(index=False))
+
+
+def load_pruned(policy_path: str | Path, state: str | Path | None = None, *, trust_pickle: bool = False,
+                model: str | None = None) -> tuple[nn.Module, Policy]:
+    """Re-create a pruned model from its policy and load its weights safely.
+
+    The architecture comes from applying ``policy.json`` to a fresh model of the policy's name; the weights from
+    ``state`` (default: ``pruned_state.pt`` beside the policy), loaded with ``weights_only=True``. A whole pickled
+    module (``pruned.pt``) is only unpickled when ``trust_pickle`` is set.
+    """
+    policy = Policy.load(policy_path)
+    name = model or policy.model
+    state = Path(state) if state is not None else Path(policy_path).with_name("pruned_state.pt")
+    if not state.is_file():
+        raise UserError(f"no weights at {state}: pass --weights with the pruned model's state_dict")
+    net, shape = load_model(name, None, policy.input_shape)
+    skeleton = apply_policy(net, policy, shape, model_name=name)
+    pruned = load_weights(skeleton, state, trust_pickle=trust_pickle)
+    return pruned.eval(), policy
+
+
+def export_policy(policy_path: str | Path, fmt: str = "onnx", out: str | Path | None = None, *,
+                  weights: str | Path | None = None, trust_pickle: bool = False, model: str | None = None) -> Path:
+    """Export the pruned model a policy describes, as ONNX (``pruned.onnx``) or PyTorch (``pruned.pt``)."""
+    if fmt not in ("onnx", "pt"):
+        raise UserError(f"unknown export format {fmt!r}: use onnx or pt")
+    pruned, policy = load_pruned(policy_path, weights, trust_pickle=trust_pickle, model=model)
+    out = Path(out) if out is not None else Path(policy_path).with_name(f"pruned.{fmt}")
+    if fmt == "onnx":
+        export_onnx(pruned, policy.input_shape, out)
+    else:
+        save_pytorch(pruned, out)
+    return out
+
+
+def finetune_policy(
+    model: str, policy_path: str | Path, data: str, *, epochs: float = 1.0, lr: float | None = None,
+    weights: str | Path | None = None, kd: bool = False, out: str | Path | None = None, seed: int = 0,
+    trust_pickle: bool = False, on_step=None,
+) -> tuple[nn.Module, dict]:
+    """Prune ``model`` (with its trained ``weights``) by a policy and fine-tune it; save the result if ``out``."""
+    from autoprune.finetune import DEFAULT_FINETUNE_LR, finetune
+
+    policy = Policy.load(policy_path)
+    net, shape = load_model(model, weights, policy.input_shape, trust_pickle=trust_pickle)
+    bundle = _load_bundle(data, shape, net)
+    pruned = apply_policy(net, policy, shape, data=bundle.train, seed=seed, model_name=model)
+    before = evaluate_pruned(pruned, bundle, seed=seed)
+    log = finetune(pruned, bundle, epochs=epochs, lr=lr or DEFAULT_FINETUNE_LR, teacher=net if kd else None,
+                   seed=seed, on_step=on_step)
+    metrics = {"test_accuracy_before_finetune": before["test_accuracy"], "test_accuracy": accuracy(pruned, bundle.test),
+               "held_out_accuracy": accuracy(pruned, bundle.held_out), "seconds": log.seconds}
+    if out is not None:
+        out = Path(out)
+        save_pytorch(pruned, out, out.with_name(out.stem + "_state.pt"))
+    return pruned, metrics

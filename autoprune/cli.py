@@ -233,6 +233,55 @@ def prune(
     console.print(f"pruned {pol.model}: {format_cost('params', n)} params -> {out}" + (f", {onnx}" if onnx else ""))
 
 
+@app.command()
+def finetune(
+    model: str = typer.Option(..., help=MODEL_HELP),
+    policy: Path = typer.Option(..., help="policy.json written by a search"),
+    data: str = typer.Option(..., help="fashion-mnist | cifar10 | cifar100 | imagefolder:PATH | synthetic"),
+    epochs: float = typer.Option(1.0, help="fine-tuning epochs"),
+    lr: float | None = typer.Option(None, help="learning rate (default 0.01, a tenth of train's)"),
+    weights: Path | None = typer.Option(None, help="the unpruned model's state_dict"),
+    kd: bool = typer.Option(False, help="distil from the unpruned model's logits"),
+    out: Path | None = typer.Option(None, help="write the fine-tuned pruned model here (.pt; state_dict beside)"),
+    seed: int = typer.Option(0),
+    trust_pickle: bool = typer.Option(False, help="allow unpickling a whole saved module"),
+) -> None:
+    """Prune a trained model by a policy and fine-tune it (optionally distilled)."""
+    from autoprune.api import finetune_policy
+
+    with _progress() as progress:
+        task = progress.add_task("fine-tune", total=None)
+        _, metrics = finetune_policy(model, policy, data, epochs=epochs, lr=lr, weights=weights, kd=kd, out=out,
+                                     seed=seed, trust_pickle=trust_pickle,
+                                     on_step=lambda s, t, loss: progress.update(task, completed=s, total=t))
+    console.print(f"test accuracy {metrics['test_accuracy_before_finetune']:.2%} -> {metrics['test_accuracy']:.2%} "
+                  f"after {epochs} epoch(s) ({metrics['seconds']:.0f} s)" + (f"; saved {out}" if out else ""))
+
+
+@app.command()
+def export(
+    policy: Path = typer.Argument(..., help="policy.json of a run (pruned_state.pt beside it holds the weights)"),
+    format: str = typer.Option("onnx", "--format", help="onnx | pt"),
+    weights: Path | None = typer.Option(None, help="the pruned model's state_dict (default: pruned_state.pt beside)"),
+    out: Path | None = typer.Option(None, help="output file (default: pruned.onnx / pruned.pt beside the policy)"),
+    model: str | None = typer.Option(None, help="model name, when it differs from the one in the policy"),
+    trust_pickle: bool = typer.Option(False, help="allow unpickling a whole saved module as --weights"),
+) -> None:
+    """Re-create the pruned model from a policy and its weights, and export it."""
+    from autoprune.api import export_policy
+
+    path = export_policy(policy, format, out, weights=weights, trust_pickle=trust_pickle, model=model)
+    console.print(f"exported {path}")
+
+
+@app.command()
+def report(run: Path = typer.Argument(..., help="a run directory written by `autoprune search`")) -> None:
+    """Re-render a run's report.md and plots from its policy.json and history.csv."""
+    from autoprune.report import render
+
+    console.print(f"wrote {render(run)}")
+
+
 def _progress() -> Progress:
     # Off a terminal a live bar would only garble logs: callers print plain progress lines instead.
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
