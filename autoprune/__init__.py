@@ -28,7 +28,21 @@ from autoprune.layers import LayerGraph, LayerGroup, analyze  # noqa: E402
 from autoprune.policy import Policy  # noqa: E402
 
 __all__ = [
-    "Budget", "LayerGraph", "LayerGroup", "Policy", "PolicyOutcome", "UserError", "analyze", "analyze_model",
-    "apply_policy", "evaluate_pruned", "load_model", "make_cost_model", "parse_budget", "prune_with_policy",
-    "save_outcome", "search", "train_model",
+    "Budget",
+    "LayerGraph",
+    "LayerGroup",
+    "Policy",
+    "PolicyOutcome",
+    "UserError",
+    "analyze",
+    "analyze_model",
+    "apply_policy",
+    "evaluate_pruned",
+    "load_model",
+    "make_cost_model",
+    "parse_budget",
+    "prune_with_policy",
+    "save_outcome",
+    "search",
+    "train_model",
 ]

@@ -28,16 +28,30 @@ from autoprune.training import TrainConfig, train
 
 
 def train_model(
-    model: str, data: str, out: str | Path, *, epochs: float = 15, lr: float = 0.1, batch_size: int = 128,
-    schedule: str = "cosine", weight_decay: float = 5e-4, weights: str | Path | None = None,
-    num_classes: int | None = None, seed: int = 0,
+    model: str,
+    data: str,
+    out: str | Path,
+    *,
+    epochs: float = 15,
+    lr: float = 0.1,
+    batch_size: int = 128,
+    schedule: str = "cosine",
+    weight_decay: float = 5e-4,
+    weights: str | Path | None = None,
+    num_classes: int | None = None,
+    seed: int = 0,
     on_step: Callable[[int, int, float, int, int], None] | None = None,
 ) -> dict:
     """Train ``model`` on ``data`` and save ``{"state_dict", "meta"}`` to ``out`` (loadable with weights_only)."""
     spec = resolve(model, num_classes)
     bundle = load_data(data, spec.input_shape[1:], num_classes=spec.num_classes, seed=seed)
-    net, spec = build_model(model, weights, num_classes=num_classes or bundle.num_classes,
-                            in_channels=bundle.image_shape[0], use_default_weights=False)
+    net, spec = build_model(
+        model,
+        weights,
+        num_classes=num_classes or bundle.num_classes,
+        in_channels=bundle.image_shape[0],
+        use_default_weights=False,
+    )
     check_compatible(bundle, spec.input_shape, spec.num_classes)
     steps_per_epoch = -(-len(bundle.train) // batch_size)
     n_epochs = int(-(-epochs // 1))
@@ -46,11 +60,23 @@ def train_model(
         if on_step is not None:
             on_step(step, total, loss, (step - 1) // steps_per_epoch + 1, n_epochs)
 
-    log = train(net, bundle.train, TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, schedule=schedule,
-                                               weight_decay=weight_decay, seed=seed), on_step=step_cb)
+    log = train(
+        net,
+        bundle.train,
+        TrainConfig(
+            epochs=epochs, lr=lr, batch_size=batch_size, schedule=schedule, weight_decay=weight_decay, seed=seed
+        ),
+        on_step=step_cb,
+    )
     result = {
-        "model": model, "data": data, "epochs": epochs, "lr": lr, "schedule": schedule, "seed": seed,
-        "test_accuracy": accuracy(net, bundle.test), "held_out_accuracy": accuracy(net, bundle.held_out),
+        "model": model,
+        "data": data,
+        "epochs": epochs,
+        "lr": lr,
+        "schedule": schedule,
+        "seed": seed,
+        "test_accuracy": accuracy(net, bundle.test),
+        "held_out_accuracy": accuracy(net, bundle.held_out),
         "seconds": log.seconds,
     }
     atomic.torch_save({"state_dict": net.state_dict(), "meta": result}, out)
@@ -62,14 +88,18 @@ def train_model(
 
 
 def load_model(
-    model: str, weights: str | Path | None = None, input_shape: tuple[int, ...] | None = None, *,
-    trust_pickle: bool = False, num_classes: int | None = None, in_channels: int | None = None,
+    model: str,
+    weights: str | Path | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    trust_pickle: bool = False,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
 ) -> tuple[nn.Module, tuple[int, ...]]:
     """Build a named model with its weights; returns the module and the input shape to analyse it at."""
     if input_shape is not None and in_channels is None and ":" not in model and model != DEMO_MODEL:
         in_channels = input_shape[1] if model in CIFAR_RESNET_DEPTHS else None
-    net, spec = build_model(model, weights, num_classes=num_classes, in_channels=in_channels,
-                            trust_pickle=trust_pickle)
+    net, spec = build_model(model, weights, num_classes=num_classes, in_channels=in_channels, trust_pickle=trust_pickle)
     shape = tuple(input_shape) if input_shape is not None else spec.input_shape
     _check_runs(net, shape, model)
     return net, shape
@@ -81,12 +111,20 @@ def _check_runs(net: nn.Module, shape: tuple[int, ...], name: str) -> None:
             net.eval()(torch.randn(*shape))
     except Exception as e:  # wrong channels, too small an image, ...
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"model {name} does not run on input {'x'.join(map(str, shape))} ({first[:160]}): "
-                        "pass the --input-shape it expects") from e
+        raise UserError(
+            f"model {name} does not run on input {'x'.join(map(str, shape))} ({first[:160]}): "
+            "pass the --input-shape it expects"
+        ) from e
 
 
-def analyze_model(model: str | nn.Module, input_shape: tuple[int, ...] | None = None, *,
-                  weights: str | Path | None = None, trust_pickle: bool = False, name: str | None = None) -> LayerGraph:
+def analyze_model(
+    model: str | nn.Module,
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    weights: str | Path | None = None,
+    trust_pickle: bool = False,
+    name: str | None = None,
+) -> LayerGraph:
     """The prunable groups of a model (by name or instance) and its cost model."""
     if isinstance(model, str):
         net, shape = load_model(model, weights, input_shape, trust_pickle=trust_pickle)
@@ -108,15 +146,29 @@ def make_cost_model(graph: LayerGraph, table: str | Path | None = None, force: b
 
 
 def apply_policy(
-    model: nn.Module, policy: Policy | dict[str, int], input_shape: tuple[int, ...] | None = None, *,
-    criterion: str = "l2", data: Split | None = None, reconstruct: bool = False, seed: int = 0,
-    graph: LayerGraph | None = None, model_name: str | None = None,
+    model: nn.Module,
+    policy: Policy | dict[str, int],
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    criterion: str = "l2",
+    data: Split | None = None,
+    reconstruct: bool = False,
+    seed: int = 0,
+    graph: LayerGraph | None = None,
+    model_name: str | None = None,
 ) -> nn.Module:
     """A physically smaller copy of ``model`` keeping what ``policy`` says (a Policy or {group name: kept})."""
     if isinstance(policy, Policy):
         shape = tuple(input_shape or policy.input_shape)
-        pruner = ChannelPruner(model, shape, graph=graph, criterion=criterion, data=data, seed=seed,
-                               model_name=model_name or type(model).__name__)
+        pruner = ChannelPruner(
+            model,
+            shape,
+            graph=graph,
+            criterion=criterion,
+            data=data,
+            seed=seed,
+            model_name=model_name or type(model).__name__,
+        )
         kept = policy.check_fits(pruner.graph)
     else:
         if input_shape is None and graph is None:
@@ -147,9 +199,12 @@ def evaluate_pruned(pruned: nn.Module, data: DataBundle, recalibrate: bool = Tru
 
 def _cost_metrics(problem: Problem, kept) -> dict[str, float]:
     c = problem.cost(kept)
-    out = {"flops": c["flops"], "params": c["params"],
-           "flops_share": c["flops"] / problem.cost.baseline["flops"],
-           "params_share": c["params"] / problem.cost.baseline["params"]}
+    out = {
+        "flops": c["flops"],
+        "params": c["params"],
+        "flops_share": c["flops"] / problem.cost.baseline["flops"],
+        "params_share": c["params"] / problem.cost.baseline["params"],
+    }
     if "latency" in c:
         out["latency_predicted_us"] = c["latency"]
     return out
@@ -179,16 +234,32 @@ def save_outcome(outcome: PolicyOutcome, out_dir: str | Path, onnx: bool = True)
 
 
 def prune_with_policy(
-    model: str, policy_path: str | Path, out: str | Path, *, onnx: str | Path | None = None,
-    weights: str | Path | None = None, trust_pickle: bool = False, criterion: str = "l2", data: str | None = None,
-    reconstruct: bool = False, seed: int = 0,
+    model: str,
+    policy_path: str | Path,
+    out: str | Path,
+    *,
+    onnx: str | Path | None = None,
+    weights: str | Path | None = None,
+    trust_pickle: bool = False,
+    criterion: str = "l2",
+    data: str | None = None,
+    reconstruct: bool = False,
+    seed: int = 0,
 ) -> tuple[nn.Module, Policy]:
     """Apply a policy file to a model and save the pruned module (and its state_dict, and ONNX if asked)."""
     policy = Policy.load(policy_path)
     net, shape = load_model(model, weights, policy.input_shape, trust_pickle=trust_pickle)
     bundle = _load_bundle(data, shape, net) if data is not None else None
-    pruned = apply_policy(net, policy, shape, criterion=criterion, data=bundle.train if bundle else None,
-                          reconstruct=reconstruct, seed=seed, model_name=model)
+    pruned = apply_policy(
+        net,
+        policy,
+        shape,
+        criterion=criterion,
+        data=bundle.train if bundle else None,
+        reconstruct=reconstruct,
+        seed=seed,
+        model_name=model,
+    )
     out = Path(out)
     save_pytorch(pruned, out, out.with_name(out.stem + "_state.pt"))
     if onnx is not None:
@@ -202,8 +273,12 @@ def versions() -> dict[str, str]:
 
     import autoprune
 
-    return {"autoprune": autoprune.__version__, "torch": torch.__version__, "torch_pruning": torch_pruning.__version__,
-            "onnxruntime": onnxruntime.__version__}
+    return {
+        "autoprune": autoprune.__version__,
+        "torch": torch.__version__,
+        "torch_pruning": torch_pruning.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -230,8 +305,9 @@ def cached_table_path(model: str, shape: tuple[int, ...], backend: str = "onnxru
     return default_table_path(model, shape, device_fingerprint(backend, threads), CACHE_DIR / "latency_tables")
 
 
-def ensure_table(model: str, shape: tuple[int, ...], table: str | Path | None, *, weights=None,
-                 threads: int = 2, on_progress=None) -> Path:
+def ensure_table(
+    model: str, shape: tuple[int, ...], table: str | Path | None, *, weights=None, threads: int = 2, on_progress=None
+) -> Path:
     """The latency table to use: the one given, a shipped or cached one for this device, or one built now."""
     if table is not None:
         return Path(table)
@@ -248,13 +324,33 @@ def ensure_table(model: str, shape: tuple[int, ...], table: str | Path | None, *
 
 
 def search(
-    model: str | None = None, data: str | DataBundle | None = None, budget: str | Budget = "flops=50%", *,
-    strategy: str = "ddpg", weights: str | Path | None = None, input_shape: tuple[int, ...] | None = None,
-    table: str | Path | None = None, force: bool = False, episodes: int = 300, seed: int = 0,
-    reward: str | None = None, options: dict | None = None, min_keep: float = 0.1, round_to: int = 1,
-    criterion: str = "l2", held_out: int | None = 5000, finetune_epochs: float = 1.0,
-    finetune_lr: float | None = None, kd: bool = False, out: str | Path | None = None, resume: bool = False,
-    measure: bool = True, threads: int = 2, trust_pickle: bool = False, callback=None, on_phase=None,
+    model: str | None = None,
+    data: str | DataBundle | None = None,
+    budget: str | Budget = "flops=50%",
+    *,
+    strategy: str = "ddpg",
+    weights: str | Path | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    table: str | Path | None = None,
+    force: bool = False,
+    episodes: int = 300,
+    seed: int = 0,
+    reward: str | None = None,
+    options: dict | None = None,
+    min_keep: float = 0.1,
+    round_to: int = 1,
+    criterion: str = "l2",
+    held_out: int | None = 5000,
+    finetune_epochs: float = 1.0,
+    finetune_lr: float | None = None,
+    kd: bool = False,
+    out: str | Path | None = None,
+    resume: bool = False,
+    measure: bool = True,
+    threads: int = 2,
+    trust_pickle: bool = False,
+    callback=None,
+    on_phase=None,
 ) -> RunOutcome:
     """Search a policy under ``budget``, prune, fine-tune, export, measure and write the run directory ``out``.
 
@@ -289,15 +385,25 @@ def search(
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
 
-    pruner = ChannelPruner(net, shape, graph=graph, criterion=criterion, data=bundle.train if bundle else None,
-                           seed=seed)
+    pruner = ChannelPruner(
+        net, shape, graph=graph, criterion=criterion, data=bundle.train if bundle else None, seed=seed
+    )
     evaluator = Evaluator(pruner, bundle, held_out=held_out, seed=seed, kd=kd) if bundle is not None else None
     opts = dict(options or {})
     if reward is not None:
         opts["reward"] = reward
     phase(f"searching with {strategy}")
-    result = run_search(strategy, problem, evaluator, episodes=episodes, seed=seed, options=opts,
-                        callback=callback, workdir=run_dir, resume=resume)
+    result = run_search(
+        strategy,
+        problem,
+        evaluator,
+        episodes=episodes,
+        seed=seed,
+        options=opts,
+        callback=callback,
+        workdir=run_dir,
+        resume=resume,
+    )
     if run_dir is not None:
         write_history(result.history, run_dir / "history.csv")
 
@@ -332,13 +438,27 @@ def search(
         metrics["latency_measured_us"] = measure_model(pruned, shape, backend, n_threads).median_us
     metrics["unpruned"] = unpruned
     policy = Policy.from_kept(
-        graph, kept, budget=bud.text, metrics=metrics,
-        search={"strategy": strategy, "evaluations": result.evaluations, "seed": seed,
-                "reward": result.extra.get("reward"), "episodes": episodes, "criterion": criterion,
-                "min_keep": min_keep, "round_to": round_to, "data": bundle.name if bundle else None,
-                "table": str(table) if table is not None else None, "search_seconds": result.seconds,
-                "seconds": time.perf_counter() - t0, "uniform_kept": [int(k) for k in uniform],
-                "finetune": finetune_info, "versions": versions()},
+        graph,
+        kept,
+        budget=bud.text,
+        metrics=metrics,
+        search={
+            "strategy": strategy,
+            "evaluations": result.evaluations,
+            "seed": seed,
+            "reward": result.extra.get("reward"),
+            "episodes": episodes,
+            "criterion": criterion,
+            "min_keep": min_keep,
+            "round_to": round_to,
+            "data": bundle.name if bundle else None,
+            "table": str(table) if table is not None else None,
+            "search_seconds": result.seconds,
+            "seconds": time.perf_counter() - t0,
+            "uniform_kept": [int(k) for k in uniform],
+            "finetune": finetune_info,
+            "versions": versions(),
+        },
     )
     if run_dir is not None:
         phase("writing the run directory")
@@ -353,8 +473,9 @@ def write_history(history, path: Path) -> None:
     atomic.write_text(path, history.to_csv(index=False))
 
 
-def load_pruned(policy_path: str | Path, state: str | Path | None = None, *, trust_pickle: bool = False,
-                model: str | None = None) -> tuple[nn.Module, Policy]:
+def load_pruned(
+    policy_path: str | Path, state: str | Path | None = None, *, trust_pickle: bool = False, model: str | None = None
+) -> tuple[nn.Module, Policy]:
     """Re-create a pruned model from its policy and load its weights safely.
 
     The architecture comes from applying ``policy.json`` to a fresh model of the policy's name; the weights from
@@ -372,8 +493,15 @@ def load_pruned(policy_path: str | Path, state: str | Path | None = None, *, tru
     return pruned.eval(), policy
 
 
-def export_policy(policy_path: str | Path, fmt: str = "onnx", out: str | Path | None = None, *,
-                  weights: str | Path | None = None, trust_pickle: bool = False, model: str | None = None) -> Path:
+def export_policy(
+    policy_path: str | Path,
+    fmt: str = "onnx",
+    out: str | Path | None = None,
+    *,
+    weights: str | Path | None = None,
+    trust_pickle: bool = False,
+    model: str | None = None,
+) -> Path:
     """Export the pruned model a policy describes, as ONNX (``pruned.onnx``) or PyTorch (``pruned.pt``)."""
     if fmt not in ("onnx", "pt"):
         raise UserError(f"unknown export format {fmt!r}: use onnx or pt")
@@ -387,9 +515,18 @@ def export_policy(policy_path: str | Path, fmt: str = "onnx", out: str | Path | 
 
 
 def finetune_policy(
-    model: str, policy_path: str | Path, data: str, *, epochs: float = 1.0, lr: float | None = None,
-    weights: str | Path | None = None, kd: bool = False, out: str | Path | None = None, seed: int = 0,
-    trust_pickle: bool = False, on_step=None,
+    model: str,
+    policy_path: str | Path,
+    data: str,
+    *,
+    epochs: float = 1.0,
+    lr: float | None = None,
+    weights: str | Path | None = None,
+    kd: bool = False,
+    out: str | Path | None = None,
+    seed: int = 0,
+    trust_pickle: bool = False,
+    on_step=None,
 ) -> tuple[nn.Module, dict]:
     """Prune ``model`` (with its trained ``weights``) by a policy and fine-tune it; save the result if ``out``."""
     from autoprune.finetune import DEFAULT_FINETUNE_LR, finetune
@@ -399,10 +536,21 @@ def finetune_policy(
     bundle = _load_bundle(data, shape, net)
     pruned = apply_policy(net, policy, shape, data=bundle.train, seed=seed, model_name=model)
     before = evaluate_pruned(pruned, bundle, seed=seed)
-    log = finetune(pruned, bundle, epochs=epochs, lr=lr or DEFAULT_FINETUNE_LR, teacher=net if kd else None,
-                   seed=seed, on_step=on_step)
-    metrics = {"test_accuracy_before_finetune": before["test_accuracy"], "test_accuracy": accuracy(pruned, bundle.test),
-               "held_out_accuracy": accuracy(pruned, bundle.held_out), "seconds": log.seconds}
+    log = finetune(
+        pruned,
+        bundle,
+        epochs=epochs,
+        lr=lr or DEFAULT_FINETUNE_LR,
+        teacher=net if kd else None,
+        seed=seed,
+        on_step=on_step,
+    )
+    metrics = {
+        "test_accuracy_before_finetune": before["test_accuracy"],
+        "test_accuracy": accuracy(pruned, bundle.test),
+        "held_out_accuracy": accuracy(pruned, bundle.held_out),
+        "seconds": log.seconds,
+    }
     if out is not None:
         out = Path(out)
         save_pytorch(pruned, out, out.with_name(out.stem + "_state.pt"))

@@ -15,8 +15,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from autoprune.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Find how much to prune each layer of a CNN under a FLOPs, params or latency budget, then prune it.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Find how much to prune each layer of a CNN under a FLOPs, params or latency budget, then prune it.",
+)
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns and cut group names: print wide instead.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -47,17 +51,29 @@ def train(
         task = progress.add_task("train", total=None)
 
         def on_epoch_step(step: int, total: int, loss: float, epoch: int, n_epochs: int) -> None:
-            progress.update(task, completed=step, total=total,
-                            description=f"epoch {epoch}/{n_epochs} loss {loss:.3f}")
+            progress.update(task, completed=step, total=total, description=f"epoch {epoch}/{n_epochs} loss {loss:.3f}")
             if epoch != last_epoch[0] and progress.disable:  # one line per epoch in logs
                 err_console.print(f"epoch {epoch}/{n_epochs} step {step}/{total} loss {loss:.3f}")
                 last_epoch[0] = epoch
 
-        result = train_model(model, data, out, epochs=epochs, lr=lr, batch_size=batch_size, schedule=schedule,
-                             weight_decay=weight_decay, weights=weights, num_classes=num_classes, seed=seed,
-                             on_step=on_epoch_step)
-    console.print(f"test accuracy {result['test_accuracy']:.2%}  held-out {result['held_out_accuracy']:.2%}  "
-                  f"({result['seconds']:.0f} s) -> {out}")
+        result = train_model(
+            model,
+            data,
+            out,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            schedule=schedule,
+            weight_decay=weight_decay,
+            weights=weights,
+            num_classes=num_classes,
+            seed=seed,
+            on_step=on_epoch_step,
+        )
+    console.print(
+        f"test accuracy {result['test_accuracy']:.2%}  held-out {result['held_out_accuracy']:.2%}  "
+        f"({result['seconds']:.0f} s) -> {out}"
+    )
 
 
 def _shape(text: str | None) -> tuple[int, ...] | None:
@@ -88,13 +104,24 @@ def info(
     for col in ("#", "group", "kind", "channels", "c_in", "kernel", "stride", "input", "FLOPs share", "params"):
         table.add_column(col, justify="left" if col in ("group", "kind") else "right", no_wrap=col == "group")
     for g in graph.groups:
-        table.add_row(str(g.index), g.name, g.kind, str(g.channels), str(g.c_in), "x".join(map(str, g.kernel)),
-                      "x".join(map(str, g.stride)), "x".join(map(str, g.in_hw)) or "-",
-                      f"{g.flops / graph.base_flops:.1%}", format_cost("params", g.params))
+        table.add_row(
+            str(g.index),
+            g.name,
+            g.kind,
+            str(g.channels),
+            str(g.c_in),
+            "x".join(map(str, g.kernel)),
+            "x".join(map(str, g.stride)),
+            "x".join(map(str, g.in_hw)) or "-",
+            f"{g.flops / graph.base_flops:.1%}",
+            format_cost("params", g.params),
+        )
     console.print(table)
-    console.print(f"total {format_cost('flops', graph.base_flops)} FLOPs (MACs), "
-                  f"{format_cost('params', graph.base_params)} params; never pruned: {', '.join(graph.ignored)}; "
-                  f"fingerprint {graph.fingerprint}")
+    console.print(
+        f"total {format_cost('flops', graph.base_flops)} FLOPs (MACs), "
+        f"{format_cost('params', graph.base_params)} params; never pruned: {', '.join(graph.ignored)}; "
+        f"fingerprint {graph.fingerprint}"
+    )
 
 
 @app.command()
@@ -151,21 +178,44 @@ def search(
         def on_phase(text: str) -> None:
             console.print(f"[dim]{text}[/dim]")
 
-        outcome = run(model, data, budget, strategy=strategy, weights=weights, input_shape=_shape(input_shape),
-                      table=table, force=force, episodes=episodes, seed=seed, reward=reward, options=options,
-                      min_keep=min_keep, round_to=round_to, criterion=criterion, held_out=held_out,
-                      finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, kd=kd, out=run_dir,
-                      measure=measure, threads=threads, trust_pickle=trust_pickle, callback=on_event,
-                      on_phase=on_phase)
+        outcome = run(
+            model,
+            data,
+            budget,
+            strategy=strategy,
+            weights=weights,
+            input_shape=_shape(input_shape),
+            table=table,
+            force=force,
+            episodes=episodes,
+            seed=seed,
+            reward=reward,
+            options=options,
+            min_keep=min_keep,
+            round_to=round_to,
+            criterion=criterion,
+            held_out=held_out,
+            finetune_epochs=finetune_epochs,
+            finetune_lr=finetune_lr,
+            kd=kd,
+            out=run_dir,
+            measure=measure,
+            threads=threads,
+            trust_pickle=trust_pickle,
+            callback=on_event,
+            on_phase=on_phase,
+        )
     from autoprune.report import budget_verdict
 
     _print_comparison(outcome.policy.metrics["unpruned"], outcome.policy.metrics, outcome.policy.budget)
     verdict = budget_verdict(outcome.policy)
     if verdict:
         console.print(verdict.replace("**", ""))
-    console.print(f"{outcome.policy.search['evaluations']} evaluations in "
-                  f"{outcome.policy.search['search_seconds']:.0f} s; run directory {run_dir}/ "
-                  "(policy.json, history.csv, pruned.pt, pruned.onnx, report.md)")
+    console.print(
+        f"{outcome.policy.search['evaluations']} evaluations in "
+        f"{outcome.policy.search['search_seconds']:.0f} s; run directory {run_dir}/ "
+        "(policy.json, history.csv, pruned.pt, pruned.onnx, report.md)"
+    )
 
 
 def _parse_options(items: list[str]) -> dict:
@@ -192,13 +242,15 @@ def _print_comparison(before: dict, after: dict, budget: str | None) -> None:
 
     from autoprune.budget import format_cost
 
-    rows = [("FLOPs (MACs)", "flops", lambda v: format_cost("flops", v)),
-            ("params", "params", lambda v: format_cost("params", v)),
-            ("latency, predicted", "latency_predicted_us", lambda v: format_cost("latency", v)),
-            ("latency, onnxruntime", "latency_measured_us", lambda v: format_cost("latency", v)),
-            ("held-out accuracy", "held_out_accuracy", lambda v: f"{v:.2%}"),
-            ("test accuracy before fine-tuning", "test_accuracy_before_finetune", lambda v: f"{v:.2%}"),
-            ("test accuracy", "test_accuracy", lambda v: f"{v:.2%}")]
+    rows = [
+        ("FLOPs (MACs)", "flops", lambda v: format_cost("flops", v)),
+        ("params", "params", lambda v: format_cost("params", v)),
+        ("latency, predicted", "latency_predicted_us", lambda v: format_cost("latency", v)),
+        ("latency, onnxruntime", "latency_measured_us", lambda v: format_cost("latency", v)),
+        ("held-out accuracy", "held_out_accuracy", lambda v: f"{v:.2%}"),
+        ("test accuracy before fine-tuning", "test_accuracy_before_finetune", lambda v: f"{v:.2%}"),
+        ("test accuracy", "test_accuracy", lambda v: f"{v:.2%}"),
+    ]
     t = Table(title=f"unpruned vs pruned ({budget})")
     for col in ("metric", "unpruned", "pruned", "ratio"):
         t.add_column(col, justify="left" if col == "metric" else "right")
@@ -227,8 +279,18 @@ def prune(
     from autoprune.api import prune_with_policy
     from autoprune.budget import format_cost
 
-    pruned, pol = prune_with_policy(model, policy, out, onnx=onnx, weights=weights, trust_pickle=trust_pickle,
-                                    criterion=criterion, data=data, reconstruct=reconstruct, seed=seed)
+    pruned, pol = prune_with_policy(
+        model,
+        policy,
+        out,
+        onnx=onnx,
+        weights=weights,
+        trust_pickle=trust_pickle,
+        criterion=criterion,
+        data=data,
+        reconstruct=reconstruct,
+        seed=seed,
+    )
     n = sum(p.numel() for p in pruned.parameters())
     console.print(f"pruned {pol.model}: {format_cost('params', n)} params -> {out}" + (f", {onnx}" if onnx else ""))
 
@@ -251,11 +313,23 @@ def finetune(
 
     with _progress() as progress:
         task = progress.add_task("fine-tune", total=None)
-        _, metrics = finetune_policy(model, policy, data, epochs=epochs, lr=lr, weights=weights, kd=kd, out=out,
-                                     seed=seed, trust_pickle=trust_pickle,
-                                     on_step=lambda s, t, loss: progress.update(task, completed=s, total=t))
-    console.print(f"test accuracy {metrics['test_accuracy_before_finetune']:.2%} -> {metrics['test_accuracy']:.2%} "
-                  f"after {epochs} epoch(s) ({metrics['seconds']:.0f} s)" + (f"; saved {out}" if out else ""))
+        _, metrics = finetune_policy(
+            model,
+            policy,
+            data,
+            epochs=epochs,
+            lr=lr,
+            weights=weights,
+            kd=kd,
+            out=out,
+            seed=seed,
+            trust_pickle=trust_pickle,
+            on_step=lambda s, t, loss: progress.update(task, completed=s, total=t),
+        )
+    console.print(
+        f"test accuracy {metrics['test_accuracy_before_finetune']:.2%} -> {metrics['test_accuracy']:.2%} "
+        f"after {epochs} epoch(s) ({metrics['seconds']:.0f} s)" + (f"; saved {out}" if out else "")
+    )
 
 
 @app.command()
@@ -284,8 +358,15 @@ def report(run: Path = typer.Argument(..., help="a run directory written by `aut
 
 def _progress() -> Progress:
     # Off a terminal a live bar would only garble logs: callers print plain progress lines instead.
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeRemainingColumn(), console=err_console, transient=False, disable=not err_console.is_terminal)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+        disable=not err_console.is_terminal,
+    )
 
 
 from autoprune.cli_latency import latency_app  # noqa: E402

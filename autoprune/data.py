@@ -254,16 +254,22 @@ def load_imagefolder(path: str, image_shape: tuple[int, int, int], held_out: int
             test_ds = datasets.ImageFolder(str(test_dir), tf)
             n_held = default_held_out_size(len(train_ds)) if held_out is None else held_out
             tr, ho = held_out_indices(len(train_ds), n_held, seed)
-            splits = (FolderSplit(train_ds, tr.tolist()), FolderSplit(train_ds, ho.tolist()),
-                      FolderSplit(test_ds, list(range(len(test_ds)))))
+            splits = (
+                FolderSplit(train_ds, tr.tolist()),
+                FolderSplit(train_ds, ho.tolist()),
+                FolderSplit(test_ds, list(range(len(test_ds)))),
+            )
             n_classes = len(train_ds.classes)
         else:
             ds = datasets.ImageFolder(str(root), tf)
             perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist()
             n_test = max(1, len(ds) // 5)
             n_held = max(1, len(ds) // 10) if held_out is None else held_out
-            splits = (FolderSplit(ds, sorted(perm[n_test + n_held :])), FolderSplit(ds, sorted(perm[n_test : n_test + n_held])),
-                      FolderSplit(ds, sorted(perm[:n_test])))
+            splits = (
+                FolderSplit(ds, sorted(perm[n_test + n_held :])),
+                FolderSplit(ds, sorted(perm[n_test : n_test + n_held])),
+                FolderSplit(ds, sorted(perm[:n_test])),
+            )
             n_classes = len(ds.classes)
     except (FileNotFoundError, RuntimeError) as e:
         raise UserError(f"cannot read image folder {root}: {e}") from e
@@ -271,8 +277,12 @@ def load_imagefolder(path: str, image_shape: tuple[int, int, int], held_out: int
 
 
 def make_synthetic(
-    image_shape: tuple[int, int, int], num_classes: int = 10, n_train: int = 512, n_test: int = 256,
-    held_out: int | None = None, seed: int = 0,
+    image_shape: tuple[int, int, int],
+    num_classes: int = 10,
+    n_train: int = 512,
+    n_test: int = 256,
+    held_out: int | None = None,
+    seed: int = 0,
 ) -> DataBundle:
     """A learnable synthetic task: each class is a fixed random pattern plus noise (for tests and smoke runs)."""
     gen = torch.Generator().manual_seed(seed)
@@ -292,8 +302,12 @@ def make_synthetic(
 
 
 def load_data(
-    spec: str, image_shape: tuple[int, int, int] | None = None, *, num_classes: int = 10,
-    held_out: int | None = None, seed: int = 0,
+    spec: str,
+    image_shape: tuple[int, int, int] | None = None,
+    *,
+    num_classes: int = 10,
+    held_out: int | None = None,
+    seed: int = 0,
 ) -> DataBundle:
     """Resolve a dataset name. ``image_shape`` (C, H, W) is needed for ``imagefolder`` and ``synthetic``."""
     if spec == "fashion-mnist":

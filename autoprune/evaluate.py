@@ -25,7 +25,9 @@ def accuracy(model: nn.Module, split: Split, batch_size: int = 500) -> float:
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, split: Split, num_batches: int = 10, batch_size: int = 128, seed: int = 0) -> nn.Module:
+def recalibrate_bn(
+    model: nn.Module, split: Split, num_batches: int = 10, batch_size: int = 128, seed: int = 0
+) -> nn.Module:
     """Re-estimate every BatchNorm's running statistics as a cumulative average over ``num_batches`` batches."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:

@@ -23,9 +23,14 @@ def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], dynamic_batch: bo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (torch.randn(*input_shape),), buf, input_names=["input"], output_names=["logits"],
+            model,
+            (torch.randn(*input_shape),),
+            buf,
+            input_names=["input"],
+            output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None,
-            opset_version=opset, dynamo=False,
+            opset_version=opset,
+            dynamo=False,
         )
     return buf.getvalue()
 

@@ -19,11 +19,26 @@ DEFAULT_FINETUNE_LR = 0.01
 
 
 def finetune(
-    model: nn.Module, data: DataBundle, *, epochs: float = 1.0, lr: float = DEFAULT_FINETUNE_LR,
-    teacher: nn.Module | None = None, batch_size: int = 128, seed: int = 0, kd_alpha: float = 0.9,
-    kd_temperature: float = 4.0, on_step: Callable[[int, int, float], None] | None = None,
+    model: nn.Module,
+    data: DataBundle,
+    *,
+    epochs: float = 1.0,
+    lr: float = DEFAULT_FINETUNE_LR,
+    teacher: nn.Module | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+    kd_alpha: float = 0.9,
+    kd_temperature: float = 4.0,
+    on_step: Callable[[int, int, float], None] | None = None,
 ) -> TrainLog:
     """Fine-tune ``model`` in place on ``data.train`` (cosine-decayed SGD, standard augmentation)."""
-    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, schedule="cosine", seed=seed,
-                         kd_alpha=kd_alpha, kd_temperature=kd_temperature)
+    config = TrainConfig(
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        schedule="cosine",
+        seed=seed,
+        kd_alpha=kd_alpha,
+        kd_temperature=kd_temperature,
+    )
     return train(model, data.train, config, teacher=teacher, on_step=on_step)

@@ -153,8 +153,11 @@ class _Recorder:
             self.calls[module].append((inp.shape, out.shape, out.grad_fn))
 
     def forward(self, model: nn.Module, example_inputs: torch.Tensor):
-        hooks = [m.register_forward_hook(self._hook) for m in model.modules()
-                 if type(m) in MODULES_MAPPING or isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+        hooks = [
+            m.register_forward_hook(self._hook)
+            for m in model.modules()
+            if type(m) in MODULES_MAPPING or isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+        ]
         try:
             self.output = model(example_inputs)
         finally:
@@ -177,8 +180,11 @@ def output_layers(dg: tp.DependencyGraph, recorder: _Recorder) -> list[nn.Module
     """Modules whose output channels are the network's output (the classifier): never pruned."""
     outs = recorder.output if isinstance(recorder.output, (tuple, list)) else [recorder.output]
     roots = {o.grad_fn for o in outs if isinstance(o, torch.Tensor)}
-    found = [n.module for n in dg.module2node.values()
-             if n.grad_fn in roots and isinstance(n.module, (nn.modules.conv._ConvNd, nn.Linear))]
+    found = [
+        n.module
+        for n in dg.module2node.values()
+        if n.grad_fn in roots and isinstance(n.module, (nn.modules.conv._ConvNd, nn.Linear))
+    ]
     return found
 
 
@@ -206,17 +212,22 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "m
             continue
         if any(_is_grouped(dep.target.module) for dep, _ in group):
             continue  # Torch-Pruning cannot keep grouped (non-depthwise) convs consistent: left at full width
-        executed = [dep.target.module for dep, _ in group
-                    if dg.is_out_channel_pruning_fn(dep.handler) and dep.target.module in rec.order
-                    and isinstance(dep.target.module, (nn.modules.conv._ConvNd, nn.Linear))]
+        executed = [
+            dep.target.module
+            for dep, _ in group
+            if dg.is_out_channel_pruning_fn(dep.handler)
+            and dep.target.module in rec.order
+            and isinstance(dep.target.module, (nn.modules.conv._ConvNd, nn.Linear))
+        ]
         if not executed:
             continue
         raw.append((min(executed, key=rec.order.__getitem__), group))
     raw.sort(key=lambda rg: rec.order[rg[0]])
 
     # a parameter-free layer (relu, pooling) may run several times on different groups' channels: one term per call
-    gradfn_to_call = {call[2]: (m, i) for m, calls in rec.calls.items() for i, call in enumerate(calls)
-                      if call[2] is not None}
+    gradfn_to_call = {
+        call[2]: (m, i) for m, calls in rec.calls.items() for i, call in enumerate(calls) if call[2] is not None
+    }
     # ownership[module] -> {group index: channels}, separately for input and output channels
     own_in: dict[nn.Module, dict[int, int]] = defaultdict(dict)
     own_out: dict[nn.Module, dict[int, int]] = defaultdict(dict)
@@ -230,8 +241,9 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "m
         recipe = []
         for item in group:
             dep, idxs = item.dep, item.idxs
-            recipe.append(PruneStep(dep.target.module, dep.handler, list(idxs), list(item.root_idxs),
-                                    dep.target.pruning_dim))
+            recipe.append(
+                PruneStep(dep.target.module, dep.handler, list(idxs), list(item.root_idxs), dep.target.pruning_dim)
+            )
             target = dep.target
             m = target.module
             n = len(idxs)
@@ -266,8 +278,22 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "m
             kind, kernel, stride, c_in, in_hw = "linear", (1,), (1,), root.in_features, ()
         if any(_is_depthwise(dep.target.module) for dep, _ in group if isinstance(dep.target.module, nn.Module)):
             kind = "depthwise"
-        groups.append(LayerGroup(gi, name_of[root], kind, channels, tuple(dict.fromkeys(members)),
-                                 tuple(dict.fromkeys(consumers)), c_in, kernel, stride, in_hw, 0.0, 0))
+        groups.append(
+            LayerGroup(
+                gi,
+                name_of[root],
+                kind,
+                channels,
+                tuple(dict.fromkeys(members)),
+                tuple(dict.fromkeys(consumers)),
+                c_in,
+                kernel,
+                stride,
+                in_hw,
+                0.0,
+                0,
+            )
+        )
         recipes.append(recipe)
 
     terms = _cost_terms(model, rec, groups, own_in, own_out, own_param, own_call, name_of, batch)
@@ -277,8 +303,18 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "m
         LayerGroup(**{**g.__dict__, "flops": float(flops_by_group[i]), "params": int(params_by_group[i])})
         for i, g in enumerate(groups)
     ]
-    lg = LayerGraph(model_name, tuple(input_shape), groups, terms, float(base_flops), int(base_params),
-                    [name_of[m] for m in ignored], model=model, tp_groups=[g for _, g in raw], recipes=recipes)
+    lg = LayerGraph(
+        model_name,
+        tuple(input_shape),
+        groups,
+        terms,
+        float(base_flops),
+        int(base_params),
+        [name_of[m] for m in ignored],
+        model=model,
+        tp_groups=[g for _, g in raw],
+        recipes=recipes,
+    )
     from autoprune.cost.flops import costs
 
     c = costs(lg, lg.channels)
@@ -346,10 +382,19 @@ def _cost_terms(model, rec, groups, own_in, own_out, own_param, own_call, name_o
             out_w, out_c = affine(own_out.get(m, {}), m.out_features)
         else:  # cost proportional to the channels of the tensor it sees, call by call
             module_owned = {**own_in.get(m, {}), **own_out.get(m, {})}
-            per_elem = 2.0 if (isinstance(m, _NORM_TYPES) and (getattr(m, "affine", False)
-                                                                or getattr(m, "elementwise_affine", False))) else 1.0
-            on_input = MODULES_MAPPING[type(m)].__name__ in ("pool_flops_counter_hook", "bn_flops_counter_hook",
-                                                             "ln_flops_counter_hook")
+            per_elem = (
+                2.0
+                if (
+                    isinstance(m, _NORM_TYPES)
+                    and (getattr(m, "affine", False) or getattr(m, "elementwise_affine", False))
+                )
+                else 1.0
+            )
+            on_input = MODULES_MAPPING[type(m)].__name__ in (
+                "pool_flops_counter_hook",
+                "bn_flops_counter_hook",
+                "ln_flops_counter_hook",
+            )
             n_params = sum(p.numel() for p in m.parameters(recurse=False))
             for i, (in_shape, out_shape, _) in enumerate(calls):
                 owned = module_owned or own_call.get((m, i), {})
@@ -393,8 +438,9 @@ def _cost_terms(model, rec, groups, own_in, own_out, own_param, own_call, name_o
 
     in_w, in_c = stack(rows_in)
     out_w, out_c = stack(rows_out)
-    return CostTerms(names, in_w, in_c, out_w, out_c, np.array(fa), np.array(fb), np.array(pa), np.array(pb),
-                     0.0, params_const)
+    return CostTerms(
+        names, in_w, in_c, out_w, out_c, np.array(fa), np.array(fb), np.array(pa), np.array(pb), 0.0, params_const
+    )
 
 
 def _group_shares(terms: CostTerms, channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

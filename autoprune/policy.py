@@ -42,8 +42,9 @@ class Policy:
 
     @classmethod
     def from_kept(cls, graph: LayerGraph, kept, **kwargs) -> Policy:
-        groups = [{"name": g.name, "channels": g.channels, "kept": int(k)}
-                  for g, k in zip(graph.groups, kept, strict=True)]
+        groups = [
+            {"name": g.name, "channels": g.channels, "kept": int(k)} for g, k in zip(graph.groups, kept, strict=True)
+        ]
         return cls(graph.model_name, tuple(graph.input_shape), graph.fingerprint, groups, **kwargs)
 
     @property
@@ -58,7 +59,9 @@ class Policy:
         mine = {g["name"]: g["channels"] for g in self.groups}
         theirs = {g.name: g.channels for g in graph.groups}
         if mine != theirs:
-            diffs = [f"{n} (policy {mine[n]} ch, model {theirs[n]} ch)" for n in mine if n in theirs and mine[n] != theirs[n]]
+            diffs = [
+                f"{n} (policy {mine[n]} ch, model {theirs[n]} ch)" for n in mine if n in theirs and mine[n] != theirs[n]
+            ]
             diffs += [f"{n} (only in policy)" for n in mine if n not in theirs]
             diffs += [f"{n} (only in model)" for n in theirs if n not in mine]
             shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
@@ -69,7 +72,9 @@ class Policy:
         by_name = {g["name"]: g["kept"] for g in self.groups}
         for g in graph.groups:
             if not 1 <= by_name[g.name] <= g.channels:
-                raise UserError(f"policy keeps {by_name[g.name]} of {g.channels} channels in {g.name}: must be 1..{g.channels}")
+                raise UserError(
+                    f"policy keeps {by_name[g.name]} of {g.channels} channels in {g.name}: must be 1..{g.channels}"
+                )
         return [by_name[g.name] for g in graph.groups]
 
     def to_dict(self) -> dict:
@@ -91,12 +96,20 @@ class Policy:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise UserError(f"{source} is not an autoprune policy (format {FORMAT!r} expected)")
         try:
-            groups = [{"name": str(g["name"]), "channels": int(g["channels"]), "kept": int(g["kept"])}
-                      for g in d["groups"]]
+            groups = [
+                {"name": str(g["name"]), "channels": int(g["channels"]), "kept": int(g["kept"])} for g in d["groups"]
+            ]
             model = d["model"]
-            return cls(str(model["name"]), tuple(int(x) for x in model["input_shape"]), str(model["fingerprint"]),
-                       groups, d.get("budget"), dict(d.get("metrics") or {}), dict(d.get("search") or {}),
-                       str(d.get("created", "")))
+            return cls(
+                str(model["name"]),
+                tuple(int(x) for x in model["input_shape"]),
+                str(model["fingerprint"]),
+                groups,
+                d.get("budget"),
+                dict(d.get("metrics") or {}),
+                dict(d.get("search") or {}),
+                str(d.get("created", "")),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{source} is a malformed policy ({type(e).__name__}: {e}): regenerate it") from e
 

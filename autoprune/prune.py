@@ -50,8 +50,9 @@ class _APoZImportance(tp.importance.ActivationImportance):
         def hook(module, inputs, _output):
             x = inputs[0]
             nonzero = (x != 0).float()
-            per_channel = nonzero.reshape(-1, x.shape[-1]).mean(0) if isinstance(module, nn.Linear) \
-                else nonzero.mean((0, 2, 3))
+            per_channel = (
+                nonzero.reshape(-1, x.shape[-1]).mean(0) if isinstance(module, nn.Linear) else nonzero.mean((0, 2, 3))
+            )
             sums[module] = sums.get(module, 0) + per_channel
             counts[module] += 1
 
@@ -96,8 +97,13 @@ def _calibration_batches(data: Split | None, criterion: str, n: int, batch_size:
 
 
 def group_importance(
-    graph: LayerGraph, criterion: str = "l2", data: Split | None = None, *, num_batches: int = 4,
-    batch_size: int = 64, seed: int = 0,
+    graph: LayerGraph,
+    criterion: str = "l2",
+    data: Split | None = None,
+    *,
+    num_batches: int = 4,
+    batch_size: int = 64,
+    seed: int = 0,
 ) -> list[np.ndarray]:
     """Importance of every channel of every group of ``graph.model`` (higher = keep)."""
     model = graph.model
@@ -133,8 +139,15 @@ class ChannelPruner:
     """Prunes one model by any number of policies; importance is scored once, at construction."""
 
     def __init__(
-        self, model: nn.Module, input_shape: tuple[int, ...] | None = None, *, graph: LayerGraph | None = None,
-        criterion: str = "l2", data: Split | None = None, model_name: str = "model", seed: int = 0,
+        self,
+        model: nn.Module,
+        input_shape: tuple[int, ...] | None = None,
+        *,
+        graph: LayerGraph | None = None,
+        criterion: str = "l2",
+        data: Split | None = None,
+        model_name: str = "model",
+        seed: int = 0,
     ) -> None:
         if graph is None or graph.model is not model:
             if input_shape is None:
@@ -144,11 +157,14 @@ class ChannelPruner:
         self.scores = group_importance(graph, criterion, data, seed=seed)
         # channels ordered from least to most important: a policy keeping k drops the first C - k
         self.order = [np.argsort(s, kind="stable") for s in self.scores]
-        self._param_owner = {id(p): (mod, attr) for mod in model.modules()
-                             for attr, p in mod.named_parameters(recurse=False)}
+        self._param_owner = {
+            id(p): (mod, attr) for mod in model.modules() for attr, p in mod.named_parameters(recurse=False)
+        }
 
     def removed_channels(self, kept: Sequence[int]) -> list[np.ndarray]:
-        return [np.sort(order[: g.channels - k]) for g, order, k in zip(self.graph.groups, self.order, kept, strict=True)]
+        return [
+            np.sort(order[: g.channels - k]) for g, order, k in zip(self.graph.groups, self.order, kept, strict=True)
+        ]
 
     def apply(self, kept: Sequence[int], *, reconstruct: bool = False, reconstruct_batches: int = 4) -> nn.Module:
         """A pruned copy of the model keeping ``kept[i]`` channels of group ``i``."""
@@ -193,14 +209,22 @@ class ChannelPruner:
         if reconstruct:
             if self.data is None:
                 raise UserError("--reconstruct needs data to refit layers on: pass --data")
-            reconstruct_consumers(self.model, pruned, self.graph, kept, self.data, out_removed, reconstruct_batches,
-                                  self.seed)
+            reconstruct_consumers(
+                self.model, pruned, self.graph, kept, self.data, out_removed, reconstruct_batches, self.seed
+            )
         return pruned
 
 
 def reconstruct_consumers(
-    original: nn.Module, pruned: nn.Module, graph: LayerGraph, kept: Sequence[int], data: Split,
-    out_removed: Mapping[str, set[int]], num_batches: int = 4, seed: int = 0, max_rows: int = 40_000,
+    original: nn.Module,
+    pruned: nn.Module,
+    graph: LayerGraph,
+    kept: Sequence[int],
+    data: Split,
+    out_removed: Mapping[str, set[int]],
+    num_batches: int = 4,
+    seed: int = 0,
+    max_rows: int = 40_000,
 ) -> None:
     """Refit every layer whose inputs lost channels so its outputs match the unpruned layer's (least squares).
 

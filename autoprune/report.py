@@ -56,8 +56,13 @@ def plot_kept(policy: Policy, uniform: list[int] | None, path: Path) -> None:
     width = 0.4 if uniform else 0.8
     ax.bar(x - (width / 2 if uniform else 0), ratios, width, label=policy.search.get("strategy", "policy"))
     if uniform:
-        ax.bar(x + width / 2, [k / g["channels"] for k, g in zip(uniform, policy.groups, strict=True)], width,
-               label="uniform", alpha=0.7)
+        ax.bar(
+            x + width / 2,
+            [k / g["channels"] for k, g in zip(uniform, policy.groups, strict=True)],
+            width,
+            label="uniform",
+            alpha=0.7,
+        )
     ax.set_xticks(x, names, rotation=90, fontsize=7)
     ax.set_ylabel("kept channels / channels")
     ax.set_ylim(0, 1.05)
@@ -90,8 +95,9 @@ def plot_pareto(history: pd.DataFrame, policy: Policy, cost: str, path: Path) ->
     ax.scatter(h[share], h["accuracy"], s=8, alpha=0.5, label="evaluated policies")
     front = pareto_front(h, share, "accuracy")
     ax.plot(front[share], front["accuracy"], "r-o", ms=3, label="Pareto front")
-    limit = next((c for c in parse_budget(policy.budget).constraints if c.metric == cost), None) if policy.budget \
-        else None
+    limit = (
+        next((c for c in parse_budget(policy.budget).constraints if c.metric == cost), None) if policy.budget else None
+    )
     if limit is not None:
         base = policy.metrics.get("unpruned", {}).get(cost if cost != "latency" else "latency_predicted_us")
         x = limit.value if limit.relative else (limit.value / base if base else None)
@@ -147,9 +153,12 @@ def render(run_dir: str | Path) -> Path:
 
     m, base = policy.metrics, policy.metrics.get("unpruned", {})
     lines = [f"# autoprune run: {policy.model} under {policy.budget}", ""]
-    lines += [f"Input {'x'.join(map(str, policy.input_shape))}; strategy **{policy.search.get('strategy')}**, "
-              f"{policy.search.get('evaluations', 0)} evaluations in {policy.search.get('seconds', 0):.0f} s "
-              f"(reward {policy.search.get('reward')}, seed {policy.search.get('seed')}).", ""]
+    lines += [
+        f"Input {'x'.join(map(str, policy.input_shape))}; strategy **{policy.search.get('strategy')}**, "
+        f"{policy.search.get('evaluations', 0)} evaluations in {policy.search.get('seconds', 0):.0f} s "
+        f"(reward {policy.search.get('reward')}, seed {policy.search.get('seed')}).",
+        "",
+    ]
     verdict = budget_verdict(policy)
     if verdict:
         lines += [verdict, ""]
@@ -161,13 +170,17 @@ def render(run_dir: str | Path) -> Path:
             lines.append(f"| {label} | {fmt(b) if b is not None else ''} | {fmt(m[key])} | {ratio} |")
     ft = policy.search.get("finetune")
     if ft:
-        lines += ["", f"Fine-tuned {ft.get('epochs')} epoch(s) at lr {ft.get('lr')}"
-                      f"{' with distillation from the unpruned model' if ft.get('kd') else ''}."]
+        lines += [
+            "",
+            f"Fine-tuned {ft.get('epochs')} epoch(s) at lr {ft.get('lr')}"
+            f"{' with distillation from the unpruned model' if ft.get('kd') else ''}.",
+        ]
     lines += ["", "## Plots", ""]
     lines += [f"### {title}\n\n![{title}]({name})\n" for title, name in plots]
     lines += ["## Kept channels", "", "| group | channels | kept | ratio |", "|---|---:|---:|---:|"]
-    lines += [f"| {g['name']} | {g['channels']} | {g['kept']} | {g['kept'] / g['channels']:.2f} |"
-              for g in policy.groups]
+    lines += [
+        f"| {g['name']} | {g['channels']} | {g['kept']} | {g['kept'] / g['channels']:.2f} |" for g in policy.groups
+    ]
     out = run_dir / "report.md"
     atomic.write_text(out, "\n".join(lines) + "\n")
     return out
@@ -191,8 +204,8 @@ def budget_verdict(policy: Policy) -> str | None:
             continue
         ok = m[key] <= limit
         how = "measured" if key == "latency_measured_us" else ("predicted" if c.metric == "latency" else "counted")
-        parts.append(f"{c.metric} {format_cost(c.metric, m[key])} {how} vs budget {format_cost(c.metric, limit)}: "
-                     f"{'**met**' if ok else '**NOT met**'}")
+        parts.append(
+            f"{c.metric} {format_cost(c.metric, m[key])} {how} vs budget {format_cost(c.metric, limit)}: "
+            f"{'**met**' if ok else '**NOT met**'}"
+        )
     return "; ".join(parts) + "." if parts else None
-
-

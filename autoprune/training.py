@@ -39,7 +39,9 @@ class TrainLog:
     steps: int = 0
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float, t: float) -> torch.Tensor:
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float, t: float
+) -> torch.Tensor:
     kd = F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1), reduction="batchmean") * t * t
     return alpha * kd + (1 - alpha) * F.cross_entropy(student, labels)
 
@@ -65,7 +67,9 @@ def train(
         (no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.SGD(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0,
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.momentum > 0,
     )
     if config.schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total)

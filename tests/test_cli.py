@@ -16,8 +16,20 @@ def test_info_lists_groups(run_cli):
 
 def test_uniform_search_then_prune(run_cli, tmp_path):
     run = tmp_path / "run"
-    code, out, err = run_cli("search", "--model", "resnet20", "--input-shape", "1x3x16x16", "--budget", "flops=50%",
-                             "--strategy", "uniform", "--no-measure", "--out", run)
+    code, out, err = run_cli(
+        "search",
+        "--model",
+        "resnet20",
+        "--input-shape",
+        "1x3x16x16",
+        "--budget",
+        "flops=50%",
+        "--strategy",
+        "uniform",
+        "--no-measure",
+        "--out",
+        run,
+    )
     assert code == 0, err
     policy = json.loads((run / "policy.json").read_text())
     assert policy["search"]["strategy"] == "uniform"
@@ -26,8 +38,9 @@ def test_uniform_search_then_prune(run_cli, tmp_path):
     assert (run / "pruned.onnx").is_file() and (run / "pruned_state.pt").is_file()
 
     out_pt = tmp_path / "p.pt"
-    code, out, err = run_cli("prune", "--model", "resnet20", "--policy", run / "policy.json", "--out", out_pt,
-                             "--onnx", tmp_path / "p.onnx")
+    code, out, err = run_cli(
+        "prune", "--model", "resnet20", "--policy", run / "policy.json", "--out", out_pt, "--onnx", tmp_path / "p.onnx"
+    )
     assert code == 0, err
     pruned = torch.load(out_pt, weights_only=False)
     assert sum(p.numel() for p in pruned.parameters()) == policy["metrics"]["params"]
@@ -36,8 +49,24 @@ def test_uniform_search_then_prune(run_cli, tmp_path):
 
 
 def test_search_with_data_reports_accuracy(run_cli, tmp_path):
-    code, out, err = run_cli("search", "--model", "resnet20", "--input-shape", "1x3x16x16", "--data", "synthetic",
-                             "--budget", "params=50%", "--strategy", "uniform", "--finetune-epochs", "0", "--no-measure", "--out", tmp_path / "r")
+    code, out, err = run_cli(
+        "search",
+        "--model",
+        "resnet20",
+        "--input-shape",
+        "1x3x16x16",
+        "--data",
+        "synthetic",
+        "--budget",
+        "params=50%",
+        "--strategy",
+        "uniform",
+        "--finetune-epochs",
+        "0",
+        "--no-measure",
+        "--out",
+        tmp_path / "r",
+    )
     assert code == 0, err
     m = json.loads((tmp_path / "r" / "policy.json").read_text())["metrics"]
     assert 0 <= m["test_accuracy"] <= 1 and 0 <= m["held_out_accuracy"] <= 1
@@ -63,16 +92,39 @@ def test_malformed_budget(run_cli, tmp_path):
 
 
 def test_budget_below_the_floor(run_cli, tmp_path):
-    code, _, err = run_cli("search", "--model", "resnet20", "--budget", "flops=0.1%", "--min-keep", "0.25",
-                           "--strategy", "uniform", "--no-measure", "--out", tmp_path / "x")
+    code, _, err = run_cli(
+        "search",
+        "--model",
+        "resnet20",
+        "--budget",
+        "flops=0.1%",
+        "--min-keep",
+        "0.25",
+        "--strategy",
+        "uniform",
+        "--no-measure",
+        "--out",
+        tmp_path / "x",
+    )
     line = one_line_error(code, err)
     assert "unreachable" in line and "smallest reachable" in line
     assert not (tmp_path / "x").exists()
 
 
 def test_missing_latency_table(run_cli, tmp_path):
-    code, _, err = run_cli("search", "--model", "resnet20", "--budget", "latency=1ms", "--strategy", "uniform",
-                           "--table", tmp_path / "none.csv", "--out", tmp_path / "x")
+    code, _, err = run_cli(
+        "search",
+        "--model",
+        "resnet20",
+        "--budget",
+        "latency=1ms",
+        "--strategy",
+        "uniform",
+        "--table",
+        tmp_path / "none.csv",
+        "--out",
+        tmp_path / "x",
+    )
     assert "none.csv" in one_line_error(code, err)
 
 
@@ -89,11 +141,22 @@ def test_latency_budget_without_a_predictor_is_refused(tiny_model):
 
 
 def test_policy_for_a_different_model(run_cli, tmp_path):
-    code, _, err = run_cli("search", "--model", "resnet20", "--budget", "flops=50%", "--strategy", "uniform",
-                           "--no-measure", "--out", tmp_path / "r")
+    code, _, err = run_cli(
+        "search",
+        "--model",
+        "resnet20",
+        "--budget",
+        "flops=50%",
+        "--strategy",
+        "uniform",
+        "--no-measure",
+        "--out",
+        tmp_path / "r",
+    )
     assert code == 0, err
-    code, _, err = run_cli("prune", "--model", "resnet32", "--policy", tmp_path / "r" / "policy.json",
-                           "--out", tmp_path / "p.pt")
+    code, _, err = run_cli(
+        "prune", "--model", "resnet32", "--policy", tmp_path / "r" / "policy.json", "--out", tmp_path / "p.pt"
+    )
     assert "does not fit model resnet32" in one_line_error(code, err)
 
 

@@ -17,15 +17,34 @@ SHAPE = (1, 1, 16, 16)
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_data):
     out = tmp_path_factory.mktemp("run")
-    outcome = search("resnet20", tiny_data, "flops=50%", strategy="random", input_shape=SHAPE, episodes=4,
-                     held_out=64, finetune_epochs=0.25, out=out, seed=1)
+    outcome = search(
+        "resnet20",
+        tiny_data,
+        "flops=50%",
+        strategy="random",
+        input_shape=SHAPE,
+        episodes=4,
+        held_out=64,
+        finetune_epochs=0.25,
+        out=out,
+        seed=1,
+    )
     return out, outcome
 
 
 def test_run_directory_is_complete_and_loadable(run):
     out, outcome = run
-    for name in ("policy.json", "history.csv", "pruned.pt", "pruned_state.pt", "pruned.onnx", "report.md",
-                 "kept_channels.png", "rewards.png", "pareto.png"):
+    for name in (
+        "policy.json",
+        "history.csv",
+        "pruned.pt",
+        "pruned_state.pt",
+        "pruned.onnx",
+        "report.md",
+        "kept_channels.png",
+        "rewards.png",
+        "pareto.png",
+    ):
         assert (out / name).is_file(), name
     policy = Policy.load(out / "policy.json")
     m = policy.metrics

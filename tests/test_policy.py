@@ -47,7 +47,7 @@ def test_kept_out_of_range(graph):
         p.check_fits(graph)
 
 
-@pytest.mark.parametrize("content", ["not json", '{"format": "other"}', '{"format": "%s", "groups": 3}' % FORMAT])
+@pytest.mark.parametrize("content", ["not json", '{"format": "other"}', '{"format": "' + FORMAT + '", "groups": 3}'])
 def test_bad_files(tmp_path, content):
     f = tmp_path / "p.json"
     f.write_text(content)

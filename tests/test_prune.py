@@ -24,7 +24,7 @@ def test_groups_cover_residual_couplings(pruner):
     assert len(g.groups) == 12  # stem+3 residual stages' add groups (3) + 9 inner convs
     stem = g.group("conv1")
     assert {"layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"} <= set(stem.members)
-    assert "fc" in g.ignored and all("fc" != m for gr in g.groups for m in gr.members)
+    assert "fc" in g.ignored and all(m != "fc" for gr in g.groups for m in gr.members)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -98,8 +98,10 @@ def test_reconstruction_brings_outputs_closer(tiny_model, tiny_data):
 
     model = recalibrate_bn(tiny_model, tiny_data.train)  # realistic BN statistics
     pruner = ChannelPruner(model, TINY_SHAPE, data=tiny_data.train)
-    kept = [c if g.name == "conv1" else max(1, c // 2) for g, c in zip(pruner.graph.groups, pruner.graph.channels,
-                                                                       strict=True)]
+    kept = [
+        c if g.name == "conv1" else max(1, c // 2)
+        for g, c in zip(pruner.graph.groups, pruner.graph.channels, strict=True)
+    ]
     plain = pruner.apply(kept)
     refit = pruner.apply(kept, reconstruct=True)
     x, _ = next(tiny_data.test.batches(64))
@@ -112,8 +114,14 @@ def test_reconstruction_brings_outputs_closer(tiny_model, tiny_data):
 
 @pytest.mark.parametrize(
     ("channels", "ratio", "round_to", "floor", "expected"),
-    [(64, 0.5, 1, 1, 32), (64, 0.3, 8, 1, 16), (64, 0.01, 8, 1, 8), (10, 0.01, 1, 2, 2), (64, 1.0, 8, 1, 64),
-     (6, 0.9, 4, 1, 4)],
+    [
+        (64, 0.5, 1, 1, 32),
+        (64, 0.3, 8, 1, 16),
+        (64, 0.01, 8, 1, 8),
+        (10, 0.01, 1, 2, 2),
+        (64, 1.0, 8, 1, 64),
+        (6, 0.9, 4, 1, 4),
+    ],
 )
 def test_round_channels(channels, ratio, round_to, floor, expected):
     assert round_channels(channels, ratio, round_to, floor) == expected
