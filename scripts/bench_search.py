@@ -43,12 +43,19 @@ from autoprune.search.reference import global_magnitude_at_flops  # noqa: E402
 from autoprune.training import TrainConfig, train  # noqa: E402
 
 SHAPE = (1, 1, 28, 28)
+COLUMNS = ["strategy", "budget", "reward", "episodes", "evaluations", "seed", "search_held_out", "flops_share",
+           "best_reward", "held_out_acc", "test_acc", "test_acc_ft", "finetune_epochs", "wall_s", "mean_episode_s",
+           "mean_apply_s", "mean_finetune_s", "mean_recalibrate_s", "mean_evaluate_s", "mean_update_s", "mean_eval_s",
+           "warmup", "warmup_mean_reward", "last50_mean_reward", "tolerance", "iterations", "kept", "command"]
 
 
 def setup(args):
     if args.smoke:  # a random-weight model on synthetic data: checks the script runs, measures nothing
         model, _ = build_model("resnet20", in_channels=1, num_classes=10)
         data = load_data("synthetic:512", SHAPE[1:], held_out=128)
+    elif args.random_weights:  # the demo architecture and data without its checkpoint: timing only
+        model, _ = build_model("resnet20", in_channels=1, num_classes=10)
+        data = load_data("fashion-mnist")
     else:
         model, _ = build_model("fmnist-resnet20")
         data = load_data("fashion-mnist")
@@ -70,21 +77,20 @@ def measure_evaluator(args) -> None:
     rng = np.random.default_rng(0)
     policies = [problem.project(rng.uniform(args.min_keep, 1, len(problem.channels))) for _ in range(args.repeats)]
     rows = []
-    for fast in (False, True):
-        for held in (1000, 2000, 5000):
-            for calib in (5, 10):
-                ev = Evaluator(pruner, data, held_out=held, calib_batches=calib, fast=fast)
-                ev.evaluate(policies[0])  # warm-up
-                ev._cache.clear()
-                phases = [ev.evaluate(k).phases for k in policies]
-                row = {"fast": fast, "held_out": held, "calib_batches": calib, "threads": torch.get_num_threads()}
-                for p in ("apply", "recalibrate", "evaluate"):
-                    row[p + "_s"] = float(np.mean([ph[p] for ph in phases]))
-                row["total_s"] = row["apply_s"] + row["recalibrate_s"] + row["evaluate_s"]
-                row["accuracy_mean"] = float(np.mean([ev._cache[(tuple(int(x) for x in k), 0)].accuracy
-                                                      for k in policies]))
-                rows.append(row)
-                print(row, flush=True)
+    configs = [(False, 5000, 10), (True, 5000, 10), (True, 2000, 10), (True, 2000, 5), (True, 1000, 5)]
+    for fast, held, calib in configs:
+        ev = Evaluator(pruner, data, held_out=held, calib_batches=calib, fast=fast)
+        ev.evaluate(policies[0])  # warm-up
+        ev._cache.clear()
+        phases = [ev.evaluate(k).phases for k in policies]
+        row = {"fast": fast, "held_out": held, "calib_batches": calib, "threads": torch.get_num_threads()}
+        for p in ("apply", "recalibrate", "evaluate"):
+            row[p + "_s"] = float(np.mean([ph[p] for ph in phases]))
+        row["total_s"] = row["apply_s"] + row["recalibrate_s"] + row["evaluate_s"]
+        row["accuracy_mean"] = float(np.mean([ev._cache[(tuple(int(x) for x in k), 0)].accuracy
+                                              for k in policies]))
+        rows.append(row)
+        print(row, flush=True)
     ft = Evaluator(pruner, data, held_out=args.held_out, finetune_steps=args.finetune_steps)
     t = time.perf_counter()
     e = ft.evaluate(policies[0])
@@ -115,6 +121,7 @@ def main() -> None:
     ap.add_argument("--measure-evaluator", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--smoke", action="store_true", help="random weights + synthetic data; output to /tmp")
+    ap.add_argument("--random-weights", action="store_true", help="the demo architecture untrained (timing only)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
@@ -186,10 +193,8 @@ def main() -> None:
         row["command"] = command
         print({k: v for k, v in row.items() if k not in ("command", "kept")}, flush=True)
         out = Path(args.out)
-        df = pd.DataFrame([row])
-        if out.is_file():
-            df = pd.concat([pd.read_csv(out), df], ignore_index=True)
-        df.to_csv(out, index=False)
+        # appended with a fixed header, so that runs in parallel processes never overwrite each other's rows
+        pd.DataFrame([row]).reindex(columns=COLUMNS).to_csv(out, mode="a", header=not out.is_file(), index=False)
 
 
 if __name__ == "__main__":
