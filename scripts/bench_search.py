@@ -103,6 +103,28 @@ def measure_evaluator(args) -> None:
     print(f"wrote {out}")
 
 
+def print_table(path: Path) -> None:
+    """The comparison table of README's "Search strategies" section, from the CSV (latest row per strategy)."""
+    df = pd.read_csv(path).drop_duplicates(["strategy", "reward", "budget"], keep="last")
+    cols = ["strategy", "reward", "evaluations", "flops_share", "held_out_acc", "test_acc", "test_acc_ft", "wall_s",
+            "warmup_mean_reward", "last50_mean_reward"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for _, r in df.iterrows():
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            if v is None or (isinstance(v, float) and np.isnan(v)):
+                cells.append("")
+            elif c in ("held_out_acc", "test_acc", "test_acc_ft", "flops_share"):
+                cells.append(f"{100 * v:.2f}")
+            elif isinstance(v, float):
+                cells.append(f"{v:.4g}")
+            else:
+                cells.append(str(v))
+        print("| " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--strategies", default="uniform,reference",
@@ -121,6 +143,7 @@ def main() -> None:
     ap.add_argument("--measure-evaluator", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--smoke", action="store_true", help="random weights + synthetic data; output to /tmp")
+    ap.add_argument("--table", action="store_true", help="print --out as a markdown table and exit")
     ap.add_argument("--random-weights", action="store_true", help="the demo architecture untrained (timing only)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = ap.parse_args()
@@ -128,6 +151,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.measure_evaluator:
         measure_evaluator(args)
+        return
+    if args.table:
+        print_table(Path(args.out))
         return
     command = "python scripts/bench_search.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     model, data, graph, pruner, problem = setup(args)
