@@ -65,11 +65,13 @@ class ChannelPruningEnv(gym.Env):
         out[:, 0] = a[:, 0] / max(self.n - 1, 1)
         return out
 
-    def _obs(self) -> np.ndarray:
+    def _obs(self, terminal: bool = False) -> np.ndarray:
+        """The embedding of group ``i`` (the last group's, with the finished policy, when ``terminal``)."""
         p, m = self.problem, self.metric
         base = p.cost.baseline[m]
         now = self.kept.copy()
-        now[self.i :] = p.channels[self.i :]
+        if not terminal:
+            now[self.i :] = p.channels[self.i :]
         at_floor = now.copy()
         at_floor[self.i + 1 :] = p.floor[self.i + 1 :]
         full_cost = p.cost(now)[m]
@@ -101,8 +103,8 @@ class ChannelPruningEnv(gym.Env):
         result = self.reward_fn(kept)
         reward = float(getattr(result, "reward", result))
         info.update(kept=kept, costs=self.problem.cost(kept), result=result)
-        # the terminal observation is never acted on; the last group's embedding with the final state stands in
-        self.i -= 1
-        obs = self._obs()
+        # the terminal observation is never acted on; the last group's embedding with the final policy stands in
+        self.i = self.n - 1
+        obs = self._obs(terminal=True)
         self.i = self.n
         return obs, reward, True, False, info
