@@ -124,6 +124,7 @@ def validate(
     t.add_row("measurement spread (p90-p10)/median", f"{s['spread_p90_p10']:.2%}")
     lo, hi = s["measured_range_us"]
     t.add_row("measured range", f"{lo / 1000:.3f} – {hi / 1000:.3f} ms")
+    t.add_row("load average (1/5/15 min) at the end", str(s.get("load_average", "-")))
     console.print(t)
     console.print(f"plot -> {plot}   per-policy results -> {csv}")
     summary = {"table": str(table), **s}

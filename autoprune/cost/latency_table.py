@@ -547,6 +547,7 @@ def build_table(
                 for i, r in enumerate(CALIBRATION_RATIOS)}
     table = assemble_table(graph, rows, timings, networks, fp, block, align, backend, threads, device, meta)
     table.meta["build_seconds"] = round(time.perf_counter() - t_start, 1)
+    table.meta["load_average"] = load_average()  # a loaded machine makes every timing an upper bound
     return table
 
 
@@ -586,7 +587,15 @@ def describe(table: LatencyTable) -> dict:
         "unpruned (measured)": _us(m.get("unpruned_us", {}).get("median_us")),
         "fixed part": _us(table.fixed_us), "scale": f"{table.scale:.3f}",
         "build time": f"{m['build_seconds']} s" if m.get("build_seconds") else "-",
+        "load average at build (1/5/15 min)": m.get("load_average", "-"),
     }
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
 
 
 def _us(v: float | None) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from autoprune.cost.flops import costs
-from autoprune.cost.latency_table import LatencyTable, ProgressFn
+from autoprune.cost.latency_table import LatencyTable, ProgressFn, load_average
 from autoprune.cost.measure import Timing, measure_model, measure_onnx
 from autoprune.errors import UserError
 from autoprune.layers import LayerGraph
@@ -104,7 +104,9 @@ def validate_table(
         if on_progress:
             on_progress(i + 1, len(policies), f"policy {i + 1}/{len(policies)}")
     df = pd.DataFrame(rows)
-    return df, summarize(df)
+    summary = summarize(df)
+    summary["load_average"] = load_average()
+    return df, summary
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
