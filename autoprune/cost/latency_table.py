@@ -97,7 +97,8 @@ def shape_text(shape: Sequence[int]) -> str:
 
 
 def default_table_path(model: str, input_shape: Sequence[int], fp: dict, root: str | Path = "latency_tables") -> Path:
-    return Path(root) / device_id(fp) / f"{_slug(model)}-{shape_text(input_shape)}.csv"
+    name = re.sub(r"[^A-Za-z0-9_.]+", "-", model).strip("-") or "model"  # keep torchvision's underscores
+    return Path(root) / device_id(fp) / f"{name}-{shape_text(input_shape)}.csv"
 
 
 def detect_blocking(backend: str, threads: int, device: str) -> tuple[int, int]:
