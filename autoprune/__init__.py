@@ -23,6 +23,7 @@ from autoprune.api import (  # noqa: E402
     train_model,
 )
 from autoprune.budget import Budget, parse_budget  # noqa: E402
+from autoprune.cost.latency_table import LatencyTable  # noqa: E402
 from autoprune.errors import UserError  # noqa: E402
 from autoprune.layers import LayerGraph, LayerGroup, analyze  # noqa: E402
 from autoprune.policy import Policy  # noqa: E402

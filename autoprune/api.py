@@ -382,8 +382,35 @@ def search(
     cost = make_cost_model(graph, table, force)
     problem = Problem(graph, cost, bud, min_keep=min_keep, round_to=round_to)
     run_dir = Path(out) if out is not None else None
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    # the run directory appears only once every input has been checked
+    if out is not None and isinstance(data, (str, type(None))):
+        _save_args(
+            Path(out),
+            dict(
+                model=model,
+                data=data,
+                budget=bud.text,
+                strategy=strategy,
+                weights=str(weights) if weights else None,
+                input_shape=input_shape,
+                table=str(table) if table else None,
+                force=force,
+                episodes=episodes,
+                seed=seed,
+                reward=reward,
+                options=options,
+                min_keep=min_keep,
+                round_to=round_to,
+                criterion=criterion,
+                held_out=held_out,
+                finetune_epochs=finetune_epochs,
+                finetune_lr=finetune_lr,
+                kd=kd,
+                measure=measure,
+                threads=threads,
+            ),
+            resume,
+        )
 
     pruner = ChannelPruner(
         net, shape, graph=graph, criterion=criterion, data=bundle.train if bundle else None, seed=seed
@@ -555,3 +582,55 @@ def finetune_policy(
         out = Path(out)
         save_pytorch(pruned, out, out.with_name(out.stem + "_state.pt"))
     return pruned, metrics
+
+
+ARGS_FILE = "args.json"  # in the run directory: the search's arguments, so `--resume RUN` needs nothing else
+
+
+def _save_args(run_dir: Path, args: dict, resume: bool) -> None:
+    import json
+
+    path = run_dir / ARGS_FILE
+    if path.is_file() and not resume:
+        raise UserError(f"{run_dir} already holds a search: pass --resume {run_dir} to continue it, or another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, json.dumps(args, indent=2) + "\n")
+
+
+def resume_args(run_dir: str | Path) -> dict:
+    """The arguments an interrupted search in ``run_dir`` was started with."""
+    import json
+
+    path = Path(run_dir) / ARGS_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir} holds no search to resume (no {ARGS_FILE}): start one with `autoprune search`")
+    args = json.loads(path.read_text())
+    if args.get("input_shape") is not None:
+        args["input_shape"] = tuple(args["input_shape"])
+    return args
+
+
+def save_interrupted(run_dir: Path, problem: Problem, budget: Budget) -> Path | None:
+    """After Ctrl-C: write the best feasible policy evaluated so far (from the journal) and the history."""
+    import pandas as pd
+
+    from autoprune.search import JOURNAL
+    from autoprune.search.base import Journal
+
+    rows = Journal(run_dir / JOURNAL).read()
+    scored = [r for r in rows if r.get("feasible", True) and r.get("reward") is not None]
+    if not scored:
+        return None
+    write_history(pd.DataFrame(rows), run_dir / "history.csv")
+    best = max(scored, key=lambda r: r["reward"])
+    metrics = _cost_metrics(problem, best["kept"])
+    metrics["held_out_accuracy"] = best.get("accuracy")
+    policy = Policy.from_kept(
+        problem.graph,
+        best["kept"],
+        budget=budget.text,
+        metrics=metrics,
+        search={"interrupted": True, "evaluations": len(rows), "reward": best["reward"]},
+    )
+    policy.save(run_dir / "policy.json")
+    return run_dir / "policy.json"

@@ -149,12 +149,19 @@ def search(
     measure: bool = typer.Option(True, help="measure end-to-end latency of the unpruned and pruned model"),
     threads: int = typer.Option(2, help="threads for latency measurement (when no table says otherwise)"),
     out: Path | None = typer.Option(None, help="run directory (default runs/<model>-<budget>)"),
+    resume: Path | None = typer.Option(None, help="continue the interrupted search in this run directory"),
     trust_pickle: bool = typer.Option(False, help="allow unpickling a whole saved module"),
 ) -> None:
     """Search per-group keep ratios under a budget, prune, fine-tune, export, measure and report."""
+    from autoprune.api import resume_args
     from autoprune.api import search as run
     from autoprune.models import DEMO_MODEL
 
+    if resume is not None:
+        args = resume_args(resume)
+        console.print(f"resuming the {args['strategy']} search in {resume}")
+        _search_with_progress(run, args, resume, True, trust_pickle)
+        return
     if budget is None:
         raise UserError("missing --budget: give e.g. --budget flops=50% or --budget latency=10ms")
     from autoprune.budget import parse_budget
@@ -164,8 +171,35 @@ def search(
     if sampler is not None:
         options["sampler"] = sampler
     run_dir = out or Path("runs") / f"{(model or DEMO_MODEL).replace(':', '_').replace('.', '_')}-{_slug(budget)}"
+    args = dict(
+        model=model,
+        data=data,
+        budget=budget,
+        strategy=strategy,
+        weights=weights,
+        input_shape=_shape(input_shape),
+        table=table,
+        force=force,
+        episodes=episodes,
+        seed=seed,
+        reward=reward,
+        options=options,
+        min_keep=min_keep,
+        round_to=round_to,
+        criterion=criterion,
+        held_out=held_out,
+        finetune_epochs=finetune_epochs,
+        finetune_lr=finetune_lr,
+        kd=kd,
+        measure=measure,
+        threads=threads,
+    )
+    _search_with_progress(run, args, run_dir, False, trust_pickle)
+
+
+def _search_with_progress(run, args: dict, run_dir: Path, resume: bool, trust_pickle: bool) -> None:
     with _progress() as progress:
-        task = progress.add_task(f"{strategy}", total=episodes)
+        task = progress.add_task(f"{args['strategy']}", total=args["episodes"])
 
         def on_event(ev) -> None:
             best = f"best {ev.best_reward:.4f}" if ev.best_reward is not None else ""
@@ -178,33 +212,18 @@ def search(
         def on_phase(text: str) -> None:
             console.print(f"[dim]{text}[/dim]")
 
-        outcome = run(
-            model,
-            data,
-            budget,
-            strategy=strategy,
-            weights=weights,
-            input_shape=_shape(input_shape),
-            table=table,
-            force=force,
-            episodes=episodes,
-            seed=seed,
-            reward=reward,
-            options=options,
-            min_keep=min_keep,
-            round_to=round_to,
-            criterion=criterion,
-            held_out=held_out,
-            finetune_epochs=finetune_epochs,
-            finetune_lr=finetune_lr,
-            kd=kd,
-            out=run_dir,
-            measure=measure,
-            threads=threads,
-            trust_pickle=trust_pickle,
-            callback=on_event,
-            on_phase=on_phase,
-        )
+        try:
+            outcome = run(
+                **args, out=run_dir, resume=resume, trust_pickle=trust_pickle, callback=on_event, on_phase=on_phase
+            )
+        except KeyboardInterrupt:
+            progress.stop()
+            saved = (run_dir / "policy.json").is_file()
+            err_console.print(
+                f"interrupted: {'best policy so far in ' + str(run_dir / 'policy.json') + '; ' if saved else ''}"
+                f"continue with: autoprune search --resume {run_dir}"
+            )
+            raise typer.Exit(130) from None
     from autoprune.report import budget_verdict
 
     _print_comparison(outcome.policy.metrics["unpruned"], outcome.policy.metrics, outcome.policy.budget)

@@ -158,6 +158,10 @@ class Evaluator:
         self._cache[key] = ev
         return ev
 
+    def remember(self, kept: Sequence[int], finetune_steps: int, accuracy: float, phases: dict | None = None) -> None:
+        """Seed the cache with an evaluation made earlier (a resumed search replays it for free)."""
+        self._cache[(tuple(int(k) for k in kept), int(finetune_steps))] = Evaluation(accuracy, dict(phases or {}))
+
     def evaluate_model(self, model: nn.Module, recalibrate: bool = True) -> float:
         """Held-out accuracy of any model (e.g. pruned by another tool), through the same recalibration."""
         import copy

@@ -16,7 +16,15 @@ import torch
 
 from autoprune.errors import UserError
 from autoprune.reward import DEFAULT_REWARD, REWARDS, Evaluator, Reward
-from autoprune.search.base import Problem, SearchContext, SearchEvent, SearchResult, Strategy, pareto_front
+from autoprune.search.base import (
+    Journal,
+    Problem,
+    SearchContext,
+    SearchEvent,
+    SearchResult,
+    Strategy,
+    pareto_front,
+)
 from autoprune.search.baselines import RandomStrategy, SensitivityStrategy, UniformStrategy, uniform_kept
 from autoprune.search.ddpg import DDPGStrategy
 from autoprune.search.netadapt import NetAdaptStrategy
@@ -25,6 +33,7 @@ from autoprune.search.optuna_search import SAMPLERS, OptunaStrategy
 _CLASSES: dict[str, type[Strategy]] = {c.name: c for c in (DDPGStrategy, OptunaStrategy, NetAdaptStrategy,
                                                             UniformStrategy, RandomStrategy, SensitivityStrategy)}
 STRATEGIES: tuple[str, ...] = tuple(_CLASSES)
+JOURNAL = "evaluations.jsonl"  # in the run directory: every evaluation, for resuming
 
 
 def seed_everything(seed: int) -> None:
@@ -44,7 +53,8 @@ def run_search(
     ``options``: the strategy's own options (``Strategy.defaults``), plus ``reward`` (one of ``REWARDS``, default
     ``acc``) and ``finetune_steps`` (the ``acc-ft`` reward's fine-tune length, default 200).
     ``callback(SearchEvent)`` is called after every evaluation. ``workdir`` holds what a strategy persists (the
-    Optuna study); ``resume`` continues it.
+    Optuna study) and the evaluation journal; ``resume`` continues it: the journal seeds the reward cache and the
+    strategy replays with the same seed, so earlier evaluations are reused, not repeated.
     """
     if strategy not in _CLASSES:
         raise UserError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
@@ -61,11 +71,16 @@ def run_search(
     seed_everything(seed)
     reward = None if evaluator is None else Reward(reward_name, evaluator, problem.cost, finetune_steps=finetune_steps)
     runner = cls(problem, seed=seed, options=options, workdir=Path(workdir) if workdir else None, resume=resume)
-    ctx = SearchContext(problem, reward, strategy, episodes, callback)
+    journal = Journal(Path(workdir) / JOURNAL) if workdir else None
+    if resume and journal is not None and reward is not None:
+        for row in journal.read():  # replayed evaluations cost nothing
+            if row.get("accuracy") is not None:
+                evaluator.remember(row["kept"], reward.finetune_steps, row["accuracy"])
+    ctx = SearchContext(problem, reward, strategy, episodes, callback, journal)
     extra = runner.run(ctx)
     extra["reward"] = reward_name if reward is not None else None
     return ctx.result(seed, **extra)
 
 
 __all__ = ["STRATEGIES", "SAMPLERS", "REWARDS", "Problem", "SearchContext", "SearchEvent", "SearchResult",
-           "Strategy", "pareto_front", "run_search", "uniform_kept", "seed_everything"]
+           "Strategy", "Journal", "JOURNAL", "pareto_front", "run_search", "uniform_kept", "seed_everything"]

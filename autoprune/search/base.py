@@ -7,6 +7,8 @@ reward path, so results at an equal number of evaluations compare.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -176,6 +178,45 @@ class SearchEvent:
     seconds: float  # wall time since the search started
 
 
+class Journal:
+    """Every evaluation, appended to a JSON-lines file as it is made and synced to disk.
+
+    It is what makes an interrupted search resumable whatever the strategy: a resumed run seeds the reward cache
+    from it and replays the strategy with the same seed, so every earlier evaluation is reused and at most the one
+    in flight when the process died is lost. A torn last line (a kill mid-write) is skipped on reading.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, row: dict) -> None:
+        line = json.dumps({k: _plain(v) for k, v in row.items()}) + "\n"
+        with open(self.path, "a") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        rows = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+
+def _plain(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, (tuple, np.ndarray)):
+        return [_plain(x) for x in v]
+    return v
+
+
 class SearchContext:
     """The one reward path every strategy spends its evaluations through.
 
@@ -184,9 +225,11 @@ class SearchContext:
     and calls the progress callback. ``reward=None`` (no evaluator) records costs only.
     """
 
-    def __init__(self, problem: Problem, reward, strategy: str, episodes: int, callback=None) -> None:
+    def __init__(self, problem: Problem, reward, strategy: str, episodes: int, callback=None,
+                 journal: Journal | None = None) -> None:
         self.problem, self.reward, self.strategy, self.episodes, self.callback = (
             problem, reward, strategy, episodes, callback)
+        self.journal = journal
         self.rows: list[dict] = []
         self.best_kept: np.ndarray | None = None
         self.best_reward: float | None = None
@@ -220,6 +263,8 @@ class SearchContext:
         row.update(extra)
         row["wall_s"] = time.perf_counter() - self.t0
         self.rows.append(row)
+        if self.journal is not None and not row.get("cached"):
+            self.journal.append(row)
         self._consider(kept, row["reward"], feasible)
         if self.callback is not None:
             self.callback(self.event(row["reward"]))

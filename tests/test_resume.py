@@ -1,0 +1,71 @@
+"""Interrupted searches: a SIGKILL mid-search loses at most the evaluation in flight, and --resume finishes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from autoprune.search import JOURNAL
+
+ARGS = ["--model", "resnet20", "--input-shape", "1x1x16x16", "--data", "synthetic", "--budget", "flops=50%",
+        "--strategy", "random", "--episodes", "24", "--held-out", "64", "--finetune-epochs", "0.1", "--no-measure"]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from autoprune.cli import main; main()", *args]
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
+
+
+def journal_lines(run: Path) -> list[dict]:
+    path = run / JOURNAL
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip().endswith("}")]
+
+
+def test_sigkill_then_resume_keeps_every_evaluation(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(cli("search", *ARGS, "--out", str(run)), env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while len(journal_lines(run)) < 6 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = journal_lines(run)
+    assert 6 <= len(before) < 24
+    assert not (run / "policy.json").exists()  # the run never finished: nothing half-written pretends it did
+
+    done = subprocess.run(cli("search", "--resume", str(run)), env=env(), capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()
+    history = pd.read_csv(run / "history.csv")
+    assert len(history) == 24
+    kept = [tuple(json.loads(k.replace("(", "[").replace(")", "]").replace(",]", "]"))) for k in history["kept"]]
+    for row in before:  # every earlier evaluation is in the final history, reused rather than recomputed
+        assert tuple(row["kept"]) in kept
+    reused = history[history["kept"].map(lambda s: s in {str(tuple(r["kept"])) for r in before})]
+    assert reused["cached"].all()
+    assert json.loads((run / "policy.json").read_text())["search"]["evaluations"] == 24
+
+
+def test_new_search_into_an_existing_run_is_refused(tmp_path, run_cli):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "args.json").write_text("{}")
+    code, _, err = run_cli("search", *ARGS, "--out", run)
+    assert code == 2 and "--resume" in err
+
+
+def test_resume_without_a_search(tmp_path, run_cli):
+    code, _, err = run_cli("search", "--resume", tmp_path)
+    assert code == 2 and "no search to resume" in err
