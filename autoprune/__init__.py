@@ -30,6 +30,7 @@ from autoprune.policy import Policy  # noqa: E402
 
 __all__ = [
     "Budget",
+    "LatencyTable",
     "LayerGraph",
     "LayerGroup",
     "Policy",
