@@ -324,7 +324,7 @@ def ensure_table(
 
 
 def search(
-    model: str | None = None,
+    model: str | nn.Module | None = None,
     data: str | DataBundle | None = None,
     budget: str | Budget = "flops=50%",
     *,
@@ -367,11 +367,19 @@ def search(
             on_phase(text)
 
     t0 = time.perf_counter()
+    model_arg = model
     if model is None:
         model, data = DEMO_MODEL, data or DEMO_DATA
         input_shape = input_shape or DEMO_INPUT_SHAPE
     bud = parse_budget(budget) if isinstance(budget, str) else budget
-    net, shape = load_model(model, weights, input_shape, trust_pickle=trust_pickle)
+    if isinstance(model, nn.Module):  # a model from a notebook: no name to rebuild it by, so no resume or export
+        if input_shape is None:
+            raise UserError("searching an nn.Module needs input_shape=(N, C, H, W)")
+        net, shape = model.eval(), tuple(input_shape)
+        model = type(model).__name__
+        _check_runs(net, shape, model)
+    else:
+        net, shape = load_model(model, weights, input_shape, trust_pickle=trust_pickle)
     if data is None and strategy != "uniform":
         raise UserError(f"strategy {strategy} scores policies on data: pass --data (e.g. --data imagefolder:PATH)")
     bundle = _load_bundle(data, shape, net) if data is not None else None
@@ -383,7 +391,7 @@ def search(
     problem = Problem(graph, cost, bud, min_keep=min_keep, round_to=round_to)
     run_dir = Path(out) if out is not None else None
     # the run directory appears only once every input has been checked
-    if out is not None and isinstance(data, (str, type(None))):
+    if out is not None and isinstance(data, (str, type(None))) and not isinstance(model_arg, nn.Module):
         _save_args(
             Path(out),
             dict(

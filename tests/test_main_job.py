@@ -91,3 +91,15 @@ def test_cli_export_pt(run, run_cli, tmp_path):
     assert code == 0, err
     m = torch.load(tmp_path / "m.pt", weights_only=False)
     assert json.loads((out / "policy.json").read_text())["metrics"]["params"] == sum(p.numel() for p in m.parameters())
+
+
+def test_search_an_nn_module_from_python(tiny_data):
+    from autoprune.models import CifarResNet
+
+    net = CifarResNet(20, num_classes=10, in_channels=1)
+    outcome = search(
+        net, tiny_data, "params=60%", strategy="uniform", input_shape=SHAPE, finetune_epochs=0, measure=False
+    )
+    assert outcome.run_dir is None and outcome.policy.metrics["params_share"] <= 0.6
+    assert outcome.pruned(torch.randn(*SHAPE)).shape == (1, 10)
+    assert sum(p.numel() for p in outcome.pruned.parameters()) < sum(p.numel() for p in net.parameters())
