@@ -367,6 +367,7 @@ def search(
             on_phase(text)
 
     t0 = time.perf_counter()
+    call = {k: v for k, v in locals().items() if k in _RESUMABLE}  # what --resume needs to re-run this call
     model_arg = model
     if model is None:
         model, data = DEMO_MODEL, data or DEMO_DATA
@@ -392,31 +393,17 @@ def search(
     run_dir = Path(out) if out is not None else None
     # the run directory appears only once every input has been checked
     if out is not None and isinstance(data, (str, type(None))) and not isinstance(model_arg, nn.Module):
+        saved = {k: (str(v) if isinstance(v, Path) else v) for k, v in call.items()}
         _save_args(
             Path(out),
-            dict(
-                model=model,
-                data=data,
-                budget=bud.text,
-                strategy=strategy,
-                weights=str(weights) if weights else None,
-                input_shape=input_shape,
-                table=str(table) if table else None,
-                force=force,
-                episodes=episodes,
-                seed=seed,
-                reward=reward,
-                options=options,
-                min_keep=min_keep,
-                round_to=round_to,
-                criterion=criterion,
-                held_out=held_out,
-                finetune_epochs=finetune_epochs,
-                finetune_lr=finetune_lr,
-                kd=kd,
-                measure=measure,
-                threads=threads,
-            ),
+            {
+                **saved,
+                "model": model,
+                "data": data,
+                "input_shape": input_shape,
+                "budget": bud.text,
+                "table": str(table) if table else None,
+            },
             resume,
         )
 
@@ -593,6 +580,24 @@ def finetune_policy(
 
 
 ARGS_FILE = "args.json"  # in the run directory: the search's arguments, so `--resume RUN` needs nothing else
+_RESUMABLE = (
+    "strategy",
+    "weights",
+    "force",
+    "episodes",
+    "seed",
+    "reward",
+    "options",
+    "min_keep",
+    "round_to",
+    "criterion",
+    "held_out",
+    "finetune_epochs",
+    "finetune_lr",
+    "kd",
+    "measure",
+    "threads",
+)
 
 
 def _save_args(run_dir: Path, args: dict, resume: bool) -> None:

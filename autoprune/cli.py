@@ -259,17 +259,8 @@ def _slug(budget: str) -> str:
 def _print_comparison(before: dict, after: dict, budget: str | None) -> None:
     from rich.table import Table
 
-    from autoprune.budget import format_cost
+    from autoprune.report import METRIC_ROWS as rows
 
-    rows = [
-        ("FLOPs (MACs)", "flops", lambda v: format_cost("flops", v)),
-        ("params", "params", lambda v: format_cost("params", v)),
-        ("latency, predicted", "latency_predicted_us", lambda v: format_cost("latency", v)),
-        ("latency, onnxruntime", "latency_measured_us", lambda v: format_cost("latency", v)),
-        ("held-out accuracy", "held_out_accuracy", lambda v: f"{v:.2%}"),
-        ("test accuracy before fine-tuning", "test_accuracy_before_finetune", lambda v: f"{v:.2%}"),
-        ("test accuracy", "test_accuracy", lambda v: f"{v:.2%}"),
-    ]
     t = Table(title=f"unpruned vs pruned ({budget})")
     for col in ("metric", "unpruned", "pruned", "ratio"):
         t.add_column(col, justify="left" if col == "metric" else "right")

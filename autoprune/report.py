@@ -22,7 +22,7 @@ from autoprune.errors import UserError  # noqa: E402
 from autoprune.policy import Policy  # noqa: E402
 from autoprune.search.base import pareto_front  # noqa: E402
 
-_ROWS = [
+METRIC_ROWS = [  # (label, policy.metrics key, format): the report's and the CLI's comparison table
     ("FLOPs (MACs)", "flops", lambda v: format_cost("flops", v)),
     ("params", "params", lambda v: format_cost("params", v)),
     ("latency, predicted by the table", "latency_predicted_us", lambda v: format_cost("latency", v)),
@@ -163,7 +163,7 @@ def render(run_dir: str | Path) -> Path:
     if verdict:
         lines += [verdict, ""]
     lines += ["| metric | unpruned | pruned | ratio |", "|---|---:|---:|---:|"]
-    for label, key, fmt in _ROWS:
+    for label, key, fmt in METRIC_ROWS:
         if key in m:
             b = base.get(key)
             ratio = f"{m[key] / b:.3f}" if b else ""

@@ -11,7 +11,7 @@ import json
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -39,15 +39,18 @@ class Problem:
     def __post_init__(self) -> None:
         missing = [m for m in self.budget.metrics if m not in self.cost.metrics]
         if missing:
-            raise UserError(f"budget names {', '.join(missing)} but no latency table was given: pass --table "
-                            "(build one with `autoprune latency-table build`)")
+            raise UserError(
+                f"budget names {', '.join(missing)} but no latency table was given: pass --table "
+                "(build one with `autoprune latency-table build`)"
+            )
         if not 0 < self.min_keep <= 1:
             raise UserError(f"--min-keep {self.min_keep} must be in (0, 1]")
         if self.round_to < 1:
             raise UserError(f"--round-to {self.round_to} must be at least 1")
         self.limits = self.budget.limits(self.cost.baseline)
-        self.floor = np.array([round_channels(g.channels, self.min_keep, self.round_to, 1)
-                               for g in self.graph.groups], dtype=np.int64)
+        self.floor = np.array(
+            [round_channels(g.channels, self.min_keep, self.round_to, 1) for g in self.graph.groups], dtype=np.int64
+        )
         self.floor = np.minimum(self.floor, self.graph.channels)
         cheapest = self.cost(self.floor)
         for metric, limit in self.limits.items():
@@ -68,8 +71,13 @@ class Problem:
         return all(c[m] <= lim * (1 + 1e-9) for m, lim in self.limits.items())
 
     def ratios_to_kept(self, ratios: Sequence[float] | np.ndarray) -> np.ndarray:
-        return np.array([max(int(f), round_channels(int(c), float(r), self.round_to, int(f)))
-                         for c, r, f in zip(self.channels, ratios, self.floor, strict=True)], dtype=np.int64)
+        return np.array(
+            [
+                max(int(f), round_channels(int(c), float(r), self.round_to, int(f)))
+                for c, r, f in zip(self.channels, ratios, self.floor, strict=True)
+            ],
+            dtype=np.int64,
+        )
 
     def cost_shares(self, kept: Sequence[int] | np.ndarray) -> dict[str, float]:
         c = self.cost(kept)
@@ -105,16 +113,9 @@ class Problem:
 
         if ok(int(cands[-1])):
             return int(cands[-1])
-        lo, hi = 0, len(cands) - 1  # cands[lo] is feasible (by induction from an all-floor start), cands[hi] not
         if not ok(int(cands[0])):
             return int(cands[0])  # only reachable when earlier groups already broke the budget: keep the floor
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if ok(int(cands[mid])):
-                lo = mid
-            else:
-                hi = mid
-        return int(cands[lo])
+        return int(cands[last_true(len(cands), lambda j: ok(int(cands[j])))])
 
     def clip_step(self, i: int, kept: Sequence[int] | np.ndarray, ratio: float) -> int:
         """Group ``i``'s kept count for keep ratio ``ratio``, rounded and clipped to keep the budget reachable."""
@@ -178,6 +179,19 @@ class SearchEvent:
     seconds: float  # wall time since the search started
 
 
+def last_true(n: int, ok: Callable[[int], bool]) -> int:
+    """The largest ``j`` in ``[0, n)`` with ``ok(j)``, for a predicate true up to some index then false (costs only
+    grow with kept channels), given ``ok(0)``: bisection, ``O(log n)`` cost evaluations."""
+    lo, hi = 0, n  # ok(lo) holds; hi is past the last candidate that could
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 class Journal:
     """Every evaluation, appended to a JSON-lines file as it is made and synced to disk.
 
@@ -225,10 +239,16 @@ class SearchContext:
     and calls the progress callback. ``reward=None`` (no evaluator) records costs only.
     """
 
-    def __init__(self, problem: Problem, reward, strategy: str, episodes: int, callback=None,
-                 journal: Journal | None = None) -> None:
+    def __init__(
+        self, problem: Problem, reward, strategy: str, episodes: int, callback=None, journal: Journal | None = None
+    ) -> None:
         self.problem, self.reward, self.strategy, self.episodes, self.callback = (
-            problem, reward, strategy, episodes, callback)
+            problem,
+            reward,
+            strategy,
+            episodes,
+            callback,
+        )
         self.journal = journal
         self.rows: list[dict] = []
         self.best_kept: np.ndarray | None = None
@@ -243,8 +263,7 @@ class SearchContext:
     def remaining(self) -> int:
         return max(0, self.episodes - self.evaluations)
 
-    def evaluate(self, kept: Sequence[int] | np.ndarray, *, finetune_steps: int | None = None,
-                 **extra) -> float | None:
+    def evaluate(self, kept: Sequence[int] | np.ndarray, *, finetune_steps: int | None = None, **extra) -> float | None:
         kept = np.asarray(kept, dtype=np.int64)
         costs = self.problem.cost(kept)
         feasible = self.problem.feasible(kept)
@@ -286,8 +305,16 @@ class SearchContext:
     def event(self, reward: float | None) -> SearchEvent:
         base = self.problem.cost.baseline
         best = self.problem.cost_shares(self.best_kept) if self.best_kept is not None else {}
-        return SearchEvent(self.strategy, self.evaluations, self.episodes, reward, self.best_reward, best,
-                           {m: v / base[m] for m, v in self.problem.limits.items()}, time.perf_counter() - self.t0)
+        return SearchEvent(
+            self.strategy,
+            self.evaluations,
+            self.episodes,
+            reward,
+            self.best_reward,
+            best,
+            {m: v / base[m] for m, v in self.problem.limits.items()},
+            time.perf_counter() - self.t0,
+        )
 
     def history(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
@@ -295,8 +322,16 @@ class SearchContext:
     def result(self, seed: int, **extra) -> SearchResult:
         if self.best_kept is None:
             raise RuntimeError(f"{self.strategy} made no feasible evaluation")
-        return SearchResult(self.strategy, self.best_kept, self.best_reward, self.history(), self.evaluations,
-                            time.perf_counter() - self.t0, seed, extra)
+        return SearchResult(
+            self.strategy,
+            self.best_kept,
+            self.best_reward,
+            self.history(),
+            self.evaluations,
+            time.perf_counter() - self.t0,
+            seed,
+            extra,
+        )
 
 
 class Strategy(ABC):
@@ -310,12 +345,21 @@ class Strategy(ABC):
     needs_reward: ClassVar[bool] = True
     defaults: ClassVar[dict] = {}
 
-    def __init__(self, problem: Problem, *, seed: int = 0, options: dict | None = None, workdir: Path | None = None,
-                 resume: bool = False) -> None:
+    def __init__(
+        self,
+        problem: Problem,
+        *,
+        seed: int = 0,
+        options: dict | None = None,
+        workdir: Path | None = None,
+        resume: bool = False,
+    ) -> None:
         unknown = sorted(set(options or {}) - set(self.defaults))
         if unknown:
-            raise UserError(f"strategy {self.name} has no option {', '.join(unknown)}: use "
-                            f"{', '.join(sorted(self.defaults)) or 'none'}")
+            raise UserError(
+                f"strategy {self.name} has no option {', '.join(unknown)}: use "
+                f"{', '.join(sorted(self.defaults)) or 'none'}"
+            )
         self.problem, self.seed, self.workdir, self.resume = problem, seed, workdir, resume
         self.options = {**self.defaults, **(options or {})}
 

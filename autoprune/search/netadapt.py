@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from autoprune.search.base import SearchContext, Strategy
+from autoprune.search.base import SearchContext, Strategy, last_true
 
 
 class NetAdaptStrategy(Strategy):
@@ -45,13 +45,7 @@ class NetAdaptStrategy(Strategy):
 
         if len(cands) == 0 or not ok(int(cands[0])):
             return None
-        lo, hi = 0, len(cands)  # cands[lo] meets the target; hi is past the end
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if ok(int(cands[mid])):
-                lo = mid
-            else:
-                hi = mid
+        lo = last_true(len(cands), lambda j: ok(int(cands[j])))
         trial[i] = int(cands[lo])
         return trial
 
