@@ -7,6 +7,9 @@ It costs forward passes only, and without it a good policy can look worse than a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from itertools import islice
+
 import torch
 import torch.nn as nn
 
@@ -26,20 +29,29 @@ def accuracy(model: nn.Module, split: Split, batch_size: int = 500) -> float:
 
 @torch.no_grad()
 def recalibrate_bn(
-    model: nn.Module, split: Split, num_batches: int = 10, batch_size: int = 128, seed: int = 0
+    model: nn.Module,
+    split: Split | None = None,
+    num_batches: int = 10,
+    batch_size: int = 128,
+    seed: int = 0,
+    *,
+    batches: Iterable[torch.Tensor] | None = None,
 ) -> nn.Module:
-    """Re-estimate every BatchNorm's running statistics as a cumulative average over ``num_batches`` batches."""
+    """Re-estimate every BatchNorm's running statistics as a cumulative average over training batches: the given
+    ``batches`` of images, or ``num_batches`` shuffled batches of ``split``."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return model
+    if batches is None:
+        if split is None:
+            raise ValueError("recalibrate_bn needs a split or batches")
+        batches = (x for x, _ in islice(split.batches(batch_size, shuffle=True, seed=seed), num_batches))
     saved = [(m, m.momentum) for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: every batch weighs the same
     model.train()
-    for i, (x, _) in enumerate(split.batches(batch_size, shuffle=True, seed=seed)):
-        if i >= num_batches:
-            break
+    for x in batches:
         model(x)
     for m, momentum in saved:
         m.momentum = momentum

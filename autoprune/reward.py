@@ -31,6 +31,7 @@ import torch.nn as nn
 
 from autoprune.data import DataBundle, Split
 from autoprune.errors import UserError
+from autoprune.evaluate import recalibrate_bn
 from autoprune.prune import ChannelPruner
 from autoprune.training import TrainConfig, train
 
@@ -92,19 +93,7 @@ class Evaluator:
     @torch.no_grad()
     def recalibrate(self, model: nn.Module) -> nn.Module:
         """Re-estimate BN running statistics as a cumulative average over the fixed calibration batches."""
-        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not bns:
-            return model
-        saved = [m.momentum for m in bns]
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative moving average: every batch weighs the same
-        model.train()
-        for x in self._calib:
-            model(x)
-        for m, momentum in zip(bns, saved, strict=True):
-            m.momentum = momentum
-        return model.eval()
+        return recalibrate_bn(model, batches=self._calib)
 
     def score(self, model: nn.Module) -> float:
         """Held-out accuracy of an already recalibrated model (BN folded first when ``fast``)."""
