@@ -26,7 +26,7 @@ data:
 # The embedded default (demo model, its checkpoint, Fashion-MNIST): search, prune, fine-tune 1 epoch, measure, report.
 demo: setup data
 	rm -rf runs/demo
-	$(BIN)/autoprune search --budget flops=50% --strategy ddpg --episodes 150 --held-out 2000 --out runs/demo
+	$(BIN)/autoprune search --budget flops=50% --strategy ddpg --episodes 150 --held-out 2000 --round-to 8 --out runs/demo
 
 test: setup data
 	$(BIN)/python -m pytest
