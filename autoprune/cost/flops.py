@@ -31,7 +31,3 @@ def costs(graph: LayerGraph, kept: Sequence[int] | np.ndarray) -> dict[str, floa
         "params": float(params.sum() + graph.terms.params_const),
     }
 
-
-def min_costs(graph: LayerGraph, floor: Sequence[int] | np.ndarray) -> dict[str, float]:
-    """The cheapest reachable cost: every group at its floor."""
-    return costs(graph, floor)
