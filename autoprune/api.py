@@ -415,17 +415,22 @@ def search(
     if reward is not None:
         opts["reward"] = reward
     phase(f"searching with {strategy}")
-    result = run_search(
-        strategy,
-        problem,
-        evaluator,
-        episodes=episodes,
-        seed=seed,
-        options=opts,
-        callback=callback,
-        workdir=run_dir,
-        resume=resume,
-    )
+    try:
+        result = run_search(
+            strategy,
+            problem,
+            evaluator,
+            episodes=episodes,
+            seed=seed,
+            options=opts,
+            callback=callback,
+            workdir=run_dir,
+            resume=resume,
+        )
+    except KeyboardInterrupt:
+        if run_dir is not None:  # Ctrl-C: keep the best policy so far; the journal makes the rest resumable
+            save_interrupted(run_dir, problem, bud)
+        raise
     if run_dir is not None:
         write_history(result.history, run_dir / "history.csv")
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from autoprune.search import JOURNAL
 
@@ -68,3 +69,22 @@ def test_new_search_into_an_existing_run_is_refused(tmp_path, run_cli):
 def test_resume_without_a_search(tmp_path, run_cli):
     code, _, err = run_cli("search", "--resume", tmp_path)
     assert code == 2 and "no search to resume" in err
+
+
+def test_ctrl_c_writes_the_best_policy_so_far(tmp_path, tiny_data):
+    from autoprune.api import search
+    from autoprune.policy import Policy
+
+    def interrupt_after_five(event) -> None:
+        if event.evaluation == 5:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        search("resnet20", "synthetic", "flops=50%", strategy="random", input_shape=(1, 1, 16, 16), episodes=20,
+               held_out=64, out=run, measure=False, callback=interrupt_after_five)
+    policy = Policy.load(run / "policy.json")
+    rows = journal_lines(run)
+    assert policy.search["interrupted"] and len(rows) == 5
+    assert policy.kept == list(max(rows, key=lambda r: r["reward"])["kept"])
+    assert policy.metrics["flops_share"] <= 0.5 + 1e-9
