@@ -56,7 +56,9 @@ def build(
     grid: int = typer.Option(6, help="grid points per channel axis and regime"),
     repeats: int = typer.Option(15, help="timed runs per probe (median, p10/p90 recorded)"),
     warmup: int = typer.Option(3, help="untimed runs per probe"),
-    e2e_repeats: int = typer.Option(50, help="timed runs per end-to-end calibration network"),
+    e2e_repeats: int = typer.Option(50, help="timed runs per end-to-end calibration network and round"),
+    rounds: int = typer.Option(3, help="interleaved rounds of end-to-end calibration (median of round medians)"),
+    passes: int = typer.Option(2, help="passes over the probe grid (each probe keeps its fastest pass)"),
 ) -> None:
     """Measure every prunable layer on a (c_in, c_out) grid on this device, calibrate end to end, save CSV + JSON."""
     from autoprune.cost.latency_table import build_table, default_table_path, device_fingerprint
@@ -66,7 +68,8 @@ def build(
     with _progress() as progress:
         task = progress.add_task(f"{model} probes", total=None)
         table = build_table(model, shape, backend=backend, threads=threads, device=device, weights=weights,
-                            grid=grid, warmup=warmup, repeats=repeats, e2e_repeats=e2e_repeats,
+                            grid=grid, warmup=warmup, repeats=repeats, e2e_repeats=e2e_repeats, rounds=rounds,
+                            passes=passes,
                             on_progress=lambda d, n, s: progress.update(task, completed=d, total=n, description=s))
     path = out or default_table_path(model, table.input_shape, device_fingerprint(backend, threads, device))
     table.save(path)
@@ -81,7 +84,8 @@ def validate(
     model: str | None = typer.Option(None, help="model (default: the table's)"),
     table: Path = typer.Option(..., help="table .csv"),
     samples: int = typer.Option(50, help="random policies (the unpruned model is the first)"),
-    repeats: int = typer.Option(50, help="timed runs per end-to-end measurement (each is made twice)"),
+    repeats: int = typer.Option(50, help="timed runs per policy and round"),
+    rounds: int = typer.Option(6, help="interleaved rounds per policy: odd rounds measure, even rounds retest"),
     warmup: int = typer.Option(10),
     seed: int = typer.Option(0),
     round_to: int | None = typer.Option(None, help="round kept channels to this (default: the table's block)"),
@@ -104,7 +108,7 @@ def validate(
     with _progress() as progress:
         task = progress.add_task("validate", total=samples)
         df, s = validate_table(tab, model, weights=weights, samples=samples, seed=seed, warmup=warmup,
-                               repeats=repeats, round_to=round_to,
+                               repeats=repeats, rounds=rounds, round_to=round_to,
                                on_progress=lambda d, n, d2: progress.update(task, completed=d, total=n,
                                                                              description=d2))
     csv.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +138,8 @@ def validate(
         summary["budget_check"] = b
         console.print(f"budget {budget}: limit {b['limit_us'] / 1000:.3f} ms, uniform keep ratio {b['keep_ratio']:.3f}"
                       f", predicted {b['predicted_us'] / 1000:.3f} ms, measured {b['measured_us'] / 1000:.3f} ms "
-                      f"(median of {b['repeats']}, p10 {b['p10_us'] / 1000:.3f}, p90 {b['p90_us'] / 1000:.3f}); "
+                      f"(median of {b['repeats']} runs in each of {len(b['rounds'])} rounds, "
+                      f"p10 {b['p10_us'] / 1000:.3f}, p90 {b['p90_us'] / 1000:.3f}); "
                       f"measured/limit {b['measured_over_limit']:.3f}; unpruned {b['unpruned_us'] / 1000:.3f} ms")
     csv.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
 

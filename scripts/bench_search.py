@@ -9,6 +9,12 @@ evaluation history of each run goes to ``benchmarks/search_history/``.
     .venv/bin/python scripts/bench_search.py --strategies uniform,reference --episodes 300
     .venv/bin/python scripts/bench_search.py --strategies ddpg --episodes 300 --held-out 2000
     .venv/bin/python scripts/bench_search.py --measure-evaluator      # per-phase seconds vs held-out size
+    .venv/bin/python scripts/bench_search.py --refinetune uniform,ddpg --ft-seeds 0,1 --kd   # FT rows of found policies
+
+``--refinetune`` takes the best policy of each named row already in ``--out`` and fine-tunes it again for
+``--finetune-epochs`` with each seed of ``--ft-seeds`` (plain, or distilled from the unpruned model with ``--kd``),
+appending one row per seed to ``benchmarks/search_finetune.csv``: one fine-tune is too noisy to separate
+policies that differ by a few tenths of a point.
 """
 
 from __future__ import annotations
@@ -65,11 +71,44 @@ def setup(args):
     return model, data, graph, pruner, problem
 
 
-def finetune_and_test(model, data, test_eval: Evaluator, epochs: float, seed: int) -> float:
-    """The same fine-tune for every row: SGD, lr 0.01 cosine, augmentation, ``epochs`` epochs."""
+def finetune_and_test(model, data, test_eval: Evaluator, epochs: float, seed: int, teacher=None) -> float:
+    """The same fine-tune for every row: SGD, lr 0.01 cosine, augmentation, ``epochs`` epochs (distilled from
+    ``teacher``'s logits when given)."""
     model = copy.deepcopy(model)
-    train(model, data.train, TrainConfig(epochs=epochs, lr=0.01, seed=seed))
+    train(model, data.train, TrainConfig(epochs=epochs, lr=0.01, seed=seed), teacher=teacher)
     return test_eval.evaluate_model(model, recalibrate=False)
+
+
+def refinetune(args) -> None:
+    """Fine-tune the best policy of earlier rows again, with several seeds and optionally distillation."""
+    model, data, graph, pruner, problem = setup(args)
+    test_data = dataclasses.replace(data, held_out=data.test)
+    final_test = Evaluator(pruner, test_data, held_out=None, calib_batches=args.calib_batches, seed=0)
+    df = pd.read_csv(args.out).drop_duplicates(["strategy", "reward", "budget"], keep="last")
+    out = ROOT / "benchmarks" / "search_finetune.csv"
+    for spec in args.refinetune.split(","):
+        name, _, reward = spec.partition("@")
+        rows = df[(df["strategy"] == name) & (df["budget"] == args.budget)]
+        if reward:
+            rows = rows[rows["reward"] == reward]
+        if rows.empty:
+            raise SystemExit(f"no row {spec!r} at {args.budget} in {args.out}")
+        r = rows.iloc[-1]
+        kept = json.loads(r["kept"])
+        if isinstance(kept, dict):  # the reference row: Torch-Pruning's global pruning at its ratio
+            pruned, _, _ = global_magnitude_at_flops(model, SHAPE, problem.limits["flops"], ignored=[model.fc])
+        else:
+            pruned = pruner.apply(kept)
+        final_test.recalibrate(pruned)
+        for seed in (int(x) for x in args.ft_seeds.split(",")):
+            t0 = time.perf_counter()
+            acc = finetune_and_test(pruned, data, final_test, args.finetune_epochs, seed,
+                                    teacher=model if args.kd else None)
+            row = {"strategy": name, "reward": r["reward"], "budget": args.budget, "test_acc": r["test_acc"],
+                   "kd": args.kd, "ft_seed": seed, "finetune_epochs": args.finetune_epochs, "test_acc_ft": acc,
+                   "seconds": round(time.perf_counter() - t0, 1)}
+            print(row, flush=True)
+            pd.DataFrame([row]).to_csv(out, mode="a", header=not out.is_file(), index=False)
 
 
 def measure_evaluator(args) -> None:
@@ -146,6 +185,10 @@ def main() -> None:
     ap.add_argument("--table", action="store_true", help="print --out as a markdown table and exit")
     ap.add_argument("--random-weights", action="store_true", help="the demo architecture untrained (timing only)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--refinetune", default="", help="comma-separated rows of --out (strategy or strategy@reward) "
+                                                     "whose best policy is fine-tuned again")
+    ap.add_argument("--ft-seeds", default="0", help="fine-tune seeds for --refinetune")
+    ap.add_argument("--kd", action="store_true", help="--refinetune distils from the unpruned model")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -154,6 +197,9 @@ def main() -> None:
         return
     if args.table:
         print_table(Path(args.out))
+        return
+    if args.refinetune:
+        refinetune(args)
         return
     command = "python scripts/bench_search.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     model, data, graph, pruner, problem = setup(args)

@@ -2,13 +2,17 @@
 """Time autoprune's latency probes on this device. Needs only Python 3.8+, onnxruntime and numpy.
 
     python measure_probes.py PROBE_DIR [--threads N] [--repeats R] [--warmup W] [--e2e-repeats E]
+                             [--passes P] [--rounds K]
 
 PROBE_DIR is what ``autoprune latency-table probes`` wrote: ``probes.csv`` lists ONNX files (one operator each, plus a
 few uniformly pruned whole networks for calibration). Each is timed the way a serving stack runs it: an onnxruntime
 session with full graph optimisation (so conv + activation fusion and the blocked layouts are what is timed), a fixed
 number of intra-op threads, warm-up runs, then the median of timed runs with the 10th / 90th percentiles. Operator
 probes are timed by onnxruntime's profiler (kernel time, without the layout reorders only a lone operator needs);
-whole networks by wall time per run. Writes
+whole networks by wall time per run. A busy or virtual machine has slow spells and slow sessions that pass, so
+every probe is timed in P passes over the whole list and keeps its fastest pass, and the calibration networks are
+timed in K interleaved rounds (a fresh session each) and keep the median of their round medians -- the same
+protocol as ``autoprune latency-table build``. Writes
 ``measured.csv`` and ``device.json`` (this device's fingerprint) into PROBE_DIR; then, where autoprune is installed:
 ``autoprune latency-table import PROBE_DIR``.
 
@@ -119,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--e2e-repeats", type=int, default=None, help="timed runs per calibration network")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--passes", type=int, default=None, help="passes over the probes (default: as in probes.json)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per calibration network (default: probes.json)")
     args = ap.parse_args(argv)
     d = args.probe_dir
     try:
@@ -132,16 +138,30 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup if args.warmup is not None else int(meta.get("warmup", 3))
     repeats = args.repeats or int(meta.get("repeats", 15))
     e2e_repeats = args.e2e_repeats or int(meta.get("e2e_repeats", 50))
-    rows = []
+    passes = max(1, args.passes or int(meta.get("passes", 2)))
+    rounds = max(1, args.rounds or int(meta.get("rounds", 3)))
+    best: dict = {}
+    rounds_of: dict = {}
     t_start = time.perf_counter()
-    for i, item in enumerate(listing):
+    schedule = [(p, item) for p in range(passes) for item in listing if item["kind"] != "network"] + \
+        [(r, item) for r in range(rounds) for item in listing if item["kind"] == "network"]
+    for i, (_, item) in enumerate(schedule):
         shape = [int(v) for v in item["input_shape"].split("x")]
         network = item["kind"] == "network"
         t = measure(d / item["file"], shape, threads, args.device, int(meta.get("e2e_warmup", 10)) if network
                     else warmup, e2e_repeats if network else repeats, kernels=not network)
-        rows.append({"file": item["file"], "kind": item["kind"], "keep_ratio": item["keep_ratio"], **t})
-        if (i + 1) % 25 == 0 or i + 1 == len(listing):
-            print(f"{i + 1}/{len(listing)} measured ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
+        if network:
+            rounds_of.setdefault(item["file"], []).append(t)
+        elif item["file"] not in best or t["median_us"] < best[item["file"]]["median_us"]:
+            best[item["file"]] = t
+        if (i + 1) % 25 == 0 or i + 1 == len(schedule):
+            print(f"{i + 1}/{len(schedule)} measured ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
+    for f, ts in rounds_of.items():
+        best[f] = {"median_us": float(np.median([t["median_us"] for t in ts])),
+                   "p10_us": float(np.median([t["p10_us"] for t in ts])),
+                   "p90_us": float(np.median([t["p90_us"] for t in ts])), "repeats": sum(t["repeats"] for t in ts)}
+    rows = [{"file": item["file"], "kind": item["kind"], "keep_ratio": item["keep_ratio"], **best[item["file"]]}
+            for item in listing]
     tmp = d / "measured.csv.tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["file", "kind", "keep_ratio", "median_us", "p10_us", "p90_us", "repeats"])

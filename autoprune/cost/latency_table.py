@@ -28,7 +28,7 @@ import pandas as pd
 import torch.nn as nn
 
 from autoprune import atomic
-from autoprune.cost.measure import BACKENDS, Timing, measure_model, measure_onnx, measure_onnx_kernels
+from autoprune.cost.measure import BACKENDS, Timing, measure_interleaved, measure_model, measure_onnx_kernels
 from autoprune.cost.probes import REGIMES, LayerPlan, ProbeSpec, effective_channels, plan_layers
 from autoprune.errors import UserError
 from autoprune.layers import LayerGraph
@@ -504,9 +504,15 @@ def table_from_measurements(rows: pd.DataFrame, timings: dict[str, Timing]) -> p
 def build_table(
     model_name: str, input_shape: Sequence[int] | None = None, *, backend: str = "onnxruntime", threads: int = 2,
     device: str = "cpu", weights: str | Path | None = None, grid: int = 6, warmup: int = 3, repeats: int = 15,
-    e2e_repeats: int = 50, blocking: tuple[int, int] | None = None, on_progress: ProgressFn | None = None,
+    e2e_repeats: int = 50, rounds: int = 3, passes: int = 2, blocking: tuple[int, int] | None = None,
+    on_progress: ProgressFn | None = None,
 ) -> LatencyTable:
-    """Measure every conv/linear layer of ``model_name`` on a channel grid, calibrate end to end, return the table."""
+    """Measure every conv/linear layer of ``model_name`` on a channel grid, calibrate end to end, return the table.
+
+    Every probe is timed in ``passes`` passes over the whole grid and keeps its fastest pass's median (a
+    disturbance only ever adds time, and it rarely hits the same probe twice minutes apart); the calibration
+    networks are timed in ``rounds`` interleaved rounds (:func:`~autoprune.cost.measure.measure_interleaved`).
+    """
     from autoprune.export import onnx_bytes
     from autoprune.layers import analyze
     from autoprune.models import build_model
@@ -514,8 +520,8 @@ def build_table(
 
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    if threads < 1 or grid < 2 or repeats < 1:
-        raise UserError("--threads and --repeats must be at least 1 and --grid at least 2")
+    if threads < 1 or grid < 2 or repeats < 1 or rounds < 1 or passes < 1:
+        raise UserError("--threads, --repeats, --rounds and --passes must be at least 1 and --grid at least 2")
     t_start = time.perf_counter()
     model, spec = build_model(model_name, weights, use_default_weights=False)
     shape = tuple(input_shape or spec.input_shape)
@@ -523,29 +529,33 @@ def build_table(
     block, align = detect_blocking(backend, threads, device) if blocking is None else blocking
     plans = plan_layers(graph, block, align, grid)
     rows, specs = plan_rows(plans)
-    total = len(specs) + len(CALIBRATION_RATIOS)
+    n_probe = passes * len(specs)
+    total = n_probe + 1
     timings: dict[str, Timing] = {}
     # largest first: the costly probes run while the machine is in its steadiest state, and progress is honest
     order = sorted(specs.values(), key=lambda s: -s.c_in * s.c_out * s.kernel[0] * s.kernel[1] * s.h_in * s.w_in)
-    for i, s in enumerate(order):
-        timings[s.probe_id] = measure_spec(s, backend, threads, device, warmup, repeats)
-        if on_progress:
-            on_progress(i + 1, total, f"layer probes {i + 1}/{len(specs)}")
+    done = 0
+    for p in range(passes):
+        for s in order:
+            t = measure_spec(s, backend, threads, device, warmup, repeats)
+            if s.probe_id not in timings or t.median_us < timings[s.probe_id].median_us:
+                timings[s.probe_id] = t
+            done += 1
+            if on_progress:
+                on_progress(done, total, f"layer probes, pass {p + 1}/{passes}")
     fp = device_fingerprint(backend, threads, device)
-    meta = {"grid": grid, "warmup": warmup, "repeats": repeats, "probes": len(specs)}
-
-    def measure_network(i: int, ratio: float, net) -> Timing:
-        if backend == "onnxruntime":
-            t = measure_onnx(onnx_bytes(net, shape, dynamic_batch=False), shape, threads, 10, e2e_repeats, device)
-        else:
-            t = measure_model(net, shape, backend, threads, 10, e2e_repeats, device)
-        if on_progress:
-            on_progress(len(specs) + i + 1, total, f"end-to-end calibration {i + 1}/{len(CALIBRATION_RATIOS)}")
-        return t
-
+    meta = {"grid": grid, "warmup": warmup, "repeats": repeats, "passes": passes, "rounds": rounds,
+            "probes": len(specs)}
     pruner = ChannelPruner(model, shape, graph=graph, model_name=model_name)
-    networks = {r: measure_network(i, r, pruner.apply(uniform_kept(graph, r, block)))
-                for i, r in enumerate(CALIBRATION_RATIOS)}
+    nets = [pruner.apply(uniform_kept(graph, r, block)) for r in CALIBRATION_RATIOS]
+    if backend == "onnxruntime":
+        nets = [onnx_bytes(n, shape, dynamic_batch=False) for n in nets]
+    if on_progress:
+        on_progress(n_probe, total, f"end-to-end calibration ({len(nets)} networks x {rounds} rounds)")
+    measured = measure_interleaved(nets, shape, backend, threads, 10, e2e_repeats, rounds, device)
+    networks = dict(zip(CALIBRATION_RATIOS, measured, strict=True))
+    if on_progress:
+        on_progress(total, total, "end-to-end calibration")
     table = assemble_table(graph, rows, timings, networks, fp, block, align, backend, threads, device, meta)
     table.meta["build_seconds"] = round(time.perf_counter() - t_start, 1)
     table.meta["load_average"] = load_average()  # a loaded machine makes every timing an upper bound

@@ -2,8 +2,10 @@
 
 Policies span 20–100 % of the unpruned FLOPs and are deliberately non-uniform (each group gets its own keep ratio),
 unlike the uniform policies the table was calibrated on. Each pruned network is exported and timed with the table's
-backend and settings twice, in two fresh sessions: the second timing is the measurement's own test–retest noise,
-reported next to the prediction error so a reader can tell how much of the error is the table's.
+backend and settings in interleaved rounds (a fresh session each, :func:`~autoprune.cost.measure.measure_interleaved`);
+the median of the odd rounds is the measurement, the median of the even rounds an independent retest whose
+disagreement with it is the measurement's own noise, reported next to the prediction error so a reader can tell how
+much of the error is the table's.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pandas as pd
 
 from autoprune.cost.flops import costs
 from autoprune.cost.latency_table import LatencyTable, ProgressFn, load_average
-from autoprune.cost.measure import Timing, measure_model, measure_onnx
+from autoprune.cost.measure import Timing, measure_interleaved, timing_from_samples
 from autoprune.errors import UserError
 from autoprune.layers import LayerGraph
 from autoprune.prune import round_channels
@@ -57,21 +59,25 @@ def random_policies(graph: LayerGraph, samples: int, seed: int = 0, lo: float = 
     return out
 
 
-def measure_twice(net, shape: tuple[int, ...], table: LatencyTable, warmup: int, repeats: int) -> tuple[Timing, Timing]:
-    """Two independent end-to-end timings (fresh session each), with the table's backend, threads and device."""
-    if table.backend == "onnxruntime":
-        from autoprune.export import onnx_bytes
-
-        data = onnx_bytes(net, shape, dynamic_batch=False)
-        return tuple(measure_onnx(data, shape, table.threads, warmup, repeats, table.device) for _ in range(2))
-    return tuple(measure_model(net, shape, table.backend, table.threads, warmup, repeats, table.device)
-                 for _ in range(2))
+def measure_and_retest(nets: list, table: LatencyTable, warmup: int, repeats: int, rounds: int
+                       ) -> list[tuple[Timing, float]]:
+    """Per network: its measurement (median of the odd rounds' medians; p10/p90 of those rounds' runs) and the
+    retest (median of the even rounds' medians), with the table's backend, threads and device."""
+    timings = measure_interleaved(nets, table.input_shape, table.backend, table.threads, warmup, repeats,
+                                  max(2, rounds), table.device)
+    out = []
+    for t in timings:
+        first, second = list(t.round_medians[0::2]), list(t.round_medians[1::2])
+        m = timing_from_samples(first)
+        out.append((Timing(m.median_us, t.p10_us, t.p90_us, t.repeats // 2, tuple(first)),
+                    float(timing_from_samples(second).median_us)))
+    return out
 
 
 def validate_table(
     table: LatencyTable, model_name: str | None = None, *, weights: str | Path | None = None, samples: int = 50,
-    seed: int = 0, warmup: int = 10, repeats: int = 50, round_to: int | None = None, min_keep: float = 0.1,
-    on_progress: ProgressFn | None = None,
+    seed: int = 0, warmup: int = 10, repeats: int = 50, rounds: int = 6, round_to: int | None = None,
+    min_keep: float = 0.1, on_progress: ProgressFn | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Predicted vs measured latency of ``samples`` random policies; returns the per-policy rows and a summary."""
     from autoprune.layers import analyze
@@ -92,17 +98,24 @@ def validate_table(
     policies = [graph.channels.astype(np.int64)] + random_policies(graph, samples - 1, seed, round_to=step,
                                                                    min_keep=min_keep)
     full_flops = costs(graph, graph.channels)["flops"]
-    rows = []
+    nets = []
     for i, kept in enumerate(policies):
         net = pruner.apply(kept)
-        first, second = measure_twice(net, shape, table, warmup, repeats)
+        if table.backend == "onnxruntime":
+            from autoprune.export import onnx_bytes
+
+            net = onnx_bytes(net, shape, dynamic_batch=False)
+        nets.append(net)
+        if on_progress:
+            on_progress(i + 1, len(policies), f"pruned {i + 1}/{len(policies)}; then {rounds} measuring rounds")
+    rows = []
+    for i, (kept, (first, retest)) in enumerate(zip(policies, measure_and_retest(nets, table, warmup, repeats,
+                                                                                  rounds), strict=True)):
         rows.append({
             "policy": i, "flops_share": costs(graph, kept)["flops"] / full_flops, "predicted_us": predict(kept),
             "measured_us": first.median_us, "p10_us": first.p10_us, "p90_us": first.p90_us,
-            "retest_us": second.median_us, "kept": " ".join(str(int(k)) for k in kept),
+            "retest_us": retest, "kept": " ".join(str(int(k)) for k in kept),
         })
-        if on_progress:
-            on_progress(i + 1, len(policies), f"policy {i + 1}/{len(policies)}")
     df = pd.DataFrame(rows)
     summary = summarize(df)
     summary["load_average"] = load_average()
@@ -162,10 +175,11 @@ def scatter_plot(df: pd.DataFrame, summary: dict, path: str | Path, title: str) 
 
 
 def budget_check(table: LatencyTable, budget: str, *, weights: str | Path | None = None, repeats: int = 100,
-                 warmup: int = 20, round_to: int | None = None, min_keep: float = 0.1,
+                 warmup: int = 20, rounds: int = 3, round_to: int | None = None, min_keep: float = 0.1,
                  on_measure: Callable[[str], None] | None = None) -> dict:
     """Choose a policy for ``budget`` by uniform search over the table's prediction, prune it for real and time it
-    (median of ``repeats``): does the policy meet the budget on the device, without wasting it?"""
+    (median of ``repeats`` runs, in ``rounds`` interleaved rounds with the unpruned model; the median of the round
+    medians): does the policy meet the budget on the device, without wasting it?"""
     from autoprune.budget import parse_budget
     from autoprune.cost.model import CostModel
     from autoprune.layers import analyze
@@ -183,12 +197,12 @@ def budget_check(table: LatencyTable, budget: str, *, weights: str | Path | None
     kept, ratio = uniform_kept(problem)
     limit = problem.limits["latency"]
     net = ChannelPruner(model, shape, graph=graph, model_name=table.model).apply(kept)
-    unpruned = measure_twice(model, shape, table, warmup, repeats)[0]
-    timing = measure_twice(net, shape, table, warmup, repeats)[0]
+    unpruned, timing = measure_interleaved([model, net], shape, table.backend, table.threads, warmup, repeats,
+                                           rounds, table.device)
     return {
         "budget": budget, "limit_us": limit, "keep_ratio": ratio, "predicted_us": predict(kept),
         "measured_us": timing.median_us, "p10_us": timing.p10_us, "p90_us": timing.p90_us,
-        "repeats": timing.repeats, "unpruned_us": unpruned.median_us,
+        "repeats": repeats, "rounds": list(timing.round_medians), "unpruned_us": unpruned.median_us,
         "unpruned_predicted_us": predict(graph.channels), "measured_over_limit": timing.median_us / limit,
         "meets": bool(timing.median_us <= limit), "within_10pct": bool(0.9 * limit <= timing.median_us <= limit),
         "kept": [int(k) for k in kept], "flops_share": costs(graph, kept)["flops"] / costs(graph, graph.channels)[

@@ -3,6 +3,12 @@
 onnxruntime: a session with full graph optimisation (so conv + BN + activation fusion is what is timed), a fixed
 number of intra-op threads, warm-up runs, then the median of timed repeats with the 10th/90th percentiles as the
 spread. torch: the eager model under ``inference_mode`` with the same protocol.
+
+On a shared or virtual machine one session's median can be off by 20-30 % for a while (another tenant, a
+frequency change) and the same network re-measured a minute later is back to normal. Comparisons between networks
+(calibration, validation, unpruned vs pruned) therefore use :func:`measure_interleaved`: every network is measured
+in several rounds, a fresh session each, the rounds interleaved across networks, and the median of the per-round
+medians is the figure, so a disturbance hits one round of several networks instead of the whole measurement of one.
 """
 
 from __future__ import annotations
@@ -25,9 +31,12 @@ class Timing:
     p10_us: float
     p90_us: float
     repeats: int
+    round_medians: tuple[float, ...] = ()  # per-round medians when measured in rounds (:func:`measure_interleaved`)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["round_medians"] = list(self.round_medians)
+        return d
 
 
 def timing_from_samples(samples_us: list[float] | np.ndarray) -> Timing:
@@ -51,7 +60,8 @@ def ort_session(onnx_model: bytes, threads: int = 2, device: str = "cpu"):
     return ort.InferenceSession(onnx_model, so, providers=providers)
 
 
-def time_callable(fn, warmup: int, repeats: int) -> Timing:
+def time_samples(fn, warmup: int, repeats: int) -> list[float]:
+    """Wall time (µs) of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     samples = []
@@ -59,7 +69,11 @@ def time_callable(fn, warmup: int, repeats: int) -> Timing:
         t0 = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1e6)
-    return timing_from_samples(samples)
+    return samples
+
+
+def time_callable(fn, warmup: int, repeats: int) -> Timing:
+    return timing_from_samples(time_samples(fn, warmup, repeats))
 
 
 def measure_onnx(onnx_model: bytes, input_shape: tuple[int, ...], threads: int = 2, warmup: int = 10,
@@ -84,17 +98,64 @@ def measure_model(model: nn.Module, input_shape: tuple[int, ...], backend: str =
         try:
             model = model.eval().to(device)
             x = torch.randn(*input_shape, device=device)
-
-            def run() -> None:
-                with torch.inference_mode():
-                    model(x)
-                if device == "cuda":
-                    torch.cuda.synchronize()
-
-            return time_callable(run, warmup, repeats)
+            return time_callable(lambda: _torch_forward(model, x, device), warmup, repeats)
         finally:
             torch.set_num_threads(prev)
     raise UserError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+
+
+def _torch_forward(model: nn.Module, x: torch.Tensor, device: str) -> None:
+    with torch.inference_mode():
+        model(x)
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_interleaved(models: list[nn.Module | bytes], input_shape: tuple[int, ...], backend: str = "onnxruntime",
+                        threads: int = 2, warmup: int = 10, repeats: int = 50, rounds: int = 3,
+                        device: str = "cpu") -> list[Timing]:
+    """End-to-end latency of several networks, measured in ``rounds`` interleaved rounds (a fresh onnxruntime
+    session per network and round). Each :class:`Timing`'s median is the median of its round medians; p10/p90 are
+    over all timed runs; ``round_medians`` keeps the rounds (a retest is the same figure from other rounds).
+
+    ``models``: modules, or serialised ONNX models for onnxruntime (exported once by the caller)."""
+    if rounds < 1:
+        raise UserError("rounds must be at least 1")
+    if backend == "onnxruntime":
+        from autoprune.export import onnx_bytes
+
+        data = [m if isinstance(m, bytes) else onnx_bytes(m, input_shape, dynamic_batch=False) for m in models]
+    elif backend == "torch":
+        if any(isinstance(m, bytes) for m in models):
+            raise UserError("the torch backend measures modules, not ONNX models")
+    else:
+        raise UserError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    samples: list[list[float]] = [[] for _ in models]
+    medians: list[list[float]] = [[] for _ in models]
+    x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
+    prev = torch.get_num_threads()
+    try:
+        for _ in range(rounds):
+            for i, m in enumerate(models):
+                if backend == "onnxruntime":
+                    sess = ort_session(data[i], threads, device)
+                    feed = {sess.get_inputs()[0].name: x}
+                    run = lambda sess=sess, feed=feed: sess.run(None, feed)  # noqa: E731
+                else:
+                    torch.set_num_threads(threads)
+                    net, xt = m.eval().to(device), torch.from_numpy(x).to(device)
+                    run = lambda net=net, xt=xt: _torch_forward(net, xt, device)  # noqa: E731
+                s = time_samples(run, warmup, repeats)
+                medians[i].append(float(np.median(s)))
+                samples[i].extend(s)
+    finally:
+        torch.set_num_threads(prev)
+    out = []
+    for s, med in zip(samples, medians, strict=True):
+        arr = np.asarray(s)
+        out.append(Timing(float(np.median(med)), float(np.percentile(arr, 10)), float(np.percentile(arr, 90)),
+                          len(arr), tuple(float(v) for v in med)))
+    return out
 
 
 LAYOUT_OPS = ("ReorderInput", "ReorderOutput")

@@ -282,7 +282,8 @@ def measure_script() -> Path:
 
 def export_probes(model_name: str, input_shape: tuple[int, ...] | None, out: str | Path, *, threads: int = 2,
                   grid: int = 6, block: int = 16, align: int = 4, weights: str | Path | None = None,
-                  warmup: int = 3, repeats: int = 15, e2e_repeats: int = 50) -> dict[str, int]:
+                  warmup: int = 3, repeats: int = 15, e2e_repeats: int = 50, passes: int = 2,
+                  rounds: int = 3) -> dict[str, int]:
     """Write every probe as ONNX, the uniformly pruned calibration networks, the plan and ``measure_probes.py``
     into ``out``, so that a device with only onnxruntime and numpy can produce a table's measurements."""
     import shutil
@@ -320,7 +321,7 @@ def export_probes(model_name: str, input_shape: tuple[int, ...] | None, out: str
     atomic.write_text(out / "plan.csv", rows.to_csv(index=False))
     meta = {"format": PROBES_FORMAT, "model": model_name, "input_shape": list(shape), "structure": graph.fingerprint,
             "channel_block": block, "channel_align": align, "grid": grid, "threads": threads, "warmup": warmup,
-            "repeats": repeats, "e2e_warmup": 10, "e2e_repeats": e2e_repeats}
+            "repeats": repeats, "e2e_warmup": 10, "e2e_repeats": e2e_repeats, "passes": passes, "rounds": rounds}
     atomic.write_text(out / "probes.json", json.dumps(meta, indent=2) + "\n")
     shutil.copyfile(measure_script(), out / "measure_probes.py")
     return {"probes": len(specs), "networks": len(CALIBRATION_RATIOS)}
