@@ -161,6 +161,26 @@ def test_build_save_load_predict(built, graph):
     assert table.check_device() == {}
 
 
+def test_build_interleaves_calibration_rounds_with_probe_passes(built):
+    meta = json.loads(built.with_suffix(".json").read_text())
+    assert meta["passes"] == 2 and meta["rounds"] == 3
+    for c in meta["calibration"]:
+        assert len(c["round_medians"]) == 3 and c["median_us"] == pytest.approx(np.median(c["round_medians"]))
+
+
+def test_validate_reports_error_retest_and_drift(built):
+    from autoprune.cost.latency_validate import validate_table
+
+    table = LatencyTable.load(built)
+    df, s = validate_table(table, samples=4, repeats=3, warmup=1, rounds=2)
+    assert len(df) == 4 and (df["measured_us"] > 0).all() and (df["retest_us"] > 0).all()
+    assert df["policy"].iloc[0] == 0 and df["flops_share"].iloc[0] == pytest.approx(1.0)  # policy 0: unpruned
+    for key in ("mape", "spearman", "retest_mape", "speed_vs_build", "mape_recalibrated"):
+        assert key in s
+    assert s["speed_vs_build"] > 0 and np.isfinite(s["mape_recalibrated"])
+    assert len(s["calibration_today"]["measured_us"]) == 5  # the table's 5 calibration networks, re-timed
+
+
 def test_fingerprint_mismatch_refused_or_warned(built, tmp_path, capsys):
     csv = tmp_path / "t.csv"
     csv.write_text(built.read_text())

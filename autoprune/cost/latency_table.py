@@ -28,7 +28,14 @@ import pandas as pd
 import torch.nn as nn
 
 from autoprune import atomic
-from autoprune.cost.measure import BACKENDS, Timing, measure_interleaved, measure_model, measure_onnx_kernels
+from autoprune.cost.measure import (
+    BACKENDS,
+    Timing,
+    combine_rounds,
+    measure_interleaved,
+    measure_model,
+    measure_onnx_kernels,
+)
 from autoprune.cost.probes import REGIMES, LayerPlan, ProbeSpec, effective_channels, plan_layers
 from autoprune.errors import UserError
 from autoprune.layers import LayerGraph
@@ -511,7 +518,8 @@ def build_table(
 
     Every probe is timed in ``passes`` passes over the whole grid and keeps its fastest pass's median (a
     disturbance only ever adds time, and it rarely hits the same probe twice minutes apart); the calibration
-    networks are timed in ``rounds`` interleaved rounds (:func:`~autoprune.cost.measure.measure_interleaved`).
+    networks are timed in ``rounds`` rounds placed before, between and after the probe passes, so the calibration
+    sees the machine in the same states as the probes (this VM's speed drifts by 10-20 % over minutes).
     """
     from autoprune.export import onnx_bytes
     from autoprune.layers import analyze
@@ -529,33 +537,35 @@ def build_table(
     block, align = detect_blocking(backend, threads, device) if blocking is None else blocking
     plans = plan_layers(graph, block, align, grid)
     rows, specs = plan_rows(plans)
-    n_probe = passes * len(specs)
-    total = n_probe + 1
+    total = passes * len(specs) + rounds * len(CALIBRATION_RATIOS)
     timings: dict[str, Timing] = {}
     # largest first: the costly probes run while the machine is in its steadiest state, and progress is honest
     order = sorted(specs.values(), key=lambda s: -s.c_in * s.c_out * s.kernel[0] * s.kernel[1] * s.h_in * s.w_in)
+    pruner = ChannelPruner(model, shape, graph=graph, model_name=model_name)
+    nets = [pruner.apply(uniform_kept(graph, r, block)) for r in CALIBRATION_RATIOS]
+    if backend == "onnxruntime":
+        nets = [onnx_bytes(n, shape, dynamic_batch=False) for n in nets]
+    calib_rounds: list[list[Timing]] = []
     done = 0
-    for p in range(passes):
+    for step in range(max(rounds, passes)):
+        if step < rounds:
+            calib_rounds.append(measure_interleaved(nets, shape, backend, threads, 10, e2e_repeats, 1, device))
+            done += len(nets)
+            if on_progress:
+                on_progress(done, total, f"end-to-end calibration, round {step + 1}/{rounds}")
+        if step >= passes:
+            continue
         for s in order:
             t = measure_spec(s, backend, threads, device, warmup, repeats)
             if s.probe_id not in timings or t.median_us < timings[s.probe_id].median_us:
                 timings[s.probe_id] = t
             done += 1
             if on_progress:
-                on_progress(done, total, f"layer probes, pass {p + 1}/{passes}")
+                on_progress(done, total, f"layer probes, pass {step + 1}/{passes}")
     fp = device_fingerprint(backend, threads, device)
     meta = {"grid": grid, "warmup": warmup, "repeats": repeats, "passes": passes, "rounds": rounds,
             "probes": len(specs)}
-    pruner = ChannelPruner(model, shape, graph=graph, model_name=model_name)
-    nets = [pruner.apply(uniform_kept(graph, r, block)) for r in CALIBRATION_RATIOS]
-    if backend == "onnxruntime":
-        nets = [onnx_bytes(n, shape, dynamic_batch=False) for n in nets]
-    if on_progress:
-        on_progress(n_probe, total, f"end-to-end calibration ({len(nets)} networks x {rounds} rounds)")
-    measured = measure_interleaved(nets, shape, backend, threads, 10, e2e_repeats, rounds, device)
-    networks = dict(zip(CALIBRATION_RATIOS, measured, strict=True))
-    if on_progress:
-        on_progress(total, total, "end-to-end calibration")
+    networks = {r: combine_rounds([rd[i] for rd in calib_rounds]) for i, r in enumerate(CALIBRATION_RATIOS)}
     table = assemble_table(graph, rows, timings, networks, fp, block, align, backend, threads, device, meta)
     table.meta["build_seconds"] = round(time.perf_counter() - t_start, 1)
     table.meta["load_average"] = load_average()  # a loaded machine makes every timing an upper bound

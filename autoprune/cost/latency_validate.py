@@ -6,6 +6,11 @@ backend and settings in interleaved rounds (a fresh session each, :func:`~autopr
 the median of the odd rounds is the measurement, the median of the even rounds an independent retest whose
 disagreement with it is the measurement's own noise, reported next to the prediction error so a reader can tell how
 much of the error is the table's.
+
+The table's own calibration networks (uniform prunes) are measured in the same rounds. Their timings today against
+those at build time give the machine's drift since the build (this VM's speed wanders by 10-20 % over minutes), and
+re-fitting the calibration on today's timings of those same networks gives the error that is the table's per-layer
+model's, with the drift removed. Both errors are reported; the raw one is what a search would see.
 """
 
 from __future__ import annotations
@@ -17,7 +22,14 @@ import numpy as np
 import pandas as pd
 
 from autoprune.cost.flops import costs
-from autoprune.cost.latency_table import LatencyTable, ProgressFn, load_average
+from autoprune.cost.latency_table import (
+    CALIBRATION_RATIOS,
+    LatencyTable,
+    ProgressFn,
+    calibrate,
+    load_average,
+    uniform_kept,
+)
 from autoprune.cost.measure import Timing, measure_interleaved, timing_from_samples
 from autoprune.errors import UserError
 from autoprune.layers import LayerGraph
@@ -98,8 +110,9 @@ def validate_table(
     policies = [graph.channels.astype(np.int64)] + random_policies(graph, samples - 1, seed, round_to=step,
                                                                    min_keep=min_keep)
     full_flops = costs(graph, graph.channels)["flops"]
+    calib_kept = [uniform_kept(graph, r, table.block) for r in CALIBRATION_RATIOS]
     nets = []
-    for i, kept in enumerate(policies):
+    for i, kept in enumerate(policies + calib_kept):
         net = pruner.apply(kept)
         if table.backend == "onnxruntime":
             from autoprune.export import onnx_bytes
@@ -107,18 +120,33 @@ def validate_table(
             net = onnx_bytes(net, shape, dynamic_batch=False)
         nets.append(net)
         if on_progress:
-            on_progress(i + 1, len(policies), f"pruned {i + 1}/{len(policies)}; then {rounds} measuring rounds")
+            on_progress(i + 1, len(nets), f"pruned {i + 1}/{len(nets)}; then {rounds} measuring rounds")
+    measured = measure_and_retest(nets, table, warmup, repeats, rounds)
+    # today's calibration: the same uniform networks the build timed, re-timed in these rounds
+    raw = [float(predict.layer_us(k).sum()) for k in calib_kept]
+    today = [t.median_us for t, _ in measured[len(policies):]]
+    fixed, scale = calibrate(raw, today)
+    at_build = {round(c["keep_ratio"], 4): c["median_us"] for c in table.meta.get("calibration", [])}
+    drift = [m / at_build[round(r, 4)] for r, m in zip(CALIBRATION_RATIOS, today, strict=True)
+             if round(r, 4) in at_build]
     rows = []
-    for i, (kept, (first, retest)) in enumerate(zip(policies, measure_and_retest(nets, table, warmup, repeats,
-                                                                                  rounds), strict=True)):
+    for i, (kept, (first, retest)) in enumerate(zip(policies, measured, strict=False)):
         rows.append({
             "policy": i, "flops_share": costs(graph, kept)["flops"] / full_flops, "predicted_us": predict(kept),
+            "recalibrated_us": fixed + scale * float(predict.layer_us(kept).sum()),
             "measured_us": first.median_us, "p10_us": first.p10_us, "p90_us": first.p90_us,
             "retest_us": retest, "kept": " ".join(str(int(k)) for k in kept),
         })
     df = pd.DataFrame(rows)
     summary = summarize(df)
-    summary["load_average"] = load_average()
+    err = (df["recalibrated_us"] - df["measured_us"]) / df["measured_us"]
+    summary.update({
+        "speed_vs_build": float(np.median(drift)) if drift else float("nan"),
+        "mape_recalibrated": float(err.abs().mean()), "bias_recalibrated": float(err.mean()),
+        "worst_recalibrated": float(err.iloc[int(err.abs().idxmax())]),
+        "calibration_today": {"fixed_us": fixed, "scale": scale, "measured_us": today},
+        "load_average": load_average(),
+    })
     return df, summary
 
 

@@ -158,6 +158,14 @@ def measure_interleaved(models: list[nn.Module | bytes], input_shape: tuple[int,
     return out
 
 
+def combine_rounds(rounds: list[Timing]) -> Timing:
+    """One timing from several rounds of the same network: the median of the round medians (p10/p90: the median
+    of the rounds' percentiles)."""
+    med = [r.median_us for r in rounds]
+    return Timing(float(np.median(med)), float(np.median([r.p10_us for r in rounds])),
+                  float(np.median([r.p90_us for r in rounds])), sum(r.repeats for r in rounds), tuple(med))
+
+
 LAYOUT_OPS = ("ReorderInput", "ReorderOutput")
 
 
