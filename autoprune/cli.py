@@ -139,18 +139,28 @@ def search(
     table: Path | None = typer.Option(None, help="latency table; built for this device when a latency budget has none"),
     force: bool = typer.Option(False, help="use a latency table measured on another device"),
     min_keep: float = typer.Option(0.1, help="smallest keep ratio of any group"),
-    round_to: int = typer.Option(1, help="kept channels rounded to a multiple of this"),
+    round_to: int | None = typer.Option(
+        None, help="kept channels rounded to a multiple of this (default: the latency table's channel block for a "
+        "latency budget, else 1)"
+    ),
     criterion: str = typer.Option("l2", help="channel importance: l1 | l2 | bn-scale | taylor | apoz | random"),
     held_out: int = typer.Option(5000, help="held-out training images each reward is measured on"),
     finetune_epochs: float = typer.Option(1.0, help="fine-tuning epochs for the winner (0: none)"),
     finetune_lr: float | None = typer.Option(None, help="fine-tuning learning rate (default 0.01, a tenth of train's)"),
-    kd: bool = typer.Option(False, help="distil the fine-tune from the unpruned model's logits"),
+    kd: bool = typer.Option(True, "--kd/--no-kd", help="distil the fine-tune from the unpruned model's logits"),
     seed: int = typer.Option(0),
     measure: bool = typer.Option(True, help="measure end-to-end latency of the unpruned and pruned model"),
     threads: int = typer.Option(2, help="threads for latency measurement (when no table says otherwise)"),
     out: Path | None = typer.Option(None, help="run directory (default runs/<model>-<budget>)"),
     resume: Path | None = typer.Option(None, help="continue the interrupted search in this run directory"),
     trust_pickle: bool = typer.Option(False, help="allow unpickling a whole saved module"),
+    storage: str | None = typer.Option(
+        None, help="optuna: shared study storage, an Optuna RDB URL (postgresql://USER@HOST/DB) or journal:PATH"
+    ),
+    study: str | None = typer.Option(
+        None, help="optuna: study name (default autoprune-<sampler>); same --storage and --study: one shared search"
+    ),
+    workers: int = typer.Option(1, help="optuna: local worker processes sharing the study (torch threads split)"),
 ) -> None:
     """Search per-group keep ratios under a budget, prune, fine-tune, export, measure and report."""
     from autoprune.api import resume_args
@@ -170,6 +180,16 @@ def search(
     options = _parse_options(option)
     if sampler is not None:
         options["sampler"] = sampler
+    if (storage is not None or study is not None or workers != 1) and strategy != "optuna":
+        raise UserError("--storage, --study and --workers share an Optuna study: add --strategy optuna")
+    if workers < 1:
+        raise UserError(f"--workers {workers} must be at least 1")
+    if storage is not None:
+        options["storage"] = storage
+    if study is not None:
+        options["study_name"] = study
+    if workers > 1:
+        options["workers"] = workers
     run_dir = out or Path("runs") / f"{(model or DEMO_MODEL).replace(':', '_').replace('.', '_')}-{_slug(budget)}"
     args = dict(
         model=model,
@@ -224,6 +244,10 @@ def _search_with_progress(run, args: dict, run_dir: Path, resume: bool, trust_pi
                 f"continue with: autoprune search --resume {run_dir}"
             )
             raise typer.Exit(130) from None
+    _print_outcome(outcome, run_dir)
+
+
+def _print_outcome(outcome, run_dir: Path) -> None:
     from autoprune.report import budget_verdict
 
     _print_comparison(outcome.policy.metrics["unpruned"], outcome.policy.metrics, outcome.policy.budget)
@@ -359,8 +383,28 @@ def export(
 
 
 @app.command()
-def report(run: Path = typer.Argument(..., help="a run directory written by `autoprune search`")) -> None:
-    """Re-render a run's report.md and plots from its policy.json and history.csv."""
+def report(
+    run: Path | None = typer.Argument(None, help="a run directory written by `autoprune search`"),
+    storage: str | None = typer.Option(None, help="write the run directory of the Optuna study in this storage"),
+    study: str | None = typer.Option(None, help="the study's name (with --storage)"),
+    out: Path | None = typer.Option(None, help="with --storage: the run directory to write (default runs/<study>)"),
+    trust_pickle: bool = typer.Option(False, help="allow unpickling a whole saved module"),
+) -> None:
+    """Re-render a run's report.md and plots; or, with --storage and --study, write a whole run directory (best
+    policy pruned, fine-tuned, exported, report) from a shared Optuna study alone."""
+    if storage is not None:
+        from autoprune.api import search_from_study
+
+        if not study:
+            raise UserError("--storage needs --study NAME: the study whose run directory to write")
+        run_dir = out or run or Path("runs") / study
+        outcome = search_from_study(
+            storage, study, run_dir, trust_pickle=trust_pickle, on_phase=lambda t: console.print(f"[dim]{t}[/dim]")
+        )
+        _print_outcome(outcome, run_dir)
+        return
+    if run is None:
+        raise UserError("pass a run directory (autoprune report RUN), or --storage URL --study NAME")
     from autoprune.report import render
 
     console.print(f"wrote {render(run)}")
@@ -388,7 +432,7 @@ def main() -> None:
     try:
         app()
     except UserError as e:
-        err_console.print(f"error: {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"error: {e}", highlight=False, soft_wrap=True, markup=False)  # [x] in a message is text
         sys.exit(2)
 
 

@@ -131,14 +131,20 @@ def plot_latency(policy: Policy, path: Path) -> bool:
     return True
 
 
-def render(run_dir: str | Path) -> Path:
-    """Write ``report.md`` and its PNG plots into ``run_dir``; returns the report's path."""
+def render(run_dir: str | Path, policy: Policy | None = None, history: pd.DataFrame | None = None) -> Path:
+    """Write ``report.md`` and its PNG plots into ``run_dir``; returns the report's path.
+
+    ``policy`` and ``history`` default to the run directory's files; a search passes its own, so that it can write
+    the whole run directory in one :func:`autoprune.atomic.batch`.
+    """
     run_dir = Path(run_dir)
-    policy_path = run_dir / "policy.json"
-    if not policy_path.is_file():
-        raise UserError(f"{run_dir} has no policy.json: pass a run directory written by `autoprune search`")
-    policy = Policy.load(policy_path)
-    history = load_history(run_dir)
+    if policy is None:
+        policy_path = run_dir / "policy.json"
+        if not policy_path.is_file():
+            raise UserError(f"{run_dir} has no policy.json: pass a run directory written by `autoprune search`")
+        policy = Policy.load(policy_path)
+    if history is None:
+        history = load_history(run_dir)
     uniform = policy.search.get("uniform_kept")
     cost = next((c.metric for c in parse_budget(policy.budget).constraints), "flops") if policy.budget else "flops"
 
@@ -208,4 +214,9 @@ def budget_verdict(policy: Policy) -> str | None:
             f"{c.metric} {format_cost(c.metric, m[key])} {how} vs budget {format_cost(c.metric, limit)}: "
             f"{'**met**' if ok else '**NOT met**'}"
         )
+    checks = m.get("latency_checks") or []
+    if len(checks) > 1:
+        parts.append(f"the searched policy measured {format_cost('latency', checks[0]['measured_us'])} (over the "
+                     f"budget), so the best evaluated policy under a limit tightened by the table's error on it was "
+                     f"taken ({len(checks)} policies measured)")
     return "; ".join(parts) + "." if parts else None

@@ -272,3 +272,39 @@ def test_calibration_fit():
     assert fixed == pytest.approx(50) and scale == pytest.approx(1)
     fixed, scale = calibrate([100], [130])
     assert (fixed, scale) == (pytest.approx(30), 1.0)
+
+
+def test_a_policy_over_budget_when_measured_is_replaced(built, tmp_path):
+    """The table says the searched policy fits; the device says it does not: the best evaluated policy under a limit
+    tightened by the table's error on it is taken instead, and the checks are recorded."""
+    from autoprune.api import meet_measured_latency
+    from autoprune.budget import parse_budget
+    from autoprune.cost.measure import measure_interleaved
+    from autoprune.cost.model import CostModel
+    from autoprune.prune import ChannelPruner
+    from autoprune.search.base import Problem
+
+    csv = tmp_path / "optimistic.csv"
+    csv.write_text(built.read_text())
+    meta = json.loads(built.with_suffix(".json").read_text())
+    meta["scale"], meta["fixed_us"] = meta["scale"] / 4, meta["fixed_us"] / 4  # predicts a quarter of the truth
+    csv.with_suffix(".json").write_text(json.dumps(meta))
+    table = LatencyTable.load(csv)
+    model, _ = build_model("resnet20", use_default_weights=False)
+    graph = analyze(model, SHAPE, "resnet20")
+    pruner = ChannelPruner(model, SHAPE, graph=graph, model_name="resnet20")
+    full = measure_interleaved([model], SHAPE, "onnxruntime", table.threads, 5, 30, 2)[0].median_us
+    budget = parse_budget(f"latency={full / 2:.0f}us")
+    problem = Problem(graph, CostModel(graph, latency=table.predictor(graph)), budget)
+    floor = problem.floor.tolist()
+    history = pd.DataFrame([  # the search's best is the unpruned model (it "fits" the optimistic table)
+        {"kept": tuple(graph.channels.tolist()), "latency": problem.cost(graph.channels)["latency"],
+         "feasible": True, "reward": 0.9},
+        {"kept": tuple(floor), "latency": problem.cost(floor)["latency"], "feasible": True, "reward": 0.5},
+    ])
+    kept, timings, checks = meet_measured_latency(problem, history, list(graph.channels), pruner, model, SHAPE, table,
+                                                  tries=2)
+    assert kept == floor and len(checks) == 2
+    assert checks[0]["kept"] == graph.channels.tolist() and checks[1]["kept"] == floor
+    assert not checks[0]["met"] and checks[1]["met"]  # the unpruned model measures 4x the floor's ~35 us here
+    assert checks[1]["measured_us"] == timings[1].median_us

@@ -50,6 +50,7 @@ class ChannelPruningEnv(gym.Env):
         self.i = 0
         self.kept = problem.channels.copy()
         self.prev_action = 1.0
+        self.worst_reward: float | None = None  # what a policy with a NaN reward (non-finite outputs) is worth
 
     def _static_features(self) -> np.ndarray:
         """Per-group features that do not change during an episode, min-max normalised per column (as AMC)."""
@@ -102,6 +103,10 @@ class ChannelPruningEnv(gym.Env):
         kept = self.kept.copy()
         result = self.reward_fn(kept)
         reward = float(getattr(result, "reward", result))
+        if np.isfinite(reward):
+            self.worst_reward = reward if self.worst_reward is None else min(self.worst_reward, reward)
+        else:  # the agent learns from a number: the worst reward seen so far (the history keeps the NaN)
+            reward = self.worst_reward if self.worst_reward is not None else 0.0
         info.update(kept=kept, costs=self.problem.cost(kept), result=result)
         # the terminal observation is never acted on; the last group's embedding with the final policy stands in
         self.i = self.n - 1

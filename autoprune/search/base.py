@@ -8,6 +8,7 @@ reward path, so results at an equal number of evaluations compare.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from abc import ABC, abstractmethod
@@ -297,7 +298,7 @@ class SearchContext:
         self._consider(np.asarray(row["kept"], dtype=np.int64), row.get("reward"), bool(row.get("feasible", True)))
 
     def _consider(self, kept: np.ndarray, reward: float | None, feasible: bool) -> None:
-        if not feasible:
+        if not feasible or (reward is not None and not math.isfinite(reward)):  # a NaN reward is never the best
             return
         if self.best_kept is None or (reward is not None and (self.best_reward is None or reward > self.best_reward)):
             self.best_kept, self.best_reward = kept.copy(), reward

@@ -1,62 +1,339 @@
-"""Black-box search with Optuna: one trial per policy.
+"""Black-box search with Optuna: one trial per policy, in one process or shared by many.
 
 Each trial suggests one keep ratio per group; the ratios are projected through the environment's sequential
 budget clip (:meth:`Problem.project`), so every trial is feasible and a sampler never wastes a trial on an
-infeasible policy. The projected policy is stored in the trial's user attributes.
+infeasible policy. The evaluation row (policy, costs, reward, seconds) is stored in the trial's user attribute
+``row``.
 
 Samplers: ``tpe`` (multivariate TPE), ``cmaes`` (CMA-ES; needs the ``cmaes`` package), ``gp`` (Optuna's GP-based
 Bayesian optimisation; needs ``scipy``), and ``nsga2`` — multi-objective, maximising the reward while minimising
 a cost (latency when the problem can price it, else FLOPs), whose result carries the whole Pareto front.
 
-The study lives in an Optuna storage — by default a SQLite file ``optuna.db`` in the run directory, or any RDB
-URL given as ``storage`` — under a fixed study name, so ``resume=True`` continues it: earlier trials count
-towards ``episodes`` and trial numbers continue where they stopped.
+Where the study lives:
+
+* by default a SQLite file ``optuna.db`` in the run directory (in memory without one), owned by this process;
+* with ``workers > 1`` (``--workers N``) a journal file ``optuna-journal.log`` in the run directory, shared by N
+  local worker processes (:mod:`autoprune.search.workers` starts and watches them);
+* with ``storage`` (``--storage URL``) any Optuna RDB URL (PostgreSQL for many machines) or ``journal:PATH``,
+  shared by every worker started with the same ``--storage`` and ``--study``.
+
+A shared study is one search, whoever runs its trials. The evaluation budget is the study's: ``episodes`` counts
+COMPLETE trials across all workers, and a worker starts a trial only while fewer than ``episodes`` are complete or
+running (and gives a trial back, PRUNED, if a race left it over the budget), so the study ends with exactly
+``episodes`` complete trials. Optuna's storage gives each trial to one worker, and every worker samples from the
+whole study (its own sampler seed, so the random start-up trials differ). The study describes itself: the search's
+arguments (``args``), the group names and the problem's identity are study user attributes, so any worker, or
+``autoprune report --storage URL --study NAME``, writes the same run directory from the study alone, and a worker
+started with different arguments is refused. Each worker's :class:`SearchContext` mirrors the study's complete
+trials (:class:`StudyMirror`), so its progress shows the study's global count and best, and its result — the best
+complete trial, ties to the lowest trial number — is the same whichever worker computes it.
+
+Failures: a trial whose evaluation raises, or whose reward is not finite (a pruned model with NaN/inf outputs), is
+FAIL with the reason in its user attribute ``error``; the study goes on, until ``max_failures`` trials of one
+worker fail in a row. A worker that dies leaves a RUNNING trial: on an RDB storage Optuna's heartbeat marks it FAIL
+after ``grace_period`` seconds without a heartbeat, and :class:`RetryStaleTrial` puts its parameters back as a
+WAITING trial that the next worker to ask runs again (``max_retry`` times at most); a journal storage has no
+heartbeat, so the parent of ``--workers`` does the same for a child it sees die.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import math
+import os
+import socket
+import sys
+import time
 import warnings
-from typing import ClassVar
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import optuna
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import is_heartbeat_enabled  # not re-exported; what Study.optimize uses
+from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.errors import UserError
 from autoprune.search.base import SearchContext, Strategy, pareto_front
 
 SAMPLERS = ("tpe", "cmaes", "gp", "nsga2")
 _SAMPLER_DEPS = {"cmaes": "cmaes", "gp": "scipy"}
+JOURNAL = "journal:"  # storage prefix of an Optuna journal file: journal:PATH
+JOURNAL_FILE = "optuna-journal.log"  # in the run directory, for --workers without --storage
+PER_ATTEMPT = ("worker", "row", "error", "surplus")  # user attrs of one attempt, not carried into its retry
+ROLES = ("search", "worker", "read")
+POLL_S = 0.5  # how often a worker waiting for the others' trials looks at the study again
+
+
+def redact(url: str) -> str:
+    """The storage URL with any password replaced by ``***`` (safe to print)."""
+    if url.startswith(JOURNAL):
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL sqlalchemy understands: print nothing secret of it
+        return url.split("@")[-1] if "@" in url else url
+
+
+def worker_id() -> str:
+    """``host:pid``: which process runs a trial, so a dead one's trials can be found."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a trial whose worker died, without the dead attempt's per-attempt attributes.
+
+    The WAITING copy keeps the parameters (so the same policy is evaluated again), the retry history in its system
+    attributes (``failed_trial``: the original trial number) and a ``retry_reason``; ``worker``, ``row`` and
+    ``error`` belonged to the attempt that died.
+    """
+
+    def __init__(self, max_retry: int | None = 3, reason: str = "its worker's heartbeat stopped") -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            super().__init__(max_retry=max_retry)
+        self.reason = reason
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        trial = _copy_trial(trial)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in PER_ATTEMPT}
+        trial.user_attrs["retry_reason"] = self.reason
+        super().__call__(study, trial)
+
+
+def _copy_trial(trial: FrozenTrial) -> FrozenTrial:
+    import copy
+
+    return copy.deepcopy(trial)
+
+
+def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_retry: int | None) -> bool:
+    """Mark a RUNNING trial FAIL and queue its retry; False when another process already finished it."""
+    try:
+        if not study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    RetryStaleTrial(max_retry, reason)(study, study._storage.get_trial(trial._trial_id))
+    return True
+
+
+def open_storage(
+    url: str | None,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retry: int | None = 3,
+) -> BaseStorage | None:
+    """An Optuna storage for ``url`` (None: in memory), or a one-line UserError naming the URL and the fix.
+
+    RDB URLs get Optuna's heartbeat when ``heartbeat_interval`` is given; ``journal:PATH`` is a journal file
+    (no heartbeat in Optuna: the ``--workers`` parent watches its children instead).
+    """
+    if url is None:
+        return None
+    if url.startswith(JOURNAL):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len(JOURNAL) :]).expanduser()
+        if not path.parent.is_dir():
+            raise UserError(f"no directory {path.parent} for the journal storage {url}: create it or fix --storage")
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    kwargs: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    if heartbeat_interval:
+        kwargs.update(
+            heartbeat_interval=int(heartbeat_interval),
+            grace_period=int(grace_period or 2 * heartbeat_interval),
+            heartbeat_stale_trial_callback=RetryStaleTrial(max_retry),
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, **kwargs)
+    except ImportError as e:
+        fix = (
+            "pip install 'psycopg[binary]' (autoprune's postgres extra)"
+            if url.startswith("postgresql")
+            else ("install the driver SQLAlchemy names for this URL")
+        )
+        raise UserError(f"the storage {redact(url)} needs a database driver ({e.__cause__ or e}): {fix}") from e
+    except Exception as e:  # noqa: BLE001 - sqlalchemy's connection errors, Optuna's schema errors, bad URLs
+        reason = " ".join(str(getattr(e, "orig", None) or e).split())[:200]
+        raise UserError(
+            f"cannot open the Optuna storage {redact(url)} ({reason}): start the database and check "
+            "host, port, user and database name in --storage"
+        ) from e
+
+
+def check_storage(url: str | None) -> None:
+    """Fail early, before any model work, when a ``--storage`` cannot be opened."""
+    storage = open_storage(url)
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        engine.dispose()
+
+
+def file_sha256(path: str | Path | None) -> str | None:
+    if path is None or not Path(path).expanduser().is_file():
+        return None
+    h = hashlib.sha256()
+    with open(Path(path).expanduser(), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def study_args(url: str, name: str) -> dict:
+    """The ``autoprune.api.search`` arguments a study was started with (its user attribute ``args``)."""
+    storage = open_storage(url)
+    if name not in optuna.study.get_all_study_names(storage):
+        raise UserError(
+            f"no Optuna study {name!r} in {redact(url)}: check --study (studies there: "
+            f"{', '.join(optuna.study.get_all_study_names(storage)) or 'none'})"
+        )
+    study = optuna.load_study(study_name=name, storage=storage)
+    args = study.user_attrs.get("args")
+    if not isinstance(args, dict):
+        raise UserError(
+            f"study {name!r} in {redact(url)} does not describe its search (no 'args' attribute): it "
+            "was not started by `autoprune search` with a named model and dataset"
+        )
+    return args
+
+
+def trial_counts(study: optuna.Study) -> tuple[int, list[FrozenTrial]]:
+    """The number of COMPLETE trials and the RUNNING trials (oldest first)."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    complete = sum(t.state == TrialState.COMPLETE for t in trials)
+    running = sorted((t for t in trials if t.state == TrialState.RUNNING), key=lambda t: t._trial_id)
+    return complete, running
+
+
+class StudyMirror:
+    """Keeps a :class:`SearchContext` equal to the study: one row per COMPLETE trial, in trial-number order.
+
+    So the progress line shows the study's global evaluation count and best, the history and the best policy are
+    the study's whichever worker builds them, and the reward cache of this worker's evaluator learns every policy
+    another worker evaluated (an identical policy proposed again is not evaluated twice).
+    """
+
+    def __init__(self, study: optuna.Study, ctx: SearchContext) -> None:
+        self.study, self.ctx = study, ctx
+        self.synced: tuple[int, ...] = ()
+
+    def sync(self) -> bool:
+        """Rebuild the context's rows from the study; True when the set of complete trials changed."""
+        done = sorted(
+            (t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "row" in t.user_attrs),
+            key=lambda t: t.number,
+        )
+        numbers = tuple(t.number for t in done)
+        changed = numbers != self.synced
+        ctx = self.ctx
+        ctx.rows.clear()
+        ctx.best_kept, ctx.best_reward = None, None
+        evaluator = getattr(ctx.reward, "evaluator", None)
+        for t in done:
+            row = json.loads(t.user_attrs["row"])
+            row["kept"] = tuple(row["kept"])
+            row["trial"] = t.number
+            ctx.add_row(row)
+            acc = row.get("accuracy")
+            if evaluator is not None and changed and acc is not None and math.isfinite(acc):
+                evaluator.remember(row["kept"], ctx.reward.finetune_steps, acc)
+        self.synced = numbers
+        return changed
 
 
 class OptunaStrategy(Strategy):
     name = "optuna"
     defaults: ClassVar[dict] = {
         "sampler": "tpe",
-        "storage": None,  # an RDB URL; None: sqlite:///<workdir>/optuna.db, or in memory without a workdir
+        "storage": None,  # an Optuna RDB URL or journal:PATH; None: sqlite:///<workdir>/optuna.db, or in memory
         "study_name": None,  # None: autoprune-<sampler>
         "n_startup_trials": 10,  # random trials before the model-based samplers take over (Optuna's default)
         "objective_cost": None,  # nsga2's second objective: flops | params | latency; None: latency if priced
+        "workers": 1,  # local worker processes sharing the study (a journal file in the run dir without storage)
+        "heartbeat_interval": 10,  # seconds between a running trial's heartbeats (shared RDB storages)
+        "grace_period": 30,  # seconds without a heartbeat before a trial is failed and retried
+        "max_retry": 3,  # how often a dead worker's trial is re-run
+        "max_failures": 10,  # a worker stops after this many of its trials fail in a row
+        "call": None,  # set by autoprune.api.search: {"args": its arguments, "trust_pickle": ...}
+        "role": "search",  # search | worker (a --workers child: no run dir) | read (report: no trials)
     }
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if self.options["sampler"] not in SAMPLERS:
-            raise UserError(f"unknown Optuna sampler {self.options['sampler']!r}: use one of {', '.join(SAMPLERS)}")
-        dep = _SAMPLER_DEPS.get(self.options["sampler"])
+        o = self.options
+        if o["sampler"] not in SAMPLERS:
+            raise UserError(f"unknown Optuna sampler {o['sampler']!r}: use one of {', '.join(SAMPLERS)}")
+        dep = _SAMPLER_DEPS.get(o["sampler"])
         if dep and importlib.util.find_spec(dep) is None:
-            raise UserError(f"the {self.options['sampler']} sampler needs the {dep} package: pip install {dep}")
-        cost = self.options["objective_cost"] or ("latency" if "latency" in self.problem.cost.metrics else "flops")
+            raise UserError(f"the {o['sampler']} sampler needs the {dep} package: pip install {dep}")
+        cost = o["objective_cost"] or ("latency" if "latency" in self.problem.cost.metrics else "flops")
         if cost not in self.problem.cost.metrics:
             priced = ", ".join(self.problem.cost.metrics)
             raise UserError(f"objective cost {cost!r} cannot be priced: use one of {priced}")
         self.objective_cost = cost
+        if o["role"] not in ROLES:
+            raise UserError(f"unknown role {o['role']!r}: use one of {', '.join(ROLES)}")
+        if not isinstance(o["workers"], int) or o["workers"] < 1:
+            raise UserError(f"--workers {o['workers']} must be a whole number of at least 1")
+        for key in ("heartbeat_interval", "grace_period", "max_failures"):
+            if not isinstance(o[key], int) or o[key] < 1:
+                raise UserError(f"option {key}={o[key]!r} must be a whole number of seconds/trials, at least 1")
+        self.worker = worker_id()
+
+    # -- where the study lives ---------------------------------------------------------------------------------
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may run trials of this study (then trials carry their worker, seeds differ)."""
+        return bool(self.options["storage"]) or self.options["workers"] > 1 or self.options["role"] == "worker"
+
+    @property
+    def owned(self) -> bool:
+        """Whether the study's storage belongs to this run directory (default sqlite, or the --workers journal)."""
+        return not self.options["storage"]
+
+    def storage_url(self) -> str | None:
+        if self.options["storage"]:
+            return self.options["storage"]
+        if self.workdir is None:
+            if self.resume:
+                raise UserError("--resume needs the run directory (--out) or --storage that holds the study")
+            if self.options["workers"] > 1:
+                raise UserError("--workers needs a run directory (--out) for their journal, or --storage")
+            return None
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.options["workers"] > 1:
+            return f"{JOURNAL}{(self.workdir / JOURNAL_FILE).resolve()}"
+        return f"sqlite:///{(self.workdir / 'optuna.db').resolve()}"
+
+    def study_name(self) -> str:
+        return self.options["study_name"] or f"autoprune-{self.options['sampler']}"
+
+    def open_storage(self, url: str | None) -> BaseStorage | None:
+        o = self.options
+        heartbeat = o["heartbeat_interval"] if self.shared else None
+        return open_storage(url, heartbeat_interval=heartbeat, grace_period=o["grace_period"], max_retry=o["max_retry"])
 
     def make_sampler(self) -> optuna.samplers.BaseSampler:
-        s, seed, startup = self.options["sampler"], self.seed, self.options["n_startup_trials"]
+        s, startup = self.options["sampler"], self.options["n_startup_trials"]
+        seed = self.seed
+        if self.shared:  # one seed per worker: the same seed everywhere would propose the same start-up trials
+            seed = int.from_bytes(hashlib.sha256(f"{self.seed}:{self.worker}".encode()).digest()[:4], "big") >> 1
         if s == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=startup)
+            return optuna.samplers.TPESampler(
+                seed=seed, multivariate=True, n_startup_trials=startup, constant_liar=self.shared
+            )
         if s == "cmaes":
             return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup)
         if s == "gp":
@@ -65,60 +342,224 @@ class OptunaStrategy(Strategy):
                 return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, deterministic_objective=True)
         return optuna.samplers.NSGAIISampler(seed=seed)
 
-    def storage_url(self) -> str | None:
-        if self.options["storage"]:
-            return self.options["storage"]
-        if self.workdir is None:
-            if self.resume:
-                raise UserError("--resume needs the run directory (--out) or --storage that holds the study")
-            return None
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{(self.workdir / 'optuna.db').resolve()}"
+    def identity(self) -> dict:
+        """What every worker of one study must agree on: the problem, the reward and the budget."""
+        args = (self.options["call"] or {}).get("args") or {}
+        opts = args.get("options") or {}
+        ident = {
+            k: args.get(k)
+            for k in (
+                "model",
+                "input_shape",
+                "data",
+                "budget",
+                "min_keep",
+                "round_to",
+                "criterion",
+                "held_out",
+                "reward",
+                "seed",
+                "table",
+            )
+        }
+        ident.update(
+            sampler=self.options["sampler"],
+            objective_cost=self.objective_cost,
+            finetune_steps=opts.get("finetune_steps"),
+            episodes=None,
+            fingerprint=self.problem.graph.fingerprint,
+            weights_sha256=file_sha256(args.get("weights")),
+        )
+        if ident["table"] is not None:  # a latency table is compared by content, not by where it lies
+            ident["table"] = file_sha256(ident["table"]) or ident["table"]
+        return json.loads(json.dumps(ident))
 
-    def open_study(self) -> optuna.Study:
-        name = self.options["study_name"] or f"autoprune-{self.options['sampler']}"
-        url = self.storage_url()
+    def open_study(self, episodes: int) -> optuna.Study:
+        name, url = self.study_name(), self.storage_url()
+        storage = self.open_storage(url)
+        where = redact(url) if url else "memory"
         multi = self.options["sampler"] == "nsga2"
         directions = ["maximize", "minimize"] if multi else ["maximize"]
-        exists = url is not None and name in optuna.study.get_all_study_names(url)
-        if exists and not self.resume:
-            raise UserError(f"an Optuna study {name!r} already exists in {url}: pass --resume to continue it, "
-                            "or choose another run directory")
-        if self.resume and not exists:
-            raise UserError(f"no Optuna study {name!r} in {url} to resume: run without --resume first")
-        study = optuna.create_study(storage=url, sampler=self.make_sampler(), study_name=name,
-                                    directions=directions, load_if_exists=self.resume)
-        study.set_user_attr("groups", [g.name for g in self.problem.graph.groups])
+        exists = storage is not None and name in optuna.study.get_all_study_names(storage)
+        role = self.options["role"]
+        if role in ("worker", "read") and not exists:
+            raise UserError(f"no Optuna study {name!r} in {where}: check --storage and --study")
+        if self.owned and role == "search":
+            if exists and not self.resume:
+                raise UserError(
+                    f"an Optuna study {name!r} already exists in {where}: pass --resume to continue "
+                    "it, or choose another run directory"
+                )
+            if self.resume and not exists:
+                raise UserError(f"no Optuna study {name!r} in {where} to resume: run without --resume first")
+        study = optuna.create_study(
+            storage=storage, sampler=self.make_sampler(), study_name=name, directions=directions, load_if_exists=True
+        )
+        self._describe(study, where, episodes)
         return study
 
+    def _describe(self, study: optuna.Study, where: str, episodes: int) -> None:
+        """Write the study's self-description, or check this worker against the one already there."""
+        mine = {**self.identity(), "episodes": episodes}
+        attrs = study.user_attrs
+        if "identity" not in attrs:
+            args = (self.options["call"] or {}).get("args")
+            if args is not None:
+                args = json.loads(json.dumps(args))
+                args["options"] = {
+                    k: v
+                    for k, v in (args.get("options") or {}).items()
+                    if k not in ("storage", "study_name", "workers", "call", "role")
+                }
+                study.set_user_attr("args", args)
+            study.set_user_attr("groups", [g.name for g in self.problem.graph.groups])
+            study.set_user_attr("identity", mine)
+            attrs = study.user_attrs  # a worker racing to describe it may have won: check against what is there
+        theirs = attrs.get("identity") or {}
+        for key, value in mine.items():
+            if key == "episodes" and (self.resume or self.options["role"] == "read"):
+                continue
+            if theirs.get(key) != value:
+                raise UserError(
+                    f"study {study.study_name!r} in {where} was started with {key}={theirs.get(key)!r} but this "
+                    f"worker has {value!r}: start every worker of a study with the same arguments, or use another "
+                    "--study"
+                )
+        if self.resume and theirs.get("episodes") != episodes and self.options["role"] == "search":
+            study.set_user_attr("identity", {**theirs, "episodes": episodes})
+
+    # -- the search --------------------------------------------------------------------------------------------
     def run(self, ctx: SearchContext) -> dict:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = self.open_study()
-        p = self.problem
-        multi = self.options["sampler"] == "nsga2"
-        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "row" in t.user_attrs]
-        for t in done:  # a resumed study: its trials count towards the budget and the history
-            row = json.loads(t.user_attrs["row"])
-            row["kept"] = tuple(row["kept"])
-            ctx.add_row(row)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported below, one line each
+        study = self.open_study(ctx.episodes)
+        mirror = StudyMirror(study, ctx)
+        role = self.options["role"]
+        if self.resume and self.owned and role == "search":
+            from autoprune.search.workers import reap_dead_local_trials
+
+            # a process that owned this storage was killed: its RUNNING trial is re-run (local workers still
+            # alive, from a --workers parent that died, finish theirs)
+            reap_dead_local_trials(study, self.options["max_retry"], "the search was interrupted", everyone=True)
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            if role == "read":
+                mirror.sync()
+            elif self.options["workers"] > 1 and role == "search":
+                from autoprune.search.workers import run_local_workers
+
+                run_local_workers(self, study, ctx, mirror)
+            else:
+                from autoprune.search.workers import parent_gone
+
+                self.run_trials(study, ctx, mirror, stop=parent_gone if role == "worker" else lambda: False)
+            mirror.sync()
+        except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:  # the database went away mid-search
+            url = self.storage_url()
+            reason = " ".join(str(getattr(e, "orig", None) or e).split())[:200]
+            raise UserError(
+                f"lost the Optuna storage {redact(url) if url else 'memory'} ({reason}): the study keeps every "
+                "finished trial; once the database is back, continue with "
+                + (f"autoprune search --resume {self.workdir}" if self.workdir else "this worker's command again")
+            ) from e
+        if not ctx.rows:
+            raise UserError(
+                f"study {study.study_name!r} has no complete trial yet: run `autoprune search` workers on it first"
+            )
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        extra = {
+            "study_name": study.study_name,
+            "trials": len(states),
+            "sampler": self.options["sampler"],
+            "complete": states.count(TrialState.COMPLETE),
+            "failed": states.count(TrialState.FAIL),
+        }
+        if self.shared:
+            extra["workers"] = sorted({str(r.get("worker")) for r in ctx.rows if r.get("worker")})
+        if self.options["sampler"] == "nsga2":
+            front = pareto_front(ctx.history(), self.objective_cost, "reward")
+            extra["pareto_front"] = front[["kept", self.objective_cost, "reward"]].to_dict("records")
+        return extra
+
+    def run_trials(
+        self, study: optuna.Study, ctx: SearchContext, mirror: StudyMirror, stop: Callable[[], bool] = lambda: False
+    ) -> None:
+        """Run trials until the study holds ``ctx.episodes`` complete ones (this worker's and everyone else's)."""
+        p, episodes, o = self.problem, ctx.episodes, self.options
+        multi = o["sampler"] == "nsga2"
         names = [f"{i:03d}:{g.name}" for i, g in enumerate(p.graph.groups)]
+        heartbeat = is_heartbeat_enabled(study._storage)
+        outcome: dict[str, Any] = {}
 
         def objective(trial: optuna.Trial):
+            outcome.clear()
+            trial.set_user_attr("worker", self.worker)
+            complete, running = trial_counts(study)
+            ahead = sum(t._trial_id < trial._trial_id for t in running)
+            if ahead >= episodes - complete:  # another worker's trial took the last slot at the same moment
+                outcome["surplus"] = True
+                trial.set_user_attr("surplus", True)
+                raise optuna.TrialPruned("the evaluation budget is taken by other workers' running trials")
             ratios = np.array([trial.suggest_float(n, p.min_keep, 1.0) for n in names])
             kept = p.project(ratios)
-            reward = ctx.evaluate(kept, trial=trial.number)
+            extra = {"trial": trial.number, "worker": self.worker} if self.shared else {"trial": trial.number}
+            try:
+                reward = ctx.evaluate(kept, **extra)
+            except Exception as e:
+                outcome["error"] = _reason(e)
+                trial.set_user_attr("error", outcome["error"])
+                raise
             trial.set_user_attr("row", json.dumps(ctx.rows[-1], default=_json_default))
+            if reward is None or not math.isfinite(reward):
+                outcome["error"] = f"the reward is {reward} (the pruned model's outputs are not finite)"
+                trial.set_user_attr("error", outcome["error"])
+                raise NonFiniteReward(outcome["error"])
+            outcome["done"] = True
             if multi:
                 return reward, p.cost_shares(kept)[self.objective_cost]
             return reward
 
-        if ctx.remaining:
-            study.optimize(objective, n_trials=ctx.remaining, gc_after_trial=False)
-        extra = {"study_name": study.study_name, "trials": len(study.trials), "sampler": self.options["sampler"]}
-        if multi:
-            front = pareto_front(ctx.history(), self.objective_cost, "reward")
-            extra["pareto_front"] = front[["kept", self.objective_cost, "reward"]].to_dict("records")
-        return extra
+        failures, waiting = 0, False
+        while not stop():
+            if heartbeat:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+            complete, running = trial_counts(study)
+            mirror.sync()
+            if complete >= episodes:
+                return
+            if complete + len(running) >= episodes:  # the rest of the budget is being evaluated elsewhere
+                if not waiting:
+                    print(f"waiting for {len(running)} running trial(s) of other workers", file=sys.stderr, flush=True)
+                waiting = True
+                if not heartbeat:  # no heartbeat (a journal file): at least a dead worker on this host is noticed
+                    from autoprune.search.workers import reap_dead_local_trials
+
+                    reap_dead_local_trials(study, o["max_retry"], "its worker died")
+                time.sleep(POLL_S)
+                continue
+            waiting = False
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+            if "error" in outcome:
+                failures += 1
+                print(f"trial failed: {outcome['error']}", file=sys.stderr, flush=True)
+                if failures >= o["max_failures"]:
+                    raise UserError(
+                        f"{failures} trials in a row failed, the last with: {outcome['error']}; fix "
+                        "the model or the reward (each failed trial's reason is its 'error' attribute)"
+                    )
+            elif outcome.get("done"):
+                failures = 0
+
+
+class NonFiniteReward(ValueError):
+    """A policy whose reward is NaN or infinite: its trial fails and is never the best."""
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}"[:500] if text else type(e).__name__
 
 
 def _json_default(o):

@@ -1,0 +1,207 @@
+"""``--workers N``: N local processes running the trials of one shared Optuna study, watched by their parent.
+
+Why processes and not Optuna's ``n_jobs`` threads: an evaluation is CPU-bound PyTorch work that holds the GIL
+between kernels, and a worker that dies (killed, out of memory) must not take the others with it. Each child is an
+ordinary worker of the study — the same code path as a worker started on another machine with ``--storage`` and
+``--study`` — with ``max(1, cores // N)`` torch threads, so N workers do not oversubscribe the cores.
+
+The study lives in a journal file in the run directory (or in ``--storage``). Optuna's journal storage has no
+heartbeat, so the parent does the heartbeat's job: when a child exits on a signal its RUNNING trial is marked FAIL
+and queued again (:func:`autoprune.search.optuna_search.fail_and_retry`) for the children still alive. A child
+that fails with an error (exit code > 0) stops the search with that error. The parent itself evaluates nothing: it
+mirrors the study for the progress line and, when the study holds its budget of complete trials, returns, and
+``autoprune.api.search`` writes the run directory from the study.
+
+Run as ``python -m autoprune.search.workers SPEC.json`` (by the parent only): SPEC holds the arguments of the
+parent's ``autoprune.api.search`` call and the shared storage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import TrialState
+
+from autoprune.errors import UserError
+from autoprune.search.optuna_search import POLL_S, fail_and_retry, trial_counts
+
+if TYPE_CHECKING:
+    from autoprune.search.base import SearchContext
+    from autoprune.search.optuna_search import OptunaStrategy, StudyMirror
+
+PARENT_ENV = "AUTOPRUNE_WORKER_PARENT"  # a child's parent pid: the child stops when its parent is gone
+LOG_DIR = "workers"  # in the run directory: spec.json and one log per child
+
+
+def worker_threads(n: int) -> int:
+    """Torch threads per worker so that ``n`` workers share this machine's cores without oversubscribing them."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // n)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_dead_local_trials(
+    study: optuna.Study, max_retry: int | None, reason: str, *, dead: set[str] | None = None, everyone: bool = False
+) -> list[int]:
+    """Fail and retry the RUNNING trials of workers on this host that are gone; returns their trial numbers.
+
+    ``dead``: worker ids (``host:pid``) known to have exited (a parent's children, whose pids it has reaped). Else
+    a worker on this host counts as gone when its pid is not alive; ``everyone`` also takes trials that never
+    named their worker (a killed single-process search, on ``--resume``).
+    """
+    host, reaped = socket.gethostname(), []
+    for t in trial_counts(study)[1]:
+        w = t.user_attrs.get("worker")
+        if w is None:
+            gone = everyone
+        elif dead is not None:
+            gone = w in dead
+        else:
+            h, _, pid = str(w).rpartition(":")
+            gone = h == host and pid.isdigit() and not pid_alive(int(pid))
+        if gone and fail_and_retry(study, t, reason if w is None else f"{reason} ({w})", max_retry):
+            reaped.append(t.number)
+    return reaped
+
+
+def parent_gone() -> bool:
+    """In a child: whether the parent that started it has died (then the child stops after its trial)."""
+    parent = os.environ.get(PARENT_ENV)
+    return parent is not None and os.getppid() != int(parent)
+
+
+def _last_error(log: Path) -> str:
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.is_file() else []
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    text = errors[-1][len("error:") :].strip() if errors else (lines[-1] if lines else "no output")
+    return text[:400]
+
+
+def run_local_workers(strategy: OptunaStrategy, study: optuna.Study, ctx: SearchContext, mirror: StudyMirror) -> None:
+    """Start ``strategy.options['workers']`` children on the study, watch them, return when the budget is spent."""
+    o, run_dir = strategy.options, strategy.workdir
+    call = o["call"]
+    if call is None or call.get("args") is None or run_dir is None:
+        raise UserError(
+            "--workers needs a model and a dataset by name and a run directory (--out): the workers "
+            "rebuild them in their own processes"
+        )
+    n = o["workers"]
+    logs = run_dir / LOG_DIR
+    logs.mkdir(parents=True, exist_ok=True)
+    args = dict(call["args"])
+    options = {
+        **(args.get("options") or {}),
+        "storage": strategy.storage_url(),
+        "study_name": study.study_name,
+        "workers": 1,
+        "role": "worker",
+    }
+    args["options"] = options
+    spec = {"args": args, "trust_pickle": bool(call.get("trust_pickle")), "threads": worker_threads(n)}
+    spec_path = logs / "spec.json"
+    spec_path.write_text(json.dumps(spec, indent=2) + "\n")
+    env = {**os.environ, PARENT_ENV: str(os.getpid()), "OMP_NUM_THREADS": str(spec["threads"])}
+    host = socket.gethostname()
+    procs: list[subprocess.Popen] = []
+    log_paths = [logs / f"worker-{k}.log" for k in range(n)]
+    try:
+        for path in log_paths:
+            with open(path, "ab") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "autoprune.search.workers", str(spec_path)],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        env=env,
+                    )
+                )
+        exited: dict[int, int] = {}
+        while True:
+            for k, p in enumerate(procs):
+                if k in exited or p.poll() is None:
+                    continue
+                exited[k] = p.returncode
+                if p.returncode != 0:  # its RUNNING trial goes back to the others now, not after a grace period
+                    how = f"signal {-p.returncode}" if p.returncode < 0 else f"exit {p.returncode}"
+                    reap_dead_local_trials(study, o["max_retry"], f"worker {k} died ({how})", dead={f"{host}:{p.pid}"})
+                if p.returncode > 0:
+                    raise UserError(f"worker {k} failed: {_last_error(log_paths[k])} (log: {log_paths[k]})")
+            if mirror.sync() and ctx.callback is not None and ctx.rows:
+                ctx.callback(ctx.event(ctx.rows[-1].get("reward")))
+            if len(exited) == n:
+                break
+            time.sleep(POLL_S)
+    finally:
+        alive = [p for p in procs if p.poll() is None]
+        for p in alive:
+            p.send_signal(signal.SIGTERM)
+        for p in alive:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if alive:  # stopped by us (Ctrl-C, an error): their trials are re-run on --resume
+            reap_dead_local_trials(
+                study, o["max_retry"], "the search was stopped", dead={f"{host}:{p.pid}" for p in alive}
+            )
+    complete = trial_counts(study)[0]
+    if complete < ctx.episodes:
+        failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+        raise UserError(
+            f"every worker has stopped with {complete} of {ctx.episodes} trials complete ({failed} "
+            f"failed; logs in {logs}): continue with autoprune search --resume {run_dir}"
+        )
+
+
+def _print_progress(event) -> None:
+    best = f"{event.best_reward:.4f}" if event.best_reward is not None else "-"
+    reward = f"{event.reward:.4f}" if event.reward is not None else "-"
+    print(
+        f"evaluated: reward {reward}; study {event.evaluation}/{event.episodes} complete, best {best} "
+        f"({event.seconds:.0f} s)",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """A child of ``--workers``: run trials of the shared study until its budget is spent; write no run dir."""
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(argv[0]).read_text())
+    import torch
+
+    torch.set_num_threads(int(spec["threads"]))
+    from autoprune.api import search
+
+    print(f"worker {socket.gethostname()}:{os.getpid()} with {spec['threads']} torch thread(s)", flush=True)
+    try:
+        search(**spec["args"], out=None, finish=False, trust_pickle=spec["trust_pickle"], callback=_print_progress)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The README's failure table, row by row (a killed worker: tests/test_workers.py).
+
+Each failure is made real: a full disk is /dev/full behind the file being written, an unreachable database is a
+loopback port nothing listens on, and the failing models are real models that break for some pruned widths.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import math
+import os
+import socket
+import tempfile
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from autoprune.budget import parse_budget
+from autoprune.cost.model import CostModel
+from autoprune.data import make_synthetic
+from autoprune.layers import analyze
+from autoprune.prune import ChannelPruner
+from autoprune.reward import Evaluator
+from autoprune.search import run_search
+from autoprune.search.base import Problem
+from tests import _failing_models
+
+SHAPE = (1, 1, 16, 16)
+TINY = [
+    "--input-shape",
+    "1x1x16x16",
+    "--data",
+    "synthetic",
+    "--budget",
+    "flops=50%",
+    "--held-out",
+    "64",
+    "--finetune-epochs",
+    "0",
+    "--no-measure",
+]
+
+
+def problem_of(factory) -> tuple[Problem, Evaluator]:
+    torch.manual_seed(0)
+    model = factory()
+    graph = analyze(model, SHAPE, "resnet20")
+    data = make_synthetic(SHAPE[1:], n_train=256, n_test=64, held_out=64)
+    evaluator = Evaluator(
+        ChannelPruner(model, SHAPE, graph=graph), data, held_out=64, calib_batches=1, calib_batch_size=32
+    )
+    return Problem(graph, CostModel(graph), parse_budget("flops=50%")), evaluator
+
+
+def trials_of(run) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="autoprune-tpe", storage=f"sqlite:///{run}/optuna.db").trials
+
+
+def test_a_model_that_raises_fails_its_trial_and_the_study_goes_on(tmp_path):
+    problem, evaluator = problem_of(_failing_models.raising)
+    result = run_search("optuna", problem, evaluator, episodes=8, seed=0, workdir=tmp_path)
+    trials = trials_of(tmp_path)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed, "the seed no longer proposes a policy this model breaks on: pick another seed"
+    assert all(t.user_attrs["error"].startswith("RuntimeError: this model cannot run with") for t in failed)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 8 == result.evaluations  # the budget, still
+    assert not _failing_models.broken(evaluator.pruner.apply(list(result.best_kept)))
+
+
+def test_nan_accuracy_fails_the_trial_and_is_never_best(tmp_path):
+    problem, evaluator = problem_of(_failing_models.nan_outputs)
+    result = run_search("optuna", problem, evaluator, episodes=8, seed=0, workdir=tmp_path)
+    failed = [t for t in trials_of(tmp_path) if t.state == TrialState.FAIL]
+    assert failed and all("not finite" in t.user_attrs["error"] for t in failed)
+    assert result.evaluations == 8 and result.history["reward"].notna().all()  # the history holds the scored ones
+    assert math.isfinite(result.best_reward)
+    # without a study (any strategy): the NaN rows stay in the history, and are never the best
+    problem, evaluator = problem_of(_failing_models.nan_outputs)
+    result = run_search("random", problem, evaluator, episodes=12, seed=0)
+    rewards = result.history["reward"]
+    assert rewards.isna().any() and math.isfinite(result.best_reward) and result.best_reward == rewards.max()
+
+
+def test_a_model_that_always_fails_stops_with_one_line(run_cli, tmp_path):
+    args = [
+        "--model",
+        "tests._failing_models:always_raising",
+        *TINY,
+        "--strategy",
+        "optuna",
+        "--episodes",
+        "20",
+        "--option",
+        "max_failures=3",
+        "--out",
+        tmp_path / "run",
+    ]
+    code, _, err = run_cli("search", *args)
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(lines) == 1, err
+    assert "3 trials in a row failed" in lines[0] and "cannot run pruned" in lines[0]
+
+
+def test_unreachable_database_is_one_line_before_model_work(run_cli, tmp_path, monkeypatch):
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def no_model_work(*args, **kwargs):
+        raise AssertionError("the model was loaded before the storage was checked")
+
+    monkeypatch.setattr("autoprune.api.load_model", no_model_work)
+    url = f"postgresql://autoprune:s3cret@127.0.0.1:{port}/autoprune"
+    code, out, err = run_cli(
+        "search",
+        "--model",
+        "resnet20",
+        *TINY,
+        "--strategy",
+        "optuna",
+        "--storage",
+        url,
+        "--study",
+        "s",
+        "--out",
+        tmp_path / "run",
+    )
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert f"postgresql://autoprune:***@127.0.0.1:{port}/autoprune" in err and "s3cret" not in err + out
+    assert "start the database" in err
+    assert not (tmp_path / "run").exists()
+
+
+def _digest(run) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run.iterdir()) if p.is_file()}
+
+
+def test_full_disk_keeps_the_previous_run_directory(run_cli, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    code, _, err = run_cli(
+        "search", "--model", "resnet20", *TINY, "--strategy", "random", "--episodes", "4", "--out", run
+    )
+    assert code == 0, err
+    before = _digest(run)
+    assert {"policy.json", "pruned.pt", "pruned_state.pt", "pruned.onnx", "history.csv", "report.md"} <= set(before)
+
+    real_mkstemp = tempfile.mkstemp
+
+    def onnx_on_a_full_disk(*args, **kwargs):
+        """The temporary file for pruned.onnx is /dev/full: writing it fails with ENOSPC, as on a full disk."""
+        fd, path = real_mkstemp(*args, **kwargs)
+        if str(kwargs.get("prefix", "")).startswith(".pruned.onnx."):
+            os.close(fd)
+            os.unlink(path)
+            os.symlink("/dev/full", path)
+            fd = os.open(path, os.O_WRONLY)
+        return fd, path
+
+    monkeypatch.setattr(tempfile, "mkstemp", onnx_on_a_full_disk)
+    with pytest.raises(OSError) as full, open("/dev/full", "wb") as dev:  # the stand-in is a real full device
+        dev.write(b"x")
+        dev.flush()
+    assert full.value.errno == errno.ENOSPC
+
+    # the same search again (resumed: every evaluation reused), up to writing the run directory, which fails
+    code, _, err = run_cli("search", "--resume", run)
+    assert code != 0
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: could not write the run directory"), err
+    assert "No space left on device" in lines[0] and "pruned.onnx" in lines[0]
+    assert _digest(run) == before  # pruned.pt was written before pruned.onnx failed: not renamed into place
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # no temporary left behind
+
+
+def test_nan_reward_reaches_no_agent(tmp_path):
+    """DDPG learns from numbers: a NaN reward reaches the agent as the worst reward seen so far."""
+    from autoprune.envs.pruning_env import ChannelPruningEnv
+
+    problem, _ = problem_of(_failing_models.nan_outputs)
+    rewards = iter([0.5, float("nan"), 0.2, float("nan")])
+    env = ChannelPruningEnv(problem, lambda kept: next(rewards))
+    seen = []
+    for _ in range(4):
+        env.reset()
+        done = False
+        while not done:
+            _, r, done, _, _ = env.step(np.array([0.5], dtype=np.float32))
+        seen.append(r)
+    assert seen == [0.5, 0.5, 0.2, 0.2]
