@@ -135,23 +135,15 @@ def analyze_model(
     return analyze(model, tuple(input_shape), name or type(model).__name__)
 
 
-def make_cost_model(graph: LayerGraph, table: str | Path | None = None, force: bool = False) -> CostModel:
-    """FLOPs/params always; latency when a device table is given."""
+def make_cost_model(graph: LayerGraph, table=None, force: bool = False) -> CostModel:
+    """FLOPs/params always; latency when a device table (a path or a loaded ``LatencyTable``) is given."""
     if table is None:
         return CostModel(graph)
     from autoprune.cost.latency_table import LatencyTable
 
-    lut = LatencyTable.load(table)
+    lut = table if isinstance(table, LatencyTable) else LatencyTable.load(table)
     lut.check_device(force=force)
     return CostModel(graph, latency=lut.predictor(graph))
-
-
-def _table_block(table: str | Path | None) -> int:
-    """The channel block of a latency table's device (1 without a table or a blocked layout)."""
-    if table is None:
-        return 1
-    meta = json.loads(Path(table).expanduser().with_suffix(".json").read_text())
-    return max(1, int(meta.get("channel_block", 1)))
 
 
 def apply_policy(
@@ -408,9 +400,14 @@ def search(
     if "latency" in bud.metrics and table is None:
         phase("latency table for this device: shipped, cached, or built now (once)")
         table = ensure_table(model, shape, None, weights=weights, threads=threads)
-    cost = make_cost_model(graph, table, force)
+    lut = None
+    if table is not None:
+        from autoprune.cost.latency_table import LatencyTable
+
+        lut = LatencyTable.load(table)
+    cost = make_cost_model(graph, lut, force)
     if round_to is None:  # a latency budget keeps whole blocks of the table's kernels: other widths run slower
-        round_to = _table_block(table) if "latency" in bud.metrics else 1
+        round_to = max(1, lut.block) if lut is not None and "latency" in bud.metrics else 1
     problem = Problem(graph, cost, bud, min_keep=min_keep, round_to=round_to)
     run_dir = Path(out) if out is not None else None
     # the arguments that re-run this search (args.json; a shared Optuna study's description and its workers' call)
@@ -462,11 +459,6 @@ def search(
     kept = [int(k) for k in result.best_kept]
     uniform, _ = uniform_kept(problem)
     timings = None
-    lut = None
-    if table is not None:
-        from autoprune.cost.latency_table import LatencyTable
-
-        lut = LatencyTable.load(table)
     if measure and lut is not None and "latency" in bud.metrics and not lut.device_differences():
         phase("measuring the chosen policy against the latency budget")
         kept, timings, checks = meet_measured_latency(problem, result.history, kept, pruner, net, shape, lut)
@@ -688,8 +680,6 @@ _RESUMABLE = (
 
 
 def _save_args(run_dir: Path, args: dict, resume: bool) -> None:
-    import json
-
     path = run_dir / ARGS_FILE
     if path.is_file() and not resume:
         raise UserError(f"{run_dir} already holds a search: pass --resume {run_dir} to continue it, or another --out")
@@ -699,8 +689,6 @@ def _save_args(run_dir: Path, args: dict, resume: bool) -> None:
 
 def resume_args(run_dir: str | Path) -> dict:
     """The arguments an interrupted search in ``run_dir`` was started with."""
-    import json
-
     path = Path(run_dir) / ARGS_FILE
     if not path.is_file():
         raise UserError(f"{run_dir} holds no search to resume (no {ARGS_FILE}): start one with `autoprune search`")

@@ -30,7 +30,7 @@ from autoprune.cost.latency_table import (
     load_average,
     uniform_kept,
 )
-from autoprune.cost.measure import Timing, measure_interleaved, timing_from_samples
+from autoprune.cost.measure import Timing, measure_interleaved
 from autoprune.errors import UserError
 from autoprune.layers import LayerGraph
 from autoprune.prune import round_channels
@@ -79,10 +79,9 @@ def measure_and_retest(nets: list, table: LatencyTable, warmup: int, repeats: in
                                   max(2, rounds), table.device)
     out = []
     for t in timings:
-        first, second = list(t.round_medians[0::2]), list(t.round_medians[1::2])
-        m = timing_from_samples(first)
-        out.append((Timing(m.median_us, t.p10_us, t.p90_us, t.repeats // 2, tuple(first)),
-                    float(timing_from_samples(second).median_us)))
+        first, second = t.round_medians[0::2], t.round_medians[1::2]
+        out.append((Timing(float(np.median(first)), t.p10_us, t.p90_us, t.repeats // 2, first),
+                    float(np.median(second))))
     return out
 
 
