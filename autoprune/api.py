@@ -449,9 +449,9 @@ def search(
             workdir=run_dir,
             resume=resume,
         )
-    except KeyboardInterrupt:
-        if run_dir is not None:  # Ctrl-C: keep the best policy so far; the journal makes the rest resumable
-            save_interrupted(run_dir, problem, bud)
+    except KeyboardInterrupt as e:
+        if run_dir is not None:  # Ctrl-C: keep the best policy so far; the journal or the study resumes the rest
+            save_interrupted(run_dir, problem, bud, getattr(e, "rows", None))
         raise
     if not finish:
         return RunOutcome(result, None, None, run_dir)
@@ -717,14 +717,16 @@ def search_from_study(
     )
 
 
-def save_interrupted(run_dir: Path, problem: Problem, budget: Budget) -> Path | None:
-    """After Ctrl-C: write the best feasible policy evaluated so far (from the journal) and the history."""
+def save_interrupted(run_dir: Path, problem: Problem, budget: Budget, rows: list[dict] | None = None) -> Path | None:
+    """After Ctrl-C: write the best feasible policy evaluated so far and the history (``rows``: the search's
+    evaluations; by default those of the run directory's journal)."""
     import pandas as pd
 
     from autoprune.search import JOURNAL
     from autoprune.search.base import Journal
 
-    rows = Journal(run_dir / JOURNAL).read()
+    if rows is None:
+        rows = Journal(run_dir / JOURNAL).read()
     scored = [r for r in rows if r.get("feasible", True) and r.get("reward") is not None]
     if not scored:
         return None

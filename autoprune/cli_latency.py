@@ -85,7 +85,7 @@ def validate(
     table: Path = typer.Option(..., help="table .csv"),
     samples: int = typer.Option(50, help="random policies (the unpruned model is the first)"),
     repeats: int = typer.Option(50, help="timed runs per policy and round"),
-    rounds: int = typer.Option(6, help="interleaved rounds per policy: odd rounds measure, even rounds retest"),
+    rounds: int = typer.Option(10, help="interleaved rounds per policy: odd rounds measure, even rounds retest"),
     warmup: int = typer.Option(10),
     seed: int = typer.Option(0),
     round_to: int | None = typer.Option(None, help="round kept channels to this (default: the table's block)"),
@@ -150,6 +150,7 @@ def validate(
 @latency_app.command("show")
 def show(table: Path = typer.Argument(..., help="table .csv")) -> None:
     """Summary of a table, its device fingerprint, and its calibration."""
+    from autoprune.cost.calibration_set import entry_name
     from autoprune.cost.latency_table import LatencyTable, describe
 
     tab = LatencyTable.load(table)
@@ -168,13 +169,13 @@ def show(table: Path = typer.Argument(..., help="table .csv")) -> None:
         mark = "[red]" if k in DEVICE_FIELDS and here.get(k) != v else ""
         fp.add_row(k, f"{mark}{v}", f"{mark}{here.get(k, '')}")
     console.print(fp)
-    cal = Table(title="end-to-end calibration (uniformly pruned networks)")
-    for c in ("keep ratio", "sum of layers", "measured", "p10", "p90", "predicted"):
+    cal = Table(title="end-to-end calibration (uniform prunes keep-R, random non-uniform policies random-NN)")
+    for c in ("network", "sum of layers", "measured", "p10", "p90", "predicted"):
         cal.add_column(c, justify="right")
     for c in tab.meta.get("calibration", []):
         pred = tab.fixed_us + tab.scale * c["sum_layers_us"]
-        cal.add_row(f"{c['keep_ratio']:.2f}", *(f"{v / 1000:.3f} ms" for v in (c["sum_layers_us"], c["median_us"],
-                                                                              c["p10_us"], c["p90_us"], pred)))
+        cal.add_row(entry_name(c), *(f"{v / 1000:.3f} ms" for v in (c["sum_layers_us"], c["median_us"], c["p10_us"],
+                                                                    c["p90_us"], pred)))
     console.print(cal)
     per_layer = tab.df.groupby("layer", sort=False).agg(op=("op", "first"), group=("group", "first"),
                                                          points=("median_us", "size"), max_us=("median_us", "max"))

@@ -95,6 +95,10 @@ def refinetune(args) -> None:
             raise SystemExit(f"no row {spec!r} at {args.budget} in {args.out}")
         r = rows.iloc[-1]
         kept = json.loads(r["kept"])
+        label = r["reward"]
+        if args.rerank and not isinstance(kept, dict) and name != "uniform":
+            kept = rerank(args, name, r["reward"], pruner, data)
+            label = f"{r['reward']}+rerank{args.rerank}x{args.rerank_steps}"
         if isinstance(kept, dict):  # the reference row: Torch-Pruning's global pruning at its ratio
             pruned, _, _ = global_magnitude_at_flops(model, SHAPE, problem.limits["flops"], ignored=[model.fc])
         else:
@@ -104,11 +108,29 @@ def refinetune(args) -> None:
             t0 = time.perf_counter()
             acc = finetune_and_test(pruned, data, final_test, args.finetune_epochs, seed,
                                     teacher=model if args.kd else None)
-            row = {"strategy": name, "reward": r["reward"], "budget": args.budget, "test_acc": r["test_acc"],
+            row = {"strategy": name, "reward": label, "budget": args.budget, "test_acc": r["test_acc"],
                    "kd": args.kd, "ft_seed": seed, "finetune_epochs": args.finetune_epochs, "test_acc_ft": acc,
                    "seconds": round(time.perf_counter() - t0, 1)}
             print(row, flush=True)
             pd.DataFrame([row]).to_csv(out, mode="a", header=not out.is_file(), index=False)
+
+
+def rerank(args, name: str, reward: str, pruner, data) -> list[int]:
+    """NetAdapt's short-term fine-tune as a tie-break: the ``--rerank`` best distinct policies of the run's history,
+    each fine-tuned ``--rerank-steps`` steps (distilled with ``--kd``) and scored on the held-out split; the best."""
+    hist = ROOT / "benchmarks" / "search_history" / f"{name.replace(':', '-')}-{reward}-seed{args.seed}.csv"
+    h = pd.read_csv(hist)
+    h = h[h["feasible"].astype(bool) & h["reward"].notna()].drop_duplicates("kept").nlargest(args.rerank, "reward")
+    ev = Evaluator(pruner, data, held_out=args.held_out, calib_batches=args.calib_batches, seed=0,
+                   finetune_steps=args.rerank_steps, kd=args.kd)
+    scored = []
+    for kept_text, rew in zip(h["kept"], h["reward"], strict=True):
+        kept = [int(v) for v in kept_text.strip("()[]").split(",")]
+        acc = ev.evaluate(kept).accuracy
+        print(f"rerank {name}@{reward}: reward {rew:.4f} -> {acc:.4f} after {args.rerank_steps} steps {kept}",
+              flush=True)
+        scored.append((acc, kept))
+    return max(scored, key=lambda t: t[0])[1]
 
 
 def measure_evaluator(args) -> None:
@@ -189,6 +211,9 @@ def main() -> None:
                                                      "whose best policy is fine-tuned again")
     ap.add_argument("--ft-seeds", default="0", help="fine-tune seeds for --refinetune")
     ap.add_argument("--kd", action="store_true", help="--refinetune distils from the unpruned model")
+    ap.add_argument("--rerank", type=int, default=0, help="--refinetune: pick among this many best policies of the "
+                                                          "run's history by a short fine-tune first")
+    ap.add_argument("--rerank-steps", type=int, default=200)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

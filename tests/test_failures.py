@@ -10,8 +10,10 @@ import errno
 import hashlib
 import math
 import os
+import shutil
 import socket
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -29,6 +31,7 @@ from autoprune.search import run_search
 from autoprune.search.base import Problem
 from tests import _failing_models
 
+ROOT = Path(__file__).resolve().parent.parent
 SHAPE = (1, 1, 16, 16)
 TINY = [
     "--input-shape",
@@ -191,3 +194,71 @@ def test_nan_reward_reaches_no_agent(tmp_path):
             _, r, done, _, _ = env.step(np.array([0.5], dtype=np.float32))
         seen.append(r)
     assert seen == [0.5, 0.5, 0.2, 0.2]
+
+
+def _postgres_or_skip(directory) -> str:
+    """A PostgreSQL server of this test's own (it is stopped and started again): `.ci/postgres.sh` in `directory`."""
+    import glob
+    import subprocess
+
+    if not glob.glob("/usr/lib/postgresql/*/bin/initdb") and not os.environ.get("CI"):
+        pytest.skip("no PostgreSQL server binaries (Debian's postgresql package)")
+    started = subprocess.run([ROOT / ".ci" / "postgres.sh", "start", directory], capture_output=True, text=True)
+    assert started.returncode == 0, started.stderr[-2000:]
+    return started.stdout.strip()
+
+
+def test_losing_the_database_mid_search_is_one_line_and_resume_continues(tmp_path):
+    """The database stops under a running search: one line naming the storage and the fix, exit 2, every finished
+    trial kept in the study; once it is back, --resume finishes the budget from there."""
+    import subprocess
+    import sys
+    import time
+
+    pg = Path(tempfile.mkdtemp(prefix="autoprune-pg-"))  # not under tmp_path: the server's user must reach it
+    url = _postgres_or_skip(pg)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", "from autoprune.cli import main; main()", "search", "--model", "resnet20",
+           *TINY, "--strategy", "optuna", "--reward", "acc-ft", "--option", "finetune_steps=12", "--episodes", "12",
+           "--storage", url, "--study", "lost", "--out", str(run)]
+    search = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def complete() -> list[optuna.trial.FrozenTrial]:
+        try:
+            study = optuna.load_study(study_name="lost", storage=url)
+        except KeyError:  # not created yet
+            return []
+        return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+    try:
+        deadline = time.time() + 120
+        while len(complete()) < 2 and time.time() < deadline:
+            assert search.poll() is None, search.stderr.read().decode()[-3000:]
+            time.sleep(0.2)
+        before = {t.number: t.params for t in complete()}
+        assert len(before) >= 2
+        subprocess.run([ROOT / ".ci" / "postgres.sh", "stop", pg], check=True, capture_output=True)
+        _, err = search.communicate(timeout=120)
+    finally:
+        if search.poll() is None:
+            search.kill()
+    lines = [ln for ln in err.decode().splitlines() if ln.strip() and "Warning" not in ln]
+    message = " ".join(err.decode().split())
+    assert search.returncode == 2, message[-3000:]
+    assert "Traceback" not in message and message.startswith("error: lost the Optuna storage"), message[-3000:]
+    assert f"autoprune search --resume {run}" in message and len(lines) <= 3  # one message, wrapped by rich
+
+    restarted = subprocess.run([ROOT / ".ci" / "postgres.sh", "restart", pg], capture_output=True, text=True)
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    try:
+        resumed = subprocess.run([*cmd[:3], "search", "--resume", str(run)], env=env, capture_output=True,
+                                 timeout=300)
+        assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+        done = complete()
+        assert len(done) == 12
+        after = {t.number: t.params for t in done}
+        assert all(after.get(n) == params for n, params in before.items())  # the earlier trials are kept as they were
+    finally:
+        subprocess.run([ROOT / ".ci" / "postgres.sh", "stop", pg], capture_output=True)
+        shutil.rmtree(pg, ignore_errors=True)

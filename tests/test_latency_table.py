@@ -13,6 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from autoprune.cost.calibration_set import (
+    CALIBRATION_RANDOM,
+    CALIBRATION_RATIOS,
+    calibration_networks,
+    random_policies,
+)
+from autoprune.cost.flops import costs
 from autoprune.cost.latency_table import (
     LatencyTable,
     build_table,
@@ -152,13 +159,30 @@ def test_build_save_load_predict(built, graph):
     assert (table.df["median_us"] > 0).all()
     assert (table.df["p10_us"] <= table.df["p90_us"]).all()
     meta = json.loads(built.with_suffix(".json").read_text())
-    assert len(meta["calibration"]) == 5 and meta["unpruned_us"]["median_us"] > 0
+    names = [c["name"] for c in meta["calibration"]]
+    uniform = [f"keep-{r:.2f}" for r in CALIBRATION_RATIOS]
+    assert names == uniform + [f"random-{i:02d}" for i in range(CALIBRATION_RANDOM)]
+    assert meta["unpruned_us"]["name"] == "keep-1.00" and meta["unpruned_us"]["median_us"] > 0
     for key in ("cpu", "cores", "threads", "os", "backend", "backend_version", "providers", "batch", "input_shape",
                 "date"):
         assert key in meta["fingerprint"]
     v = table.predictor(graph)(graph.channels)
     assert np.isfinite(v) and v > 0
     assert table.check_device() == {}
+
+
+def test_calibration_set_has_irregular_policies_that_validate_never_draws(graph):
+    nets = calibration_networks(graph, 4)
+    full = costs(graph, graph.channels)["flops"]
+    randoms = [k for name, k in nets.items() if name.startswith("random-")]
+    assert len(randoms) == CALIBRATION_RANDOM
+    shares = sorted(costs(graph, k)["flops"] / full for k in randoms)
+    assert shares[0] < 0.35 and shares[-1] > 0.85  # spread over the FLOPs range
+    pruned = [k for k in randoms if costs(graph, k)["flops"] / full < 0.9]
+    assert pruned and all(len({int(c) / g.channels for c, g in zip(k, graph.groups, strict=True)}) > 1 for k in pruned)
+    assert all((k % 4 == 0).all() for k in randoms)  # whole blocks of the table's channel block
+    validated = random_policies(graph, 20, seed=0, round_to=4)
+    assert not any(np.array_equal(a, b) for a in pruned for b in validated)
 
 
 def test_build_interleaves_calibration_rounds_with_probe_passes(built):
@@ -178,7 +202,7 @@ def test_validate_reports_error_retest_and_drift(built):
     for key in ("mape", "spearman", "retest_mape", "speed_vs_build", "mape_recalibrated"):
         assert key in s
     assert s["speed_vs_build"] > 0 and np.isfinite(s["mape_recalibrated"])
-    assert len(s["calibration_today"]["measured_us"]) == 5  # the table's 5 calibration networks, re-timed
+    assert len(s["calibration_today"]["measured_us"]) == len(CALIBRATION_RATIOS) + CALIBRATION_RANDOM  # re-timed
 
 
 def test_fingerprint_mismatch_refused_or_warned(built, tmp_path, capsys):

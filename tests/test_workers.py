@@ -288,3 +288,52 @@ def test_resume_reruns_the_trial_a_killed_search_left_running(tmp_path):
     rerun = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
     assert len(rerun) == 1 and rerun[0].state == TrialState.COMPLETE and rerun[0].params == orphan.params
     assert result.evaluations == 4 == sum(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_ctrl_c_during_workers_writes_the_best_policy_so_far_and_resumes(tmp_path):
+    """Ctrl-C reaches the parent and its children (one process group, as a terminal sends it): the run directory
+    gets the study's best complete trial as policy.json, and --resume finishes the shared budget."""
+    run = tmp_path / "run"
+    journal = run / "optuna-journal.log"
+    parent = subprocess.Popen(
+        cli(*SEARCH, "--workers", "2", "--episodes", "16", "--out", run),
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+    def complete_rows() -> list[dict]:
+        if not journal.is_file():
+            return []
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+        if "autoprune-tpe" not in optuna.study.get_all_study_names(storage):
+            return []
+        study = optuna.load_study(study_name="autoprune-tpe", storage=storage)
+        return [json.loads(t.user_attrs["row"]) for t in study.get_trials(states=(TrialState.COMPLETE,))]
+
+    try:
+        deadline = time.time() + 120
+        while len(complete_rows()) < 3 and time.time() < deadline:
+            assert parent.poll() is None, parent.stderr.read().decode()[-3000:]
+            time.sleep(0.1)
+        os.killpg(parent.pid, signal.SIGINT)
+        _, err = parent.communicate(timeout=120)
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+    assert parent.returncode == 130, err.decode()[-3000:]
+    assert f"continue with: autoprune search --resume {run}" in " ".join(err.decode().split())  # rich wraps lines
+    rows = complete_rows()
+    assert 3 <= len(rows) < 16
+    policy = json.loads((run / "policy.json").read_text())
+    assert policy["search"]["interrupted"] and policy["search"]["evaluations"] == len(rows)
+    best = max((r for r in rows if r["feasible"]), key=lambda r: r["reward"])
+    assert [g["kept"] for g in policy["groups"]] == list(best["kept"])
+    assert len((run / "history.csv").read_text().splitlines()) == 1 + len(rows)
+
+    resumed = subprocess.run(cli("search", "--resume", run), env=env(), capture_output=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    assert len(complete_rows()) == 16
+    assert "interrupted" not in json.loads((run / "policy.json").read_text())["search"]

@@ -2,8 +2,9 @@
 
 NetAdapt (Yang et al., 2018) builds the table from isolated layers and sums it; the sum of isolated layers misses
 what the serving graph does between them (layout reorders, fused adds, pooling, session overhead), so this table is
-*calibrated* and *validated*: at build time a few uniformly pruned networks are materialised and timed end to end,
-and an affine map ``latency = fixed_us + scale * sum(layers)`` is fitted to them. ``fixed_us`` is the part of the
+*calibrated* and *validated*: at build time a set of pruned networks (uniform prunes and random non-uniform
+policies, :mod:`autoprune.cost.calibration_set`) is materialised and timed end to end, and an affine map
+``latency = fixed_us + scale * sum(layers)`` is fitted to them. ``fixed_us`` is the part of the
 network no policy changes; ``scale`` absorbs the per-layer overhead an isolated probe has and the network has not.
 ``autoprune latency-table validate`` then checks the prediction on random (non-uniform) policies.
 
@@ -28,6 +29,7 @@ import pandas as pd
 import torch.nn as nn
 
 from autoprune import atomic
+from autoprune.cost.calibration_set import calibration_networks
 from autoprune.cost.measure import (
     BACKENDS,
     Timing,
@@ -46,7 +48,6 @@ COLUMNS = ["group", "in_group", "layer", "op", "regime", "c_in", "c_out", "kerne
 NUMERIC = ["c_in", "c_out", "groups", "h_in", "w_in", "batch", "median_us", "p10_us", "p90_us", "repeats"]
 # fields of the fingerprint that identify the device (threads, batch, shape and date are settings, not the device)
 DEVICE_FIELDS = ("cpu", "cores", "os", "machine", "backend", "backend_version", "providers", "device", "gpu")
-CALIBRATION_RATIOS = (1.0, 0.8, 0.6, 0.45, 0.3)
 ProgressFn = Callable[[int, int, str], None]
 
 
@@ -480,13 +481,6 @@ def plan_rows(plans: list[LayerPlan]) -> tuple[pd.DataFrame, dict[str, ProbeSpec
     return pd.DataFrame(rows), specs
 
 
-def uniform_kept(graph: LayerGraph, ratio: float, step: int) -> np.ndarray:
-    """Keep ``ratio`` of every group, rounded to whole blocks of ``step`` channels (the serving-friendly widths)."""
-    from autoprune.prune import round_channels
-
-    return np.array([round_channels(g.channels, ratio, step) for g in graph.groups], dtype=np.int64)
-
-
 def calibrate(raw_sums: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
     """``(fixed_us, scale)`` of ``measured ≈ fixed + scale * raw`` (least squares; a pure offset when the points
     cannot fix a slope)."""
@@ -537,12 +531,13 @@ def build_table(
     block, align = detect_blocking(backend, threads, device) if blocking is None else blocking
     plans = plan_layers(graph, block, align, grid)
     rows, specs = plan_rows(plans)
-    total = passes * len(specs) + rounds * len(CALIBRATION_RATIOS)
+    calib = calibration_networks(graph, block)
+    total = passes * len(specs) + rounds * len(calib)
     timings: dict[str, Timing] = {}
     # largest first: the costly probes run while the machine is in its steadiest state, and progress is honest
     order = sorted(specs.values(), key=lambda s: -s.c_in * s.c_out * s.kernel[0] * s.kernel[1] * s.h_in * s.w_in)
     pruner = ChannelPruner(model, shape, graph=graph, model_name=model_name)
-    nets = [pruner.apply(uniform_kept(graph, r, block)) for r in CALIBRATION_RATIOS]
+    nets = [pruner.apply(kept) for kept in calib.values()]
     if backend == "onnxruntime":
         nets = [onnx_bytes(n, shape, dynamic_batch=False) for n in nets]
     calib_rounds: list[list[Timing]] = []
@@ -565,18 +560,19 @@ def build_table(
     fp = device_fingerprint(backend, threads, device)
     meta = {"grid": grid, "warmup": warmup, "repeats": repeats, "passes": passes, "rounds": rounds,
             "probes": len(specs)}
-    networks = {r: combine_rounds([rd[i] for rd in calib_rounds]) for i, r in enumerate(CALIBRATION_RATIOS)}
+    networks = {name: combine_rounds([rd[i] for rd in calib_rounds]) for i, name in enumerate(calib)}
     table = assemble_table(graph, rows, timings, networks, fp, block, align, backend, threads, device, meta)
     table.meta["build_seconds"] = round(time.perf_counter() - t_start, 1)
     table.meta["load_average"] = load_average()  # a loaded machine makes every timing an upper bound
     return table
 
 
-def assemble_table(graph: LayerGraph, rows: pd.DataFrame, timings: dict[str, Timing], networks: dict[float, Timing],
+def assemble_table(graph: LayerGraph, rows: pd.DataFrame, timings: dict[str, Timing], networks: dict[str, Timing],
                    fp: dict, block: int, align: int, backend: str, threads: int, device: str,
                    extra: dict | None = None) -> LatencyTable:
-    """Measured probes + end-to-end timings of uniformly pruned networks -> a calibrated table (build and import
-    share this, so a table measured on another device is made exactly as a local one)."""
+    """Measured probes + end-to-end timings of the calibration networks (by name, see
+    :func:`~autoprune.cost.calibration_set.calibration_networks`) -> a calibrated table (build and import share
+    this, so a table measured on another device is made exactly as a local one)."""
     shape = tuple(graph.input_shape)
     df = table_from_measurements(rows, timings)
     fp = {**fp, "batch": int(shape[0]), "input_shape": list(shape)}
@@ -587,12 +583,21 @@ def assemble_table(graph: LayerGraph, rows: pd.DataFrame, timings: dict[str, Tim
         "fixed_us": 0.0, "scale": 1.0, **(extra or {}),
     }
     raw = LatencyTable(df, meta).predictor(graph)
-    calib = [{"keep_ratio": r, "sum_layers_us": float(raw(uniform_kept(graph, r, block))), **t.to_dict()}
-             for r, t in sorted(networks.items(), reverse=True)]
+    kept_of = calibration_networks(graph, block)
+    unknown = sorted(set(networks) - set(kept_of))
+    if unknown:
+        raise UserError(f"calibration network {unknown[0]!r} is not one this version of autoprune makes: "
+                        "regenerate the probes (`autoprune latency-table probes`) and measure them again")
+    calib = []
+    for name, kept in kept_of.items():
+        if name in networks:
+            ratio = float(name[len("keep-"):]) if name.startswith("keep-") else None
+            calib.append({"name": name, "keep_ratio": ratio, "kept": [int(k) for k in kept],
+                          "sum_layers_us": float(raw(kept)), **networks[name].to_dict()})
     if not calib:
         raise UserError("no end-to-end calibration timing was measured: rerun the measurement")
     fixed, scale = calibrate([c["sum_layers_us"] for c in calib], [c["median_us"] for c in calib])
-    full = [c for c in calib if c["keep_ratio"] == 1.0]
+    full = [c for c in calib if c["name"] == "keep-1.00"]
     meta.update({"fixed_us": fixed, "scale": scale, "calibration": calib, "unpruned_us": (full or calib)[0]})
     return LatencyTable(df, meta)
 

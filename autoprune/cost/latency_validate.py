@@ -1,14 +1,14 @@
 """Does a latency table predict what the device measures? Random policies, really pruned, timed end to end.
 
 Policies span 20–100 % of the unpruned FLOPs and are deliberately non-uniform (each group gets its own keep ratio),
-unlike the uniform policies the table was calibrated on. Each pruned network is exported and timed with the table's
-backend and settings in interleaved rounds (a fresh session each, :func:`~autoprune.cost.measure.measure_interleaved`);
-the median of the odd rounds is the measurement, the median of the even rounds an independent retest whose
-disagreement with it is the measurement's own noise, reported next to the prediction error so a reader can tell how
-much of the error is the table's.
+drawn with another seed than the table's own random calibration networks. Each pruned network is exported and
+timed with the table's backend and settings in interleaved rounds (a fresh session each,
+:func:`~autoprune.cost.measure.measure_interleaved`); the median of the odd rounds is the measurement, the median of
+the even rounds an independent retest whose disagreement with it is the measurement's own noise, reported next to
+the prediction error so a reader can tell how much of the error is the table's.
 
-The table's own calibration networks (uniform prunes) are measured in the same rounds. Their timings today against
-those at build time give the machine's drift since the build (this VM's speed wanders by 10-20 % over minutes), and
+The table's own calibration networks are measured in the same rounds. Their timings today against those at build
+time give the machine's drift since the build (this VM's speed wanders by 10-20 % over minutes), and
 re-fitting the calibration on today's timings of those same networks gives the error that is the table's per-layer
 model's, with the drift removed. Both errors are reported; the raw one is what a search would see.
 """
@@ -21,54 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from autoprune.cost.calibration_set import calibration_networks, entry_name, random_policies
 from autoprune.cost.flops import costs
-from autoprune.cost.latency_table import (
-    CALIBRATION_RATIOS,
-    LatencyTable,
-    ProgressFn,
-    calibrate,
-    load_average,
-    uniform_kept,
-)
+from autoprune.cost.latency_table import LatencyTable, ProgressFn, calibrate, load_average
 from autoprune.cost.measure import Timing, measure_interleaved
 from autoprune.errors import UserError
-from autoprune.layers import LayerGraph
-from autoprune.prune import round_channels
-
-
-def random_policies(graph: LayerGraph, samples: int, seed: int = 0, lo: float = 0.2, hi: float = 1.0,
-                    round_to: int = 1, min_keep: float = 0.1) -> list[np.ndarray]:
-    """``samples`` kept-channel vectors whose FLOPs are spread evenly over [lo, hi] of the unpruned model.
-
-    Each policy draws a random "pruning appetite" per group and scales it until the FLOPs target is met, so the
-    shapes are irregular (some groups untouched, others cut to the floor) but the FLOPs range is covered.
-    """
-    rng = np.random.default_rng(seed)
-    channels = graph.channels
-    full = costs(graph, channels)["flops"]
-    floor = np.array([round_channels(int(c), min_keep, round_to) for c in channels])
-
-    def kept_at(alpha: float, appetite: np.ndarray) -> np.ndarray:
-        ratios = np.clip(1.0 - alpha * appetite, min_keep, 1.0)
-        return np.maximum(floor, [round_channels(int(c), float(r), round_to) for c, r in zip(channels, ratios,
-                                                                                               strict=True)])
-
-    targets = np.linspace(lo, hi, samples) if samples > 1 else np.array([hi])
-    rng.shuffle(targets)
-    out = []
-    for target in targets:
-        appetite = rng.uniform(0.0, 1.0, len(channels)) ** rng.uniform(0.3, 3.0)
-        a, b = 0.0, 1.0
-        while costs(graph, kept_at(b, appetite))["flops"] / full > target and b < 1e4:
-            b *= 2
-        for _ in range(30):
-            mid = (a + b) / 2
-            if costs(graph, kept_at(mid, appetite))["flops"] / full > target:
-                a = mid
-            else:
-                b = mid
-        out.append(kept_at(b, appetite).astype(np.int64))
-    return out
 
 
 def measure_and_retest(nets: list, table: LatencyTable, warmup: int, repeats: int, rounds: int
@@ -87,7 +44,7 @@ def measure_and_retest(nets: list, table: LatencyTable, warmup: int, repeats: in
 
 def validate_table(
     table: LatencyTable, model_name: str | None = None, *, weights: str | Path | None = None, samples: int = 50,
-    seed: int = 0, warmup: int = 10, repeats: int = 50, rounds: int = 6, round_to: int | None = None,
+    seed: int = 0, warmup: int = 10, repeats: int = 50, rounds: int = 10, round_to: int | None = None,
     min_keep: float = 0.1, on_progress: ProgressFn | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Predicted vs measured latency of ``samples`` random policies; returns the per-policy rows and a summary."""
@@ -109,7 +66,8 @@ def validate_table(
     policies = [graph.channels.astype(np.int64)] + random_policies(graph, samples - 1, seed, round_to=step,
                                                                    min_keep=min_keep)
     full_flops = costs(graph, graph.channels)["flops"]
-    calib_kept = [uniform_kept(graph, r, table.block) for r in CALIBRATION_RATIOS]
+    calib = calibration_networks(graph, table.block)
+    calib_kept = list(calib.values())
     nets = []
     for i, kept in enumerate(policies + calib_kept):
         net = pruner.apply(kept)
@@ -125,9 +83,8 @@ def validate_table(
     raw = [float(predict.layer_us(k).sum()) for k in calib_kept]
     today = [t.median_us for t, _ in measured[len(policies):]]
     fixed, scale = calibrate(raw, today)
-    at_build = {round(c["keep_ratio"], 4): c["median_us"] for c in table.meta.get("calibration", [])}
-    drift = [m / at_build[round(r, 4)] for r, m in zip(CALIBRATION_RATIOS, today, strict=True)
-             if round(r, 4) in at_build]
+    at_build = {entry_name(c): c["median_us"] for c in table.meta.get("calibration", [])}
+    drift = [m / at_build[name] for name, m in zip(calib, today, strict=True) if name in at_build]
     rows = []
     for i, (kept, (first, retest)) in enumerate(zip(policies, measured, strict=False)):
         rows.append({

@@ -284,12 +284,13 @@ def export_probes(model_name: str, input_shape: tuple[int, ...] | None, out: str
                   grid: int = 6, block: int = 16, align: int = 4, weights: str | Path | None = None,
                   warmup: int = 3, repeats: int = 15, e2e_repeats: int = 50, passes: int = 2,
                   rounds: int = 3) -> dict[str, int]:
-    """Write every probe as ONNX, the uniformly pruned calibration networks, the plan and ``measure_probes.py``
+    """Write every probe as ONNX, the pruned calibration networks, the plan and ``measure_probes.py``
     into ``out``, so that a device with only onnxruntime and numpy can produce a table's measurements."""
     import shutil
 
     from autoprune import atomic
-    from autoprune.cost.latency_table import CALIBRATION_RATIOS, plan_rows, shape_text, uniform_kept
+    from autoprune.cost.calibration_set import calibration_networks
+    from autoprune.cost.latency_table import plan_rows, shape_text
     from autoprune.export import onnx_bytes
     from autoprune.layers import analyze
     from autoprune.models import build_model
@@ -310,11 +311,13 @@ def export_probes(model_name: str, input_shape: tuple[int, ...] | None, out: str
         listing.append({"file": f"probes/{pid}.onnx", "kind": "probe", "keep_ratio": "",
                         "input_shape": shape_text(s.input_shape)})
     pruner = ChannelPruner(model, shape, graph=graph, model_name=model_name)
-    for r in CALIBRATION_RATIOS:
-        data = onnx_bytes(pruner.apply(uniform_kept(graph, r, block)), shape, dynamic_batch=False)
-        name = f"networks/keep-{r:.2f}.onnx"
+    calib = calibration_networks(graph, block)
+    for net_name, kept in calib.items():
+        data = onnx_bytes(pruner.apply(kept), shape, dynamic_batch=False)
+        name = f"networks/{net_name}.onnx"
         atomic.write_with(out / name, lambda f, d=data: f.write(d))
-        listing.append({"file": name, "kind": "network", "keep_ratio": r, "input_shape": shape_text(shape)})
+        ratio = net_name[len("keep-"):] if net_name.startswith("keep-") else ""
+        listing.append({"file": name, "kind": "network", "keep_ratio": ratio, "input_shape": shape_text(shape)})
     import pandas as pd
 
     atomic.write_text(out / "probes.csv", pd.DataFrame(listing).to_csv(index=False))
@@ -324,7 +327,7 @@ def export_probes(model_name: str, input_shape: tuple[int, ...] | None, out: str
             "repeats": repeats, "e2e_warmup": 10, "e2e_repeats": e2e_repeats, "passes": passes, "rounds": rounds}
     atomic.write_text(out / "probes.json", json.dumps(meta, indent=2) + "\n")
     shutil.copyfile(measure_script(), out / "measure_probes.py")
-    return {"probes": len(specs), "networks": len(CALIBRATION_RATIOS)}
+    return {"probes": len(specs), "networks": len(calib)}
 
 
 def import_probes(probe_dir: str | Path, weights: str | Path | None = None):
@@ -364,7 +367,7 @@ def import_probes(probe_dir: str | Path, weights: str | Path | None = None):
     timing = {row.file: Timing(float(row.median_us), float(row.p10_us), float(row.p90_us), int(row.repeats))
               for row in measured.itertuples()}
     probes_t = {Path(f).stem: t for f, t in timing.items() if f.startswith("probes/")}
-    networks = {float(r.keep_ratio): timing[r.file] for r in measured.itertuples() if r.kind == "network"}
+    networks = {Path(r.file).stem: timing[r.file] for r in measured.itertuples() if r.kind == "network"}
     model, _ = build_model(meta["model"], weights, use_default_weights=False)
     graph = analyze(model, tuple(meta["input_shape"]), meta["model"])
     if graph.fingerprint != meta.get("structure"):

@@ -43,6 +43,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a search, carrying the evaluations it had seen (for the best-so-far policy): with shared
+    Optuna workers these are the study's complete trials, which no journal of this process holds."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        super().__init__()
+        self.rows = rows
+
+
 def run_search(
     strategy: str, problem: Problem, evaluator: Evaluator | None, *, episodes: int, seed: int,
     options: dict | None = None, callback: Callable[[SearchEvent], None] | None = None,
@@ -77,10 +86,14 @@ def run_search(
             if row.get("accuracy") is not None:
                 evaluator.remember(row["kept"], reward.finetune_steps, row["accuracy"])
     ctx = SearchContext(problem, reward, strategy, episodes, callback, journal)
-    extra = runner.run(ctx)
+    try:
+        extra = runner.run(ctx)
+    except KeyboardInterrupt as e:
+        raise SearchInterrupted(list(ctx.rows)) from e
     extra["reward"] = reward_name if reward is not None else None
     return ctx.result(seed, **extra)
 
 
 __all__ = ["STRATEGIES", "SAMPLERS", "REWARDS", "Problem", "SearchContext", "SearchEvent", "SearchResult",
-           "Strategy", "Journal", "JOURNAL", "pareto_front", "run_search", "uniform_kept", "seed_everything"]
+           "Strategy", "SearchInterrupted", "Journal", "JOURNAL", "pareto_front", "run_search", "uniform_kept",
+           "seed_everything"]

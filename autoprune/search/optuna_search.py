@@ -209,6 +209,18 @@ def study_args(url: str, name: str) -> dict:
     return args
 
 
+def storage_failure(e: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The storage error behind ``e``, if any: Optuna re-raises a lost database as itself or, while cleaning up
+    after it, as another error whose context it is (Optuna 5.0's ``_run_trial`` raises ``UnboundLocalError``)."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, kinds):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def trial_counts(study: optuna.Study) -> tuple[int, list[FrozenTrial]]:
     """The number of COMPLETE trials and the RUNNING trials (oldest first)."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
@@ -454,9 +466,12 @@ class OptunaStrategy(Strategy):
 
                 self.run_trials(study, ctx, mirror, stop=parent_gone if role == "worker" else lambda: False)
             mirror.sync()
-        except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:  # the database went away mid-search
+        except Exception as e:  # noqa: BLE001 - the database going away mid-search surfaces in many shapes
+            lost = storage_failure(e, (SQLAlchemyError, optuna.exceptions.StorageInternalError))
+            if lost is None:
+                raise
             url = self.storage_url()
-            reason = " ".join(str(getattr(e, "orig", None) or e).split())[:200]
+            reason = " ".join(str(getattr(lost, "orig", None) or lost).split())[:200]
             raise UserError(
                 f"lost the Optuna storage {redact(url) if url else 'memory'} ({reason}): the study keeps every "
                 "finished trial; once the database is back, continue with "

@@ -165,6 +165,7 @@ def run_local_workers(strategy: OptunaStrategy, study: optuna.Study, ctx: Search
             reap_dead_local_trials(
                 study, o["max_retry"], "the search was stopped", dead={f"{host}:{p.pid}" for p in alive}
             )
+        mirror.sync()  # what the children finished last is the parent's too (Ctrl-C saves the best of it)
     complete = trial_counts(study)[0]
     if complete < ctx.episodes:
         failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
