@@ -95,6 +95,8 @@ def validate(
     budget: str | None = typer.Option(None, help="also check a budget, e.g. latency=10ms: uniform search on the "
                                                  "table, prune, measure (median of 100)"),
     force: bool = typer.Option(False, help="validate a table from another device anyway"),
+    anchor_rounds: int = typer.Option(2, help="rounds of re-timing the calibration networks before the measurement "
+                                              "(the re-anchored table's error is reported too; 0: skip)"),
 ) -> None:
     """Prune random policies for real, measure them end to end, and compare with the table's prediction."""
     from autoprune.cost.latency_table import LatencyTable, shape_text
@@ -108,7 +110,7 @@ def validate(
     with _progress() as progress:
         task = progress.add_task("validate", total=samples)
         df, s = validate_table(tab, model, weights=weights, samples=samples, seed=seed, warmup=warmup,
-                               repeats=repeats, rounds=rounds, round_to=round_to,
+                               repeats=repeats, rounds=rounds, round_to=round_to, anchor_rounds=anchor_rounds,
                                on_progress=lambda d, n, d2: progress.update(task, completed=d, total=n,
                                                                              description=d2))
     csv.parent.mkdir(parents=True, exist_ok=True)
@@ -122,6 +124,9 @@ def validate(
     t.add_row("bias (mean signed error)", f"{s['bias']:+.2%}")
     t.add_row("worst error", f"{s['worst_error']:+.2%} (policy {s['worst_policy']})")
     t.add_row("Spearman rank correlation", f"{s['spearman']:.4f}")
+    if "mape_reanchored" in s:
+        t.add_row("MAPE, table re-anchored just before (as `anchor` does)", f"{s['mape_reanchored']:.2%}")
+        t.add_row("bias, re-anchored", f"{s['bias_reanchored']:+.2%}")
     t.add_row("machine now vs at build (calibration networks)", f"{s['speed_vs_build']:.3f}x the build's times")
     t.add_row("MAPE, calibration re-fitted on today's timings", f"{s['mape_recalibrated']:.2%}")
     t.add_row("worst error, re-fitted", f"{s['worst_recalibrated']:+.2%}")
@@ -145,6 +150,29 @@ def validate(
                       f"p10 {b['p10_us'] / 1000:.3f}, p90 {b['p90_us'] / 1000:.3f}); "
                       f"measured/limit {b['measured_over_limit']:.3f}; unpruned {b['unpruned_us'] / 1000:.3f} ms")
     csv.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+@latency_app.command("anchor")
+def anchor(
+    table: Path = typer.Option(..., help="table .csv"),
+    out: Path | None = typer.Option(None, help="write the re-anchored table here (default: over --table)"),
+    rounds: int = typer.Option(2, help="interleaved rounds of timing the calibration networks"),
+    repeats: int = typer.Option(30, help="timed runs per network and round"),
+    weights: Path | None = typer.Option(None),
+) -> None:
+    """Re-time the table's calibration networks now and re-fit its calibration (seconds, not a rebuild): for a
+    machine whose speed has drifted since the table was built. The probe grid is kept."""
+    from autoprune.cost.latency_table import LatencyTable, reanchor_table
+
+    tab = LatencyTable.load(table)
+    with console.status(f"timing {tab.model}'s calibration networks ({rounds} rounds)"):
+        new = reanchor_table(tab, weights=weights, rounds=rounds, repeats=repeats)
+    dest = new.save(out or table)
+    a = new.meta["anchor"]
+    speed = f"{a['speed_vs_build']:.3f}x the build's times" if a["speed_vs_build"] else "no build timings to compare"
+    console.print(f"machine now: {speed}; fixed part {tab.fixed_us / 1000:.3f} -> {new.fixed_us / 1000:.3f} ms, "
+                  f"scale {tab.scale:.3f} -> {new.scale:.3f}; unpruned model now "
+                  f"{a['measured_us'].get('keep-1.00', float('nan')) / 1000:.3f} ms -> {dest}")
 
 
 @latency_app.command("show")

@@ -202,7 +202,43 @@ def test_validate_reports_error_retest_and_drift(built):
     for key in ("mape", "spearman", "retest_mape", "speed_vs_build", "mape_recalibrated"):
         assert key in s
     assert s["speed_vs_build"] > 0 and np.isfinite(s["mape_recalibrated"])
+    assert np.isfinite(s["mape_reanchored"]) and s["speed_at_anchor"] > 0 and df["reanchored_us"].gt(0).all()
     assert len(s["calibration_today"]["measured_us"]) == len(CALIBRATION_RATIOS) + CALIBRATION_RANDOM  # re-timed
+
+
+def test_reanchoring_refits_the_level_and_keeps_the_probes(built, graph):
+    table = LatencyTable.load(built)
+    twice = {c["name"]: Timing(2 * c["median_us"], 2 * c["p10_us"], 2 * c["p90_us"], 3) for c in
+             table.meta["calibration"]}  # a machine now twice as slow as at the build
+    anchored = table.reanchored(graph, twice)
+    assert anchored.scale == pytest.approx(2 * table.scale) and anchored.fixed_us == pytest.approx(2 * table.fixed_us)
+    assert anchored.meta["anchor"]["speed_vs_build"] == pytest.approx(2.0)
+    assert anchored.meta["anchor"]["networks"] == len(twice)
+    kept = graph.channels // 2
+    assert anchored.predict(graph, kept) == pytest.approx(2 * table.predict(graph, kept))
+    assert anchored.df is table.df  # the probe grid is not re-measured
+    again = anchored.reanchored(graph, twice)  # the build's calibration stays on record through re-anchoring
+    assert again.meta["anchor"]["scale_at_build"] == pytest.approx(table.scale)
+    with pytest.raises(UserError, match="no calibration network"):
+        table.reanchored(graph, {})
+
+
+def test_anchor_command_rewrites_the_calibration_only(built, tmp_path):
+    from typer.testing import CliRunner
+
+    from autoprune.cli import app
+
+    out = tmp_path / "anchored.csv"
+    r = CliRunner().invoke(app, ["latency-table", "anchor", "--table", str(built), "--out", str(out), "--rounds",
+                                 "1", "--repeats", "3"])
+    assert r.exit_code == 0, r.output
+    assert "machine now:" in r.output and out.is_file()
+    before, after = LatencyTable.load(built), LatencyTable.load(out)
+    assert after.meta["anchor"]["networks"] == len(before.meta["calibration"]) and after.scale > 0
+    assert after.meta["anchor"]["speed_vs_build"] > 0
+    assert after.df[["probe", "median_us"]].equals(before.df[["probe", "median_us"]])
+    shown = CliRunner().invoke(app, ["latency-table", "show", str(out)])
+    assert shown.exit_code == 0 and "re-anchored" in shown.output
 
 
 def test_fingerprint_mismatch_refused_or_warned(built, tmp_path, capsys):

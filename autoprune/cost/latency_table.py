@@ -29,7 +29,7 @@ import pandas as pd
 import torch.nn as nn
 
 from autoprune import atomic
-from autoprune.cost.calibration_set import calibration_networks
+from autoprune.cost.calibration_set import calibration_networks, entry_name
 from autoprune.cost.measure import (
     BACKENDS,
     Timing,
@@ -351,6 +351,28 @@ class LatencyTable:
         predict.layer_us = layer_us  # type: ignore[attr-defined]  # the uncalibrated per-layer terms
         return predict
 
+    def reanchored(self, graph: LayerGraph, networks: dict[str, Timing]) -> LatencyTable:
+        """This table with its calibration re-fitted on ``networks`` (calibration-set name -> an end-to-end timing
+        taken now): the probe grid, the expensive part, is kept; the map from it to end-to-end latency is today's.
+
+        On a machine whose speed drifts (this 2-core VM: 0.6-1.3x the build's times over an evening), the probes'
+        relative costs hold while the level moves; re-timing the 13 calibration networks takes seconds."""
+        layer_us = self.predictor(graph).layer_us
+        kept_of = calibration_networks(graph, self.block)
+        names = [n for n in kept_of if n in networks]
+        if not names:
+            raise UserError("no calibration network was timed: nothing to re-anchor the table on")
+        fixed, scale = calibrate([float(layer_us(kept_of[n]).sum()) for n in names],
+                                 [networks[n].median_us for n in names])
+        at_build = {entry_name(c): c["median_us"] for c in self.meta.get("calibration", [])}
+        speed = [networks[n].median_us / at_build[n] for n in names if n in at_build]
+        anchor = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "networks": len(names),
+                  "speed_vs_build": float(np.median(speed)) if speed else None,
+                  "fixed_us_at_build": self.meta.get("anchor", {}).get("fixed_us_at_build", self.fixed_us),
+                  "scale_at_build": self.meta.get("anchor", {}).get("scale_at_build", self.scale),
+                  "measured_us": {n: networks[n].median_us for n in names}}
+        return LatencyTable(self.df, {**self.meta, "fixed_us": fixed, "scale": scale, "anchor": anchor}, self.path)
+
     def predict(self, graph: LayerGraph, kept: Sequence[int] | np.ndarray) -> float:
         """Predicted end-to-end latency (µs) of ``graph``'s model keeping ``kept[i]`` channels of group ``i``."""
         return self.predictor(graph)(np.asarray(kept))
@@ -602,6 +624,36 @@ def assemble_table(graph: LayerGraph, rows: pd.DataFrame, timings: dict[str, Tim
     return LatencyTable(df, meta)
 
 
+def time_calibration(table: LatencyTable, graph: LayerGraph, pruner, *, rounds: int = 2, repeats: int = 30,
+                     warmup: int = 10) -> dict[str, Timing]:
+    """End-to-end timings of ``table``'s calibration networks on this machine now, in ``rounds`` interleaved
+    rounds with the table's backend and settings (``pruner``: a ChannelPruner of ``graph``'s model)."""
+    from autoprune.export import onnx_bytes
+
+    nets = {}
+    for name, kept in calibration_networks(graph, table.block).items():
+        net = pruner.apply(kept)
+        nets[name] = onnx_bytes(net, table.input_shape, dynamic_batch=False) if table.backend == "onnxruntime" else net
+    timings = measure_interleaved(list(nets.values()), table.input_shape, table.backend, table.threads, warmup,
+                                  repeats, rounds, table.device)
+    return dict(zip(nets, timings, strict=True))
+
+
+def reanchor_table(table: LatencyTable, *, weights: str | Path | None = None, rounds: int = 2,
+                   repeats: int = 30) -> LatencyTable:
+    """``table`` re-fitted on its calibration networks timed on this machine now (:meth:`LatencyTable.reanchored`);
+    refused for a table of another device."""
+    from autoprune.layers import analyze
+    from autoprune.models import build_model
+    from autoprune.prune import ChannelPruner
+
+    table.check_device(refuse=True)
+    model, _ = build_model(table.model, weights, use_default_weights=False)
+    graph = analyze(model, table.input_shape, table.model)
+    pruner = ChannelPruner(model, table.input_shape, graph=graph, model_name=table.model)
+    return table.reanchored(graph, time_calibration(table, graph, pruner, rounds=rounds, repeats=repeats))
+
+
 def describe(table: LatencyTable) -> dict:
     """Summary figures for ``show``."""
     m = table.meta
@@ -614,6 +666,8 @@ def describe(table: LatencyTable) -> dict:
         "fixed part": _us(table.fixed_us), "scale": f"{table.scale:.3f}",
         "build time": f"{m['build_seconds']} s" if m.get("build_seconds") else "-",
         "load average at build (1/5/15 min)": m.get("load_average", "-"),
+        "re-anchored": (f"{m['anchor']['date']}: machine {m['anchor']['speed_vs_build']:.3f}x the build's times"
+                        if m.get("anchor", {}).get("speed_vs_build") else "no"),
     }
 
 

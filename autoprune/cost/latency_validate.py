@@ -10,7 +10,12 @@ the prediction error so a reader can tell how much of the error is the table's.
 The table's own calibration networks are measured in the same rounds. Their timings today against those at build
 time give the machine's drift since the build (this VM's speed wanders by 10-20 % over minutes), and
 re-fitting the calibration on today's timings of those same networks gives the error that is the table's per-layer
-model's, with the drift removed. Both errors are reported; the raw one is what a search would see.
+model's, with the drift removed.
+
+Before those rounds the calibration networks are timed once more on their own (``anchor_rounds``) and the table is
+re-anchored on them, as ``autoprune latency-table anchor`` does before a search: its error on the policies timed
+afterwards is what a table re-anchored at the start of a search sees. Three errors are reported: the table as built,
+re-anchored before the measurement, and re-fitted in the measurement's own rounds.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import pandas as pd
 
 from autoprune.cost.calibration_set import calibration_networks, entry_name, random_policies
 from autoprune.cost.flops import costs
-from autoprune.cost.latency_table import LatencyTable, ProgressFn, calibrate, load_average
+from autoprune.cost.latency_table import LatencyTable, ProgressFn, calibrate, load_average, time_calibration
 from autoprune.cost.measure import Timing, measure_interleaved
 from autoprune.errors import UserError
 
@@ -45,7 +50,7 @@ def measure_and_retest(nets: list, table: LatencyTable, warmup: int, repeats: in
 def validate_table(
     table: LatencyTable, model_name: str | None = None, *, weights: str | Path | None = None, samples: int = 50,
     seed: int = 0, warmup: int = 10, repeats: int = 50, rounds: int = 10, round_to: int | None = None,
-    min_keep: float = 0.1, on_progress: ProgressFn | None = None,
+    min_keep: float = 0.1, anchor_rounds: int = 2, on_progress: ProgressFn | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Predicted vs measured latency of ``samples`` random policies; returns the per-policy rows and a summary."""
     from autoprune.layers import analyze
@@ -78,6 +83,11 @@ def validate_table(
         nets.append(net)
         if on_progress:
             on_progress(i + 1, len(nets), f"pruned {i + 1}/{len(nets)}; then {rounds} measuring rounds")
+    if on_progress:
+        on_progress(len(nets), len(nets), f"re-anchoring on the calibration networks ({anchor_rounds} rounds)")
+    anchored = table.reanchored(graph, time_calibration(table, graph, pruner, rounds=anchor_rounds, repeats=repeats,
+                                                        warmup=warmup)) if anchor_rounds > 0 else None
+    predict_anchored = anchored.predictor(graph) if anchored is not None else None
     measured = measure_and_retest(nets, table, warmup, repeats, rounds)
     # today's calibration: the same uniform networks the build timed, re-timed in these rounds
     raw = [float(predict.layer_us(k).sum()) for k in calib_kept]
@@ -89,6 +99,7 @@ def validate_table(
     for i, (kept, (first, retest)) in enumerate(zip(policies, measured, strict=False)):
         rows.append({
             "policy": i, "flops_share": costs(graph, kept)["flops"] / full_flops, "predicted_us": predict(kept),
+            "reanchored_us": predict_anchored(kept) if predict_anchored is not None else float("nan"),
             "recalibrated_us": fixed + scale * float(predict.layer_us(kept).sum()),
             "measured_us": first.median_us, "p10_us": first.p10_us, "p90_us": first.p90_us,
             "retest_us": retest, "kept": " ".join(str(int(k)) for k in kept),
@@ -96,6 +107,13 @@ def validate_table(
     df = pd.DataFrame(rows)
     summary = summarize(df)
     err = (df["recalibrated_us"] - df["measured_us"]) / df["measured_us"]
+    err_anchored = (df["reanchored_us"] - df["measured_us"]) / df["measured_us"]
+    if anchored is not None:
+        summary.update({
+            "mape_reanchored": float(err_anchored.abs().mean()), "bias_reanchored": float(err_anchored.mean()),
+            "spearman_reanchored": summary["spearman"],  # an affine re-fit keeps the ranking
+            "speed_at_anchor": anchored.meta["anchor"]["speed_vs_build"],
+        })
     summary.update({
         "speed_vs_build": float(np.median(drift)) if drift else float("nan"),
         "mape_recalibrated": float(err.abs().mean()), "bias_recalibrated": float(err.mean()),
