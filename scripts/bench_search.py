@@ -84,11 +84,13 @@ def refinetune(args) -> None:
     model, data, graph, pruner, problem = setup(args)
     test_data = dataclasses.replace(data, held_out=data.test)
     final_test = Evaluator(pruner, test_data, held_out=None, calib_batches=args.calib_batches, seed=0)
-    df = pd.read_csv(args.out).drop_duplicates(["strategy", "reward", "budget"], keep="last")
+    df = pd.read_csv(args.out).drop_duplicates(["strategy", "reward", "budget", "search_held_out"], keep="last")
     out = ROOT / "benchmarks" / "search_finetune.csv"
     for spec in args.refinetune.split(","):
         name, _, reward = spec.partition("@")
         rows = df[(df["strategy"] == name) & (df["budget"] == args.budget)]
+        if name not in ("uniform", "reference"):  # the search run with this --held-out
+            rows = rows[rows["search_held_out"] == args.held_out]
         if reward:
             rows = rows[rows["reward"] == reward]
         if rows.empty:
@@ -115,10 +117,16 @@ def refinetune(args) -> None:
             pd.DataFrame([row]).to_csv(out, mode="a", header=not out.is_file(), index=False)
 
 
+def history_name(strategy: str, reward: str, seed: int, held_out: int) -> str:
+    """The file of a run's evaluation history (2,000 held-out images, the first runs' size, carries no suffix)."""
+    suffix = "" if held_out == 2000 else f"-heldout{held_out}"
+    return f"{strategy.replace(':', '-')}-{reward}-seed{seed}{suffix}.csv"
+
+
 def rerank(args, name: str, reward: str, pruner, data) -> list[int]:
     """NetAdapt's short-term fine-tune as a tie-break: the ``--rerank`` best distinct policies of the run's history,
     each fine-tuned ``--rerank-steps`` steps (distilled with ``--kd``) and scored on the held-out split; the best."""
-    hist = ROOT / "benchmarks" / "search_history" / f"{name.replace(':', '-')}-{reward}-seed{args.seed}.csv"
+    hist = ROOT / "benchmarks" / "search_history" / history_name(name, reward, args.seed, args.held_out)
     h = pd.read_csv(hist)
     h = h[h["feasible"].astype(bool) & h["reward"].notna()].drop_duplicates("kept").nlargest(args.rerank, "reward")
     ev = Evaluator(pruner, data, held_out=args.held_out, calib_batches=args.calib_batches, seed=0,
@@ -166,7 +174,7 @@ def measure_evaluator(args) -> None:
 
 def print_table(path: Path) -> None:
     """The comparison table of README's "Search strategies" section, from the CSV (latest row per strategy)."""
-    df = pd.read_csv(path).drop_duplicates(["strategy", "reward", "budget"], keep="last")
+    df = pd.read_csv(path).drop_duplicates(["strategy", "reward", "budget", "search_held_out"], keep="last")
     cols = ["strategy", "reward", "evaluations", "flops_share", "held_out_acc", "test_acc", "test_acc_ft", "wall_s",
             "warmup_mean_reward", "last50_mean_reward"]
     print("| " + " | ".join(cols) + " |")
@@ -281,7 +289,7 @@ def main() -> None:
             for k in ("warmup_mean_reward", "last50_mean_reward", "warmup", "tolerance", "iterations"):
                 if k in result.extra:
                     row[k] = result.extra[k]
-            h.to_csv(hist_dir / f"{spec.replace(':', '-')}-{args.reward}-seed{args.seed}.csv", index=False)
+            h.to_csv(hist_dir / history_name(spec, args.reward, args.seed, args.held_out), index=False)
             if args.finetune_epochs:
                 pruned = pruner.apply(kept)
                 final_test.recalibrate(pruned)
