@@ -355,8 +355,9 @@ class LatencyTable:
         """This table with its calibration re-fitted on ``networks`` (calibration-set name -> an end-to-end timing
         taken now): the probe grid, the expensive part, is kept; the map from it to end-to-end latency is today's.
 
-        On a machine whose speed drifts (this 2-core VM: 0.6-1.3x the build's times over an evening), the probes'
-        relative costs hold while the level moves; re-timing the 13 calibration networks takes seconds."""
+        For a machine whose state has changed since the build (the probes' relative costs hold, the level moved):
+        re-timing the 13 calibration networks takes seconds. A level that moves within minutes (this 2-core VM)
+        is not followed: the anchor is the moment's level (``latency_tables/README.md``, "Re-anchoring")."""
         layer_us = self.predictor(graph).layer_us
         kept_of = calibration_networks(graph, self.block)
         names = [n for n in kept_of if n in networks]
