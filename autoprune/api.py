@@ -376,6 +376,8 @@ def search(
     t0 = time.perf_counter()
     call = {k: v for k, v in locals().items() if k in _RESUMABLE}  # what --resume needs to re-run this call
     model_arg = model
+    if input_shape is not None:  # from JSON (args.json, a study's description, a worker's spec) it is a list
+        input_shape = tuple(input_shape)
     if strategy == "optuna" and (options or {}).get("storage"):
         from autoprune.search.optuna_search import check_storage
 
@@ -692,10 +694,7 @@ def resume_args(run_dir: str | Path) -> dict:
     path = Path(run_dir) / ARGS_FILE
     if not path.is_file():
         raise UserError(f"{run_dir} holds no search to resume (no {ARGS_FILE}): start one with `autoprune search`")
-    args = json.loads(path.read_text())
-    if args.get("input_shape") is not None:
-        args["input_shape"] = tuple(args["input_shape"])
-    return args
+    return json.loads(path.read_text())
 
 
 def search_from_study(
@@ -710,8 +709,6 @@ def search_from_study(
 
     args = study_args(storage, study)
     args["options"] = {**(args.get("options") or {}), "storage": storage, "study_name": study}
-    if args.get("input_shape") is not None:
-        args["input_shape"] = tuple(args["input_shape"])
     return search(
         **args, out=out, resume=True, from_study=True, trust_pickle=trust_pickle, callback=callback, on_phase=on_phase
     )

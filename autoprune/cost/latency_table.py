@@ -625,16 +625,10 @@ def assemble_table(graph: LayerGraph, rows: pd.DataFrame, timings: dict[str, Tim
     return LatencyTable(df, meta)
 
 
-def time_calibration(table: LatencyTable, graph: LayerGraph, pruner, *, rounds: int = 2, repeats: int = 30,
+def time_calibration(table: LatencyTable, nets: dict[str, nn.Module | bytes], *, rounds: int = 2, repeats: int = 30,
                      warmup: int = 10) -> dict[str, Timing]:
-    """End-to-end timings of ``table``'s calibration networks on this machine now, in ``rounds`` interleaved
-    rounds with the table's backend and settings (``pruner``: a ChannelPruner of ``graph``'s model)."""
-    from autoprune.export import onnx_bytes
-
-    nets = {}
-    for name, kept in calibration_networks(graph, table.block).items():
-        net = pruner.apply(kept)
-        nets[name] = onnx_bytes(net, table.input_shape, dynamic_batch=False) if table.backend == "onnxruntime" else net
+    """End-to-end timings of ``table``'s calibration networks (name -> pruned module, or its ONNX for onnxruntime)
+    on this machine now, in ``rounds`` interleaved rounds with the table's backend and settings."""
     timings = measure_interleaved(list(nets.values()), table.input_shape, table.backend, table.threads, warmup,
                                   repeats, rounds, table.device)
     return dict(zip(nets, timings, strict=True))
@@ -652,7 +646,8 @@ def reanchor_table(table: LatencyTable, *, weights: str | Path | None = None, ro
     model, _ = build_model(table.model, weights, use_default_weights=False)
     graph = analyze(model, table.input_shape, table.model)
     pruner = ChannelPruner(model, table.input_shape, graph=graph, model_name=table.model)
-    return table.reanchored(graph, time_calibration(table, graph, pruner, rounds=rounds, repeats=repeats))
+    nets = {name: pruner.apply(kept) for name, kept in calibration_networks(graph, table.block).items()}
+    return table.reanchored(graph, time_calibration(table, nets, rounds=rounds, repeats=repeats))
 
 
 def describe(table: LatencyTable) -> dict:

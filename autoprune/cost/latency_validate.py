@@ -85,7 +85,8 @@ def validate_table(
             on_progress(i + 1, len(nets), f"pruned {i + 1}/{len(nets)}; then {rounds} measuring rounds")
     if on_progress:
         on_progress(len(nets), len(nets), f"re-anchoring on the calibration networks ({anchor_rounds} rounds)")
-    anchored = table.reanchored(graph, time_calibration(table, graph, pruner, rounds=anchor_rounds, repeats=repeats,
+    calib_nets = dict(zip(calib, nets[len(policies):], strict=True))  # pruned and exported once, timed twice
+    anchored = table.reanchored(graph, time_calibration(table, calib_nets, rounds=anchor_rounds, repeats=repeats,
                                                         warmup=warmup)) if anchor_rounds > 0 else None
     predict_anchored = anchored.predictor(graph) if anchored is not None else None
     measured = measure_and_retest(nets, table, warmup, repeats, rounds)

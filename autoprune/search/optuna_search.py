@@ -38,6 +38,7 @@ heartbeat, so the parent of ``--workers`` does the same for a child it sees die.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -101,16 +102,10 @@ class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
         self.reason = reason
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        trial = _copy_trial(trial)
+        trial = copy.deepcopy(trial)
         trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in PER_ATTEMPT}
         trial.user_attrs["retry_reason"] = self.reason
         super().__call__(study, trial)
-
-
-def _copy_trial(trial: FrozenTrial) -> FrozenTrial:
-    import copy
-
-    return copy.deepcopy(trial)
 
 
 def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_retry: int | None) -> bool:
