@@ -720,14 +720,13 @@ def save_interrupted(run_dir: Path, problem: Problem, budget: Budget, rows: list
     import pandas as pd
 
     from autoprune.search import JOURNAL
-    from autoprune.search.base import Journal
+    from autoprune.search.base import Journal, can_be_best
 
     if rows is None:
         rows = Journal(run_dir / JOURNAL).read()
-    scored = [r for r in rows if r.get("feasible", True) and r.get("reward") is not None]
+    scored = [r for r in rows if r.get("reward") is not None and can_be_best(r["reward"], r.get("feasible", True))]
     if not scored:
         return None
-    write_history(pd.DataFrame(rows), run_dir / "history.csv")
     best = max(scored, key=lambda r: r["reward"])
     metrics = _cost_metrics(problem, best["kept"])
     metrics["held_out_accuracy"] = best.get("accuracy")
@@ -738,5 +737,7 @@ def save_interrupted(run_dir: Path, problem: Problem, budget: Budget, rows: list
         metrics=metrics,
         search={"interrupted": True, "evaluations": len(rows), "reward": best["reward"]},
     )
-    policy.save(run_dir / "policy.json")
+    with atomic.batch():  # the history and its best policy replace the old files together
+        write_history(pd.DataFrame(rows), run_dir / "history.csv")
+        policy.save(run_dir / "policy.json")
     return run_dir / "policy.json"

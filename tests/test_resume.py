@@ -88,3 +88,25 @@ def test_ctrl_c_writes_the_best_policy_so_far(tmp_path, tiny_data):
     assert policy.search["interrupted"] and len(rows) == 5
     assert policy.kept == list(max(rows, key=lambda r: r["reward"])["kept"])
     assert policy.metrics["flops_share"] <= 0.5 + 1e-9
+
+
+def test_ctrl_c_never_saves_a_policy_whose_reward_is_nan(tmp_path):
+    """The best-so-far policy follows the search's own rule: a NaN reward (non-finite outputs) is never the best,
+    even when it comes first."""
+    from autoprune.api import save_interrupted
+    from autoprune.policy import Policy
+    from tests._search_tiny import tiny_problem
+
+    problem = tiny_problem()
+    full = [int(c) for c in problem.graph.channels]
+    half = [max(1, c // 2) for c in full]
+    rows = [
+        {"kept": full, "feasible": True, "reward": float("nan"), "accuracy": float("nan")},
+        {"kept": half, "feasible": True, "reward": 0.25, "accuracy": 0.25},
+        {"kept": full, "feasible": False, "reward": 0.9, "accuracy": 0.9},
+    ]
+    path = save_interrupted(tmp_path, problem, problem.budget, rows)
+    policy = Policy.load(path)
+    assert policy.kept == half and policy.search["reward"] == 0.25 and policy.search["evaluations"] == 3
+    assert len(pd.read_csv(tmp_path / "history.csv")) == 3
+    assert save_interrupted(tmp_path / "none", problem, problem.budget, rows[:1]) is None  # nothing to save

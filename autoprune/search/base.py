@@ -232,6 +232,12 @@ def _plain(v):
     return v
 
 
+def can_be_best(reward: float | None, feasible: bool) -> bool:
+    """Whether an evaluated policy competes for the best: feasible, and its reward (if any) finite — a NaN reward
+    (a pruned model with non-finite outputs) is never the best."""
+    return feasible and (reward is None or math.isfinite(reward))
+
+
 class SearchContext:
     """The one reward path every strategy spends its evaluations through.
 
@@ -298,7 +304,7 @@ class SearchContext:
         self._consider(np.asarray(row["kept"], dtype=np.int64), row.get("reward"), bool(row.get("feasible", True)))
 
     def _consider(self, kept: np.ndarray, reward: float | None, feasible: bool) -> None:
-        if not feasible or (reward is not None and not math.isfinite(reward)):  # a NaN reward is never the best
+        if not can_be_best(reward, feasible):
             return
         if self.best_kept is None or (reward is not None and (self.best_reward is None or reward > self.best_reward)):
             self.best_kept, self.best_reward = kept.copy(), reward
