@@ -18,6 +18,7 @@ import pandas as pd  # noqa: E402
 
 from autoprune import atomic  # noqa: E402
 from autoprune.budget import format_cost, parse_budget  # noqa: E402
+from autoprune.cost.measure import DEVICE_SLOWDOWN_TOLERANCE  # noqa: E402
 from autoprune.errors import UserError  # noqa: E402
 from autoprune.policy import Policy  # noqa: E402
 from autoprune.search.base import pareto_front  # noqa: E402
@@ -215,8 +216,23 @@ def budget_verdict(policy: Policy) -> str | None:
             f"{'**met**' if ok else '**NOT met**'}"
         )
     checks = m.get("latency_checks") or []
-    if len(checks) > 1:
+    measured_policies = len({tuple(ch["kept"]) for ch in checks})
+    if measured_policies > 1:
         parts.append(f"the searched policy measured {format_cost('latency', checks[0]['measured_us'])} (over the "
                      f"budget), so the best evaluated policy under a limit tightened by the table's error on it was "
-                     f"taken ({len(checks)} policies measured)")
+                     f"taken ({measured_policies} policies measured)")
+    slow = [ch["unpruned_measured_us"] / ch["unpruned_predicted_us"] for ch in checks
+            if "unpruned_measured_us" in ch and not ch["met"]]
+    slow = [r for r in slow if r > 1 + DEVICE_SLOWDOWN_TOLERANCE]
+    if slow:
+        table = (policy.search or {}).get("table") or "TABLE"
+        parts.append(
+            f"{len(slow)} of {len(checks)} measurements over the budget found the device slow (the unpruned model "
+            f"up to {max(slow):.2f}x its table's prediction)" + (
+                ", so they were repeated" if checks[-1]["met"] else
+                f" and it stayed so: re-check when it is quiet (`autoprune latency-table validate --table {table} "
+                f"--budget {policy.budget}`), or re-fit the table to it (`autoprune latency-table anchor --table "
+                f"{table}`) and search again"
+            )
+        )
     return "; ".join(parts) + "." if parts else None

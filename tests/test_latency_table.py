@@ -362,9 +362,96 @@ def test_a_policy_over_budget_when_measured_is_replaced(built, tmp_path):
          "feasible": True, "reward": 0.9},
         {"kept": tuple(floor), "latency": problem.cost(floor)["latency"], "feasible": True, "reward": 0.5},
     ])
+    # settle=0: here the table is wrong, not the device (which the table's 4x slowdown would otherwise suggest)
     kept, timings, checks = meet_measured_latency(problem, history, list(graph.channels), pruner, model, SHAPE, table,
-                                                  tries=2)
+                                                  tries=2, settle=0)
     assert kept == floor and len(checks) == 2
     assert checks[0]["kept"] == graph.channels.tolist() and checks[1]["kept"] == floor
     assert not checks[0]["met"] and checks[1]["met"]  # the unpruned model measures 4x the floor's ~35 us here
     assert checks[1]["measured_us"] == timings[1].median_us
+
+
+def _slow_spell(monkeypatch, slow_calls: int, factor: float = 3.0) -> list[int]:
+    """The device runs ``factor`` times slower for the first ``slow_calls`` interleaved measurements (both models
+    timed for real, then scaled, as a busy shared machine would show them)."""
+    import autoprune.api as api
+    from autoprune.cost.measure import measure_interleaved
+
+    calls = [0]
+
+    def measured(*args, **kwargs):
+        calls[0] += 1
+        out = measure_interleaved(*args, **kwargs)
+        if calls[0] <= slow_calls:
+            out = [Timing(t.median_us * factor, t.p10_us * factor, t.p90_us * factor, t.repeats) for t in out]
+        return out
+
+    monkeypatch.setattr(api, "measure_interleaved", measured)
+    return calls
+
+
+def _fitted_problem(built):
+    """resnet20 with a table scaled to predict the unpruned model as this machine times it now, and a budget of
+    1.6x that (room for this machine's noise): its own measurement meets it, a 3x slower one does not."""
+    from autoprune.budget import parse_budget
+    from autoprune.cost.measure import measure_interleaved
+    from autoprune.cost.model import CostModel
+    from autoprune.prune import ChannelPruner
+    from autoprune.search.base import Problem
+
+    model, _ = build_model("resnet20", use_default_weights=False)
+    graph = analyze(model, SHAPE, "resnet20")
+    pruner = ChannelPruner(model, SHAPE, graph=graph, model_name="resnet20")
+    base = LatencyTable.load(built)
+    kept = graph.channels.tolist()
+    now = measure_interleaved([model], SHAPE, "onnxruntime", base.threads, 5, 30, 2)[0].median_us
+    r = now / base.predictor(graph)(kept)
+    table = LatencyTable(base.df, {**base.meta, "fixed_us": base.fixed_us * r, "scale": base.scale * r}, base.path)
+    budget = parse_budget(f"latency={now * 1.6:.0f}us")
+    return Problem(graph, CostModel(graph, latency=table.predictor(graph)), budget), pruner, model, table, kept
+
+
+def test_a_measurement_in_a_slow_spell_is_repeated_before_it_rejects_the_policy(built, monkeypatch):
+    """The unpruned model measuring 3x its table's prediction says the device is busy, not that the policy is too
+    big: the pair is measured again after the pause, and the policy is kept once the device is back."""
+    from autoprune.api import meet_measured_latency
+    from autoprune.policy import Policy
+    from autoprune.report import budget_verdict
+
+    problem, pruner, model, table, kept = _fitted_problem(built)
+    calls = _slow_spell(monkeypatch, slow_calls=1)
+    phases = []
+    history = pd.DataFrame([{"kept": tuple(kept), "latency": problem.cost(kept)["latency"], "feasible": True,
+                             "reward": 0.9}])
+    got, timings, checks = meet_measured_latency(problem, history, kept, pruner, model, SHAPE, table, pause_s=0,
+                                                 on_phase=phases.append)
+    assert got == kept and calls[0] == 2 and len(checks) == 2
+    assert not checks[0]["met"] and checks[0]["unpruned_measured_us"] > 2 * checks[0]["unpruned_predicted_us"]
+    assert checks[1]["met"] and checks[1]["measured_us"] == timings[1].median_us
+    assert len(phases) == 1 and "busy or throttled" in phases[0]
+    policy = Policy.from_kept(problem.graph, got, budget=problem.budget.text,
+                              metrics={"latency_measured_us": timings[1].median_us, "latency_checks": checks})
+    verdict = budget_verdict(policy)
+    assert "**met**" in verdict and "1 of 2 measurements over the budget found the device slow" in verdict
+    assert "so they were repeated" in verdict
+
+
+def test_a_device_that_stays_slow_is_reported_with_what_to_do(built, monkeypatch):
+    """Slow in every attempt: the policy is not met, nothing smaller was evaluated, and the verdict says why and
+    which command re-checks or re-fits the table."""
+    from autoprune.api import meet_measured_latency
+    from autoprune.policy import Policy
+    from autoprune.report import budget_verdict
+
+    problem, pruner, model, table, kept = _fitted_problem(built)
+    calls = _slow_spell(monkeypatch, slow_calls=99)
+    history = pd.DataFrame([{"kept": tuple(kept), "latency": problem.cost(kept)["latency"], "feasible": True,
+                             "reward": 0.9}])
+    got, timings, checks = meet_measured_latency(problem, history, kept, pruner, model, SHAPE, table, settle=2,
+                                                 pause_s=0)
+    assert got == kept and calls[0] == 3 and not any(ch["met"] for ch in checks)
+    policy = Policy.from_kept(problem.graph, got, budget=problem.budget.text, search={"table": str(built)},
+                              metrics={"latency_measured_us": timings[1].median_us, "latency_checks": checks})
+    verdict = budget_verdict(policy)
+    assert "**NOT met**" in verdict and "3 of 3 measurements over the budget found the device slow" in verdict
+    assert f"latency-table anchor --table {built}" in verdict

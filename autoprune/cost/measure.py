@@ -25,6 +25,13 @@ from autoprune.errors import UserError
 BACKENDS = ("onnxruntime", "torch")
 
 
+# A latency table's prediction of the unpruned model is the device's reference level: a measurement in which the
+# unpruned model runs more than this much slower than predicted was taken while the device was not in its table's
+# state (another job on the cores, a throttled VM), and is repeated after a pause before it may reject a policy.
+DEVICE_SLOWDOWN_TOLERANCE = 0.15
+
+
+
 @dataclass(frozen=True)
 class Timing:
     median_us: float
