@@ -227,7 +227,9 @@ def _search_with_progress(run, args: dict, run_dir: Path, resume: bool, trust_pi
             text = f"{ev.strategy} {best} {costs}"
             progress.update(task, completed=ev.evaluation, total=ev.episodes, description=text)
             if progress.disable and (ev.evaluation % max(1, ev.episodes // 10) == 0 or ev.evaluation == ev.episodes):
-                console.print(f"evaluation {ev.evaluation}/{ev.episodes} {text} ({ev.seconds:.0f} s)")
+                left = ev.seconds / ev.evaluation * (ev.episodes - ev.evaluation)  # the bar's ETA, as text
+                eta = f", ~{left:.0f} s left" if ev.evaluation < ev.episodes else ""
+                console.print(f"evaluation {ev.evaluation}/{ev.episodes} {text} ({ev.seconds:.0f} s{eta})")
 
         def on_phase(text: str) -> None:
             console.print(f"[dim]{text}[/dim]")
@@ -247,8 +249,13 @@ def _search_with_progress(run, args: dict, run_dir: Path, resume: bool, trust_pi
     _print_outcome(outcome, run_dir)
 
 
+BUDGET_NOT_MET_EXIT = 3  # the run directory is complete, but the pruned model is over its budget when measured
+
+
 def _print_outcome(outcome, run_dir: Path) -> None:
-    from autoprune.report import budget_verdict
+    """The comparison table, the budget verdict and where the run directory is; exit 3 when the budget is not met
+    (as measured), so that a script shipping "the model under 10 ms" stops there."""
+    from autoprune.report import budget_met, budget_verdict
 
     _print_comparison(outcome.policy.metrics["unpruned"], outcome.policy.metrics, outcome.policy.budget)
     verdict = budget_verdict(outcome.policy)
@@ -259,6 +266,10 @@ def _print_outcome(outcome, run_dir: Path) -> None:
         f"{outcome.policy.search['search_seconds']:.0f} s; run directory {run_dir}/ "
         "(policy.json, history.csv, pruned.pt, pruned.onnx, report.md)"
     )
+    if budget_met(outcome.policy) is False:
+        err_console.print(f"the pruned model is over its budget {outcome.policy.budget} (see the verdict above and "
+                          f"{run_dir}/report.md); exit {BUDGET_NOT_MET_EXIT}", highlight=False)
+        raise typer.Exit(BUDGET_NOT_MET_EXIT)
 
 
 def _parse_options(items: list[str]) -> dict:

@@ -162,8 +162,10 @@ def render(run_dir: str | Path, policy: Policy | None = None, history: pd.DataFr
     lines = [f"# autoprune run: {policy.model} under {policy.budget}", ""]
     lines += [
         f"Input {'x'.join(map(str, policy.input_shape))}; strategy **{policy.search.get('strategy')}**, "
-        f"{policy.search.get('evaluations', 0)} evaluations in {policy.search.get('seconds', 0):.0f} s "
-        f"(reward {policy.search.get('reward')}, seed {policy.search.get('seed')}).",
+        f"{policy.search.get('evaluations', 0)} evaluations in "
+        f"{policy.search.get('search_seconds', policy.search.get('seconds', 0)):.0f} s "
+        f"(reward {policy.search.get('reward')}, seed {policy.search.get('seed')}); the whole run "
+        f"{policy.search.get('seconds', 0):.0f} s.",
         "",
     ]
     verdict = budget_verdict(policy)
@@ -193,12 +195,13 @@ def render(run_dir: str | Path, policy: Policy | None = None, history: pd.DataFr
     return out
 
 
-def budget_verdict(policy: Policy) -> str | None:
-    """One sentence: does the pruned model meet its budget, measured where the budget is latency?"""
+def budget_checks(policy: Policy) -> list[tuple[str, float, float, str]]:
+    """Per budget constraint the policy's metrics can answer: (metric, value, limit, how it was known) — latency
+    as measured end to end when it was, else as predicted; FLOPs and params as counted."""
     if not policy.budget:
-        return None
+        return []
     m, base = policy.metrics, policy.metrics.get("unpruned", {})
-    parts = []
+    out = []
     for c in parse_budget(policy.budget).constraints:
         key = {"flops": "flops", "params": "params", "latency": "latency_measured_us"}[c.metric]
         if c.metric == "latency" and key not in m:
@@ -209,12 +212,25 @@ def budget_verdict(policy: Policy) -> str | None:
         limit = c.limit(ref) if c.relative and ref else (None if c.relative else c.value)
         if limit is None:
             continue
-        ok = m[key] <= limit
         how = "measured" if key == "latency_measured_us" else ("predicted" if c.metric == "latency" else "counted")
-        parts.append(
-            f"{c.metric} {format_cost(c.metric, m[key])} {how} vs budget {format_cost(c.metric, limit)}: "
-            f"{'**met**' if ok else '**NOT met**'}"
-        )
+        out.append((c.metric, float(m[key]), float(limit), how))
+    return out
+
+
+def budget_met(policy: Policy) -> bool | None:
+    """Whether the pruned model meets every constraint of its budget (None: nothing to check it against)."""
+    checks = budget_checks(policy)
+    return all(value <= limit for _, value, limit, _ in checks) if checks else None
+
+
+def budget_verdict(policy: Policy) -> str | None:
+    """One sentence: does the pruned model meet its budget, measured where the budget is latency?"""
+    m = policy.metrics
+    parts = [
+        f"{metric} {format_cost(metric, value)} {how} vs budget {format_cost(metric, limit)}: "
+        f"{'**met**' if value <= limit else '**NOT met**'}"
+        for metric, value, limit, how in budget_checks(policy)
+    ]
     checks = m.get("latency_checks") or []
     measured_policies = len({tuple(ch["kept"]) for ch in checks})
     if measured_policies > 1:

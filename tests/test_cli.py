@@ -183,3 +183,33 @@ def test_bad_input_shape(run_cli, shape):
 def test_input_shape_the_model_cannot_take(run_cli):
     line = one_line_error(*run_cli("info", "--model", "resnet18", "--input-shape", "1x5x64x64")[::2])
     assert "--input-shape" in line
+
+
+@pytest.mark.parametrize("measured_ms,code", [(9.6, None), (12.4, 3)])
+def test_a_latency_budget_not_met_when_measured_exits_3(measured_ms, code, capsys):
+    """The run directory is written either way; a script that ships "the model under 10 ms" must be able to tell,
+    so a pruned model measured over its budget ends the command with exit 3 after the verdict."""
+    from types import SimpleNamespace
+
+    import typer
+
+    from autoprune.cli import _print_outcome
+    from autoprune.layers import analyze
+    from autoprune.policy import Policy
+
+    model, _ = build_model("resnet20", use_default_weights=False)
+    graph = analyze(model, (1, 3, 16, 16), "resnet20")
+    policy = Policy.from_kept(
+        graph, graph.channels.tolist(), budget="latency=10ms",
+        metrics={"latency_predicted_us": 9900.0, "latency_measured_us": measured_ms * 1000,
+                 "unpruned": {"latency_predicted_us": 14000.0, "latency_measured_us": 14100.0}},
+        search={"evaluations": 5, "search_seconds": 1.0},
+    )
+    if code is None:
+        _print_outcome(SimpleNamespace(policy=policy), "runs/x")
+    else:
+        with pytest.raises(typer.Exit) as e:
+            _print_outcome(SimpleNamespace(policy=policy), "runs/x")
+        assert e.value.exit_code == code
+    out, err = capsys.readouterr()
+    assert ("NOT met" in out) == (code is not None) and ("exit 3" in err) == (code is not None)
