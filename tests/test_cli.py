@@ -213,3 +213,27 @@ def test_a_latency_budget_not_met_when_measured_exits_3(measured_ms, code, capsy
         assert e.value.exit_code == code
     out, err = capsys.readouterr()
     assert ("NOT met" in out) == (code is not None) and ("exit 3" in err) == (code is not None)
+
+
+def test_a_table_of_another_device_is_judged_by_its_prediction_not_by_this_machine(capsys):
+    """A policy searched here with a phone's table is measured on this machine too, but the budget is the
+    phone's: the verdict and the exit code go by the table's prediction, and say so."""
+    from types import SimpleNamespace
+
+    from autoprune.cli import _print_outcome
+    from autoprune.layers import analyze
+    from autoprune.policy import Policy
+    from autoprune.report import budget_met, budget_verdict
+
+    model, _ = build_model("resnet20", use_default_weights=False)
+    graph = analyze(model, (1, 3, 16, 16), "resnet20")
+    policy = Policy.from_kept(
+        graph, graph.channels.tolist(), budget="latency=10ms",
+        metrics={"latency_predicted_us": 9900.0, "latency_measured_us": 31000.0, "latency_measured_elsewhere": True,
+                 "unpruned": {"latency_predicted_us": 14000.0, "latency_measured_us": 44000.0}},
+        search={"evaluations": 5, "search_seconds": 1.0},
+    )
+    assert budget_met(policy) is True
+    assert "9.90 ms predicted for the table's device" in budget_verdict(policy)
+    _print_outcome(SimpleNamespace(policy=policy), "runs/x")  # no exit 3
+    assert "NOT met" not in capsys.readouterr().out

@@ -31,7 +31,6 @@ BACKENDS = ("onnxruntime", "torch")
 DEVICE_SLOWDOWN_TOLERANCE = 0.15
 
 
-
 @dataclass(frozen=True)
 class Timing:
     median_us: float
