@@ -502,6 +502,9 @@ def search(
         search={
             "strategy": strategy,
             "evaluations": result.evaluations,
+            # a coarse space (a 16-channel block on a small model) makes a sampler propose a policy again: the cache
+            # answers it for free, but the budget counts it
+            "distinct_policies": int(result.history["kept"].map(tuple).nunique()) if len(result.history) else 0,
             "seed": seed,
             "reward": result.extra.get("reward"),
             "episodes": episodes,

@@ -255,14 +255,14 @@ BUDGET_NOT_MET_EXIT = 3  # the run directory is complete, but the pruned model i
 def _print_outcome(outcome, run_dir: Path) -> None:
     """The comparison table, the budget verdict and where the run directory is; exit 3 when the budget is not met
     (as measured), so that a script shipping "the model under 10 ms" stops there."""
-    from autoprune.report import budget_met, budget_verdict
+    from autoprune.report import budget_met, budget_verdict, evaluations_text
 
     _print_comparison(outcome.policy.metrics["unpruned"], outcome.policy.metrics, outcome.policy.budget)
     verdict = budget_verdict(outcome.policy)
     if verdict:
         console.print(verdict.replace("**", ""))
     console.print(
-        f"{outcome.policy.search['evaluations']} evaluations in "
+        f"{evaluations_text(outcome.policy.search)} in "
         f"{outcome.policy.search['search_seconds']:.0f} s; run directory {run_dir}/ "
         "(policy.json, history.csv, pruned.pt, pruned.onnx, report.md)"
     )

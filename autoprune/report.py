@@ -162,7 +162,7 @@ def render(run_dir: str | Path, policy: Policy | None = None, history: pd.DataFr
     lines = [f"# autoprune run: {policy.model} under {policy.budget}", ""]
     lines += [
         f"Input {'x'.join(map(str, policy.input_shape))}; strategy **{policy.search.get('strategy')}**, "
-        f"{policy.search.get('evaluations', 0)} evaluations in "
+        f"{evaluations_text(policy.search)} in "
         f"{policy.search.get('search_seconds', policy.search.get('seconds', 0)):.0f} s "
         f"(reward {policy.search.get('reward')}, seed {policy.search.get('seed')}); the whole run "
         f"{policy.search.get('seconds', 0):.0f} s.",
@@ -193,6 +193,13 @@ def render(run_dir: str | Path, policy: Policy | None = None, history: pd.DataFr
     out = run_dir / "report.md"
     atomic.write_text(out, "\n".join(lines) + "\n")
     return out
+
+
+def evaluations_text(search: dict) -> str:
+    """"150 evaluations", and how many distinct policies they were when the sampler repeated itself."""
+    n, distinct = search.get("evaluations", 0), search.get("distinct_policies")
+    repeats = f" ({distinct} distinct policies; the repeats came from the cache)" if distinct and distinct < n else ""
+    return f"{n} evaluations{repeats}"
 
 
 def budget_checks(policy: Policy) -> list[tuple[str, float, float, str]]:

@@ -237,3 +237,14 @@ def test_a_table_of_another_device_is_judged_by_its_prediction_not_by_this_machi
     assert "9.90 ms predicted for the table's device" in budget_verdict(policy)
     _print_outcome(SimpleNamespace(policy=policy), "runs/x")  # no exit 3
     assert "NOT met" not in capsys.readouterr().out
+
+
+def test_repeated_policies_are_told_apart_from_evaluations():
+    """A sampler on a coarse space proposes policies again; the summary says how many were distinct."""
+    from autoprune.report import evaluations_text
+
+    assert evaluations_text({"evaluations": 150, "distinct_policies": 38}) == (
+        "150 evaluations (38 distinct policies; the repeats came from the cache)"
+    )
+    assert evaluations_text({"evaluations": 4, "distinct_policies": 4}) == "4 evaluations"
+    assert evaluations_text({"evaluations": 4}) == "4 evaluations"  # a policy.json written before the count

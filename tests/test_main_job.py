@@ -54,6 +54,7 @@ def test_run_directory_is_complete_and_loadable(run):
     assert policy.search["strategy"] == "random" and policy.search["evaluations"] == 4
     history = pd.read_csv(out / "history.csv")
     assert len(history) == 4 and {"reward", "flops", "kept"} <= set(history.columns)
+    assert policy.search["distinct_policies"] == history["kept"].nunique()
     whole = torch.load(out / "pruned.pt", weights_only=False)
     x = torch.randn(*SHAPE)
     assert torch.allclose(whole(x), outcome.pruned(x))
