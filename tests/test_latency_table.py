@@ -455,3 +455,22 @@ def test_a_device_that_stays_slow_is_reported_with_what_to_do(built, monkeypatch
     verdict = budget_verdict(policy)
     assert "**NOT met**" in verdict and "3 of 3 measurements over the budget found the device slow" in verdict
     assert f"latency-table anchor --table {built}" in verdict
+
+
+def test_after_the_device_stayed_slow_the_next_policy_is_timed_once(built, monkeypatch):
+    """Pauses are for a spell that passes. Once the device stayed slow through them, the smaller policy taken under
+    the tightened limit is measured once, without pausing again."""
+    from autoprune.api import meet_measured_latency
+
+    problem, pruner, model, table, kept = _fitted_problem(built)
+    calls = _slow_spell(monkeypatch, slow_calls=99)
+    floor = problem.floor.tolist()
+    history = pd.DataFrame([
+        {"kept": tuple(kept), "latency": problem.cost(kept)["latency"], "feasible": True, "reward": 0.9},
+        {"kept": tuple(floor), "latency": problem.cost(floor)["latency"], "feasible": True, "reward": 0.5},
+    ])
+    phases = []
+    got, _, checks = meet_measured_latency(problem, history, kept, pruner, model, SHAPE, table, settle=2,
+                                           pause_s=0, on_phase=phases.append)
+    assert [ch["kept"] for ch in checks] == [kept] * 3 + [floor] and calls[0] == 4 and len(phases) == 2
+    assert got == floor and checks[-1]["met"]  # the floor runs well under a third of the unpruned model's time
