@@ -505,6 +505,7 @@ def search(
             # a coarse space (a 16-channel block on a small model) makes a sampler propose a policy again: the cache
             # answers it for free, but the budget counts it
             "distinct_policies": int(result.history["kept"].map(tuple).nunique()) if len(result.history) else 0,
+            "converged": result.extra.get("converged"),  # an Optuna study that ran out of new policies to propose
             "seed": seed,
             "reward": result.extra.get("reward"),
             "episodes": episodes,

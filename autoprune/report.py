@@ -199,7 +199,8 @@ def evaluations_text(search: dict) -> str:
     """"150 evaluations", and how many distinct policies they were when the sampler repeated itself."""
     n, distinct = search.get("evaluations", 0), search.get("distinct_policies")
     repeats = f" ({distinct} distinct policies; the repeats came from the cache)" if distinct and distinct < n else ""
-    return f"{n} evaluations{repeats}"
+    early = f" (stopped early: {search['converged']})" if search.get("converged") else ""
+    return f"{n} evaluations{repeats}{early}"
 
 
 def budget_checks(policy: Policy) -> list[tuple[str, float, float, str]]:

@@ -92,10 +92,14 @@ def test_optuna_resume_continues_the_trial_count(tmp_path, evaluator):
     with pytest.raises(UserError, match="resume"):
         run_search("optuna", problem, evaluator, episodes=4, seed=0, workdir=tmp_path)
     resumed = run_search("optuna", problem, evaluator, episodes=7, seed=0, workdir=tmp_path, resume=True)
-    assert resumed.extra["trials"] == 7 and resumed.evaluations == 7
+    assert resumed.extra["complete"] == 7 and resumed.evaluations == 7
     assert list(resumed.history["evaluation"]) == list(range(7))
-    assert list(resumed.history["trial"]) == list(range(7))
+    assert list(resumed.history["trial"])[:4] == list(range(4))
     assert list(resumed.history["kept"])[:4] == list(first.history["kept"])
+    # the resumed sampler starts from the same seed and proposes the first trials' policies again: those trials
+    # are PRUNED as repeats, so the 3 new evaluations are 3 new policies
+    assert resumed.history["kept"].map(tuple).nunique() == 7
+    assert resumed.extra["repeats"] > 0 and resumed.extra["trials"] == 7 + resumed.extra["repeats"]
     assert resumed.best_reward >= first.best_reward
 
 
@@ -138,3 +142,16 @@ def test_bn_folding_changes_no_prediction():
     slow = tiny_evaluator(fast=False).evaluate(kept)
     assert fast.accuracy == pytest.approx(slow.accuracy, abs=1 / 48 + 1e-9)
     assert set(fast.phases) == {"apply", "recalibrate", "evaluate"}
+
+
+def test_optuna_repeats_cost_no_evaluation_and_a_converged_study_stops(evaluator):
+    """On a coarse space (16-channel blocks) the budget clip maps many proposals onto one policy. A proposal of a
+    policy the study has evaluated is PRUNED (no evaluation, not counted in --episodes), and a study whose last
+    ``max_repeats`` proposals were all repeats stops, saying so, instead of spending its budget on the cache."""
+    problem = tiny_problem("flops=60%", round_to=16)
+    result = run_search("optuna", problem, evaluator, episodes=200, seed=0, options={"max_repeats": 10})
+    kept = result.history["kept"].map(tuple)
+    assert kept.nunique() == len(kept) == result.evaluations < 200
+    assert result.extra["repeats"] >= 10 and result.extra["trials"] == result.evaluations + result.extra["repeats"]
+    assert result.extra["converged"].startswith("the last 10 proposals were all policies already evaluated")
+    assert all(problem.feasible(np.array(k)) for k in kept)

@@ -20,7 +20,10 @@ Where the study lives:
 A shared study is one search, whoever runs its trials. The evaluation budget is the study's: ``episodes`` counts
 COMPLETE trials across all workers, and a worker starts a trial only while fewer than ``episodes`` are complete or
 running (and gives a trial back, PRUNED, if a race left it over the budget), so the study ends with exactly
-``episodes`` complete trials. Optuna's storage gives each trial to one worker, and every worker samples from the
+``episodes`` complete trials — unless it runs out of new policies first: a trial whose projected policy the study
+has already evaluated is PRUNED as a repeat (no evaluation, not counted), and after ``max_repeats`` repeats in a
+row the study records why in its user attribute ``converged`` and every worker stops. Optuna's storage gives each
+trial to one worker, and every worker samples from the
 whole study (its own sampler seed, so the random start-up trials differ). The study describes itself: the search's
 arguments (``args``), the group names and the problem's identity are study user attributes, so any worker, or
 ``autoprune report --storage URL --study NAME``, writes the same run directory from the study alone, and a worker
@@ -65,7 +68,8 @@ SAMPLERS = ("tpe", "cmaes", "gp", "nsga2")
 _SAMPLER_DEPS = {"cmaes": "cmaes", "gp": "scipy"}
 JOURNAL = "journal:"  # storage prefix of an Optuna journal file: journal:PATH
 JOURNAL_FILE = "optuna-journal.log"  # in the run directory, for --workers without --storage
-PER_ATTEMPT = ("worker", "row", "error", "surplus")  # user attrs of one attempt, not carried into its retry
+CONVERGED = "converged"  # study user attr: why the study ended before its budget (every worker stops on it)
+PER_ATTEMPT = ("worker", "row", "error", "surplus", "repeat")  # user attrs of one attempt, not carried into its retry
 ROLES = ("search", "worker", "read")
 POLL_S = 0.5  # how often a worker waiting for the others' trials looks at the study again
 
@@ -273,6 +277,8 @@ class OptunaStrategy(Strategy):
         "grace_period": 30,  # seconds without a heartbeat before a trial is failed and retried
         "max_retry": 3,  # how often a dead worker's trial is re-run
         "max_failures": 10,  # a worker stops after this many of its trials fail in a row
+        "max_repeats": None,  # the study ends early after this many proposals in a row of evaluated policies
+        # (None: max(50, episodes); a repeat costs milliseconds)
         "call": None,  # set by autoprune.api.search: {"args": its arguments, "trust_pickle": ...}
         "role": "search",  # search | worker (a --workers child: no run dir) | read (report: no trials)
     }
@@ -484,6 +490,9 @@ class OptunaStrategy(Strategy):
             "complete": states.count(TrialState.COMPLETE),
             "failed": states.count(TrialState.FAIL),
         }
+        extra["repeats"] = sum(bool(t.user_attrs.get("repeat")) for t in study.get_trials(deepcopy=False))
+        if study.user_attrs.get(CONVERGED):
+            extra["converged"] = study.user_attrs[CONVERGED]
         if self.shared:
             extra["workers"] = sorted({str(r.get("worker")) for r in ctx.rows if r.get("worker")})
         if self.options["sampler"] == "nsga2":
@@ -512,6 +521,13 @@ class OptunaStrategy(Strategy):
                 raise optuna.TrialPruned("the evaluation budget is taken by other workers' running trials")
             ratios = np.array([trial.suggest_float(n, p.min_keep, 1.0) for n in names])
             kept = p.project(ratios)
+            if tuple(int(k) for k in kept) in {tuple(r["kept"]) for r in ctx.rows}:
+                # the cache would answer it and the budget would pay: a coarse space (a 16-channel block on a
+                # small model) makes a sampler repeat itself. PRUNED, it costs no evaluation, and TPE counts it
+                # among the poor trials, which steers it off policies it has seen.
+                outcome["repeat"] = True
+                trial.set_user_attr("repeat", True)
+                raise optuna.TrialPruned("a policy this study has already evaluated")
             extra = {"trial": trial.number, "worker": self.worker} if self.shared else {"trial": trial.number}
             try:
                 reward = ctx.evaluate(kept, **extra)
@@ -529,8 +545,9 @@ class OptunaStrategy(Strategy):
                 return reward, p.cost_shares(kept)[self.objective_cost]
             return reward
 
-        failures, waiting = 0, False
-        while not stop():
+        failures, waiting, repeats = 0, False, 0
+        max_repeats = o["max_repeats"] or max(50, episodes)
+        while not stop() and not study.user_attrs.get(CONVERGED):
             if heartbeat:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -560,7 +577,13 @@ class OptunaStrategy(Strategy):
                         "the model or the reward (each failed trial's reason is its 'error' attribute)"
                     )
             elif outcome.get("done"):
-                failures = 0
+                failures = repeats = 0
+            if outcome.get("repeat"):
+                repeats += 1
+                if repeats >= max_repeats:  # converged, or the space has no policy left to propose
+                    study.set_user_attr(CONVERGED, f"the last {repeats} proposals were all policies already "
+                                                   f"evaluated; stopped at {trial_counts(study)[0]} of {episodes}")
+                    return
 
 
 class NonFiniteReward(ValueError):

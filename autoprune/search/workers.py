@@ -32,7 +32,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autoprune.errors import UserError
-from autoprune.search.optuna_search import POLL_S, fail_and_retry, trial_counts
+from autoprune.search.optuna_search import CONVERGED, POLL_S, fail_and_retry, trial_counts
 
 if TYPE_CHECKING:
     from autoprune.search.base import SearchContext
@@ -167,7 +167,7 @@ def run_local_workers(strategy: OptunaStrategy, study: optuna.Study, ctx: Search
             )
         mirror.sync()  # what the children finished last is the parent's too (Ctrl-C saves the best of it)
     complete = trial_counts(study)[0]
-    if complete < ctx.episodes:
+    if complete < ctx.episodes and not study.user_attrs.get(CONVERGED):
         failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
         raise UserError(
             f"every worker has stopped with {complete} of {ctx.episodes} trials complete ({failed} "
