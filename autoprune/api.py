@@ -502,8 +502,8 @@ def search(
         search={
             "strategy": strategy,
             "evaluations": result.evaluations,
-            # a coarse space (a 16-channel block on a small model) makes a sampler propose a policy again: the cache
-            # answers it for free, but the budget counts it
+            # on a coarse space (a 16-channel block on a small model) DDPG's episodes repeat policies: the cache
+            # answers them, the episode counts (Optuna prunes its repeats and counts none)
             "distinct_policies": int(result.history["kept"].map(tuple).nunique()) if len(result.history) else 0,
             "converged": result.extra.get("converged"),  # an Optuna study that ran out of new policies to propose
             "seed": seed,

@@ -23,13 +23,13 @@ running (and gives a trial back, PRUNED, if a race left it over the budget), so 
 ``episodes`` complete trials — unless it runs out of new policies first: a trial whose projected policy the study
 has already evaluated is PRUNED as a repeat (no evaluation, not counted), and after ``max_repeats`` repeats in a
 row the study records why in its user attribute ``converged`` and every worker stops. Optuna's storage gives each
-trial to one worker, and every worker samples from the
-whole study (its own sampler seed, so the random start-up trials differ). The study describes itself: the search's
-arguments (``args``), the group names and the problem's identity are study user attributes, so any worker, or
-``autoprune report --storage URL --study NAME``, writes the same run directory from the study alone, and a worker
-started with different arguments is refused. Each worker's :class:`SearchContext` mirrors the study's complete
-trials (:class:`StudyMirror`), so its progress shows the study's global count and best, and its result — the best
-complete trial, ties to the lowest trial number — is the same whichever worker computes it.
+trial to one worker, and every worker samples from the whole study (its own sampler seed, so the random start-up
+trials differ). The study describes itself: the search's arguments (``args``), the group names and the problem's
+identity are study user attributes, so any worker, or ``autoprune report --storage URL --study NAME``, writes the
+same run directory from the study alone, and a worker started with different arguments is refused. Each worker's
+:class:`SearchContext` mirrors the study's complete trials (:class:`StudyMirror`), so its progress shows the
+study's global count and best, and its result — the best complete trial, ties to the lowest trial number — is the
+same whichever worker computes it.
 
 Failures: a trial whose evaluation raises, or whose reward is not finite (a pruned model with NaN/inf outputs), is
 FAIL with the reason in its user attribute ``error``; the study goes on, until ``max_failures`` trials of one
