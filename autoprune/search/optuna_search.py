@@ -69,7 +69,8 @@ _SAMPLER_DEPS = {"cmaes": "cmaes", "gp": "scipy"}
 JOURNAL = "journal:"  # storage prefix of an Optuna journal file: journal:PATH
 JOURNAL_FILE = "optuna-journal.log"  # in the run directory, for --workers without --storage
 CONVERGED = "converged"  # study user attr: why the study ended before its budget (every worker stops on it)
-PER_ATTEMPT = ("worker", "row", "error", "surplus", "repeat")  # user attrs of one attempt, not carried into its retry
+# user attrs of one attempt, not carried into its retry
+PER_ATTEMPT = ("worker", "row", "error", "surplus", "repeat", "kept")
 ROLES = ("search", "worker", "read")
 POLL_S = 0.5  # how often a worker waiting for the others' trials looks at the study again
 
@@ -521,13 +522,16 @@ class OptunaStrategy(Strategy):
                 raise optuna.TrialPruned("the evaluation budget is taken by other workers' running trials")
             ratios = np.array([trial.suggest_float(n, p.min_keep, 1.0) for n in names])
             kept = p.project(ratios)
-            if tuple(int(k) for k in kept) in {tuple(r["kept"]) for r in ctx.rows}:
+            policy = [int(k) for k in kept]
+            seen = {tuple(r["kept"]) for r in ctx.rows} | {tuple(t.user_attrs.get("kept", ())) for t in running}
+            if tuple(policy) in seen:
                 # the cache would answer it and the budget would pay: a coarse space (a 16-channel block on a
                 # small model) makes a sampler repeat itself. PRUNED, it costs no evaluation, and TPE counts it
-                # among the poor trials, which steers it off policies it has seen.
+                # among the poor trials, which steers it off policies it has seen (or another worker is scoring).
                 outcome["repeat"] = True
                 trial.set_user_attr("repeat", True)
                 raise optuna.TrialPruned("a policy this study has already evaluated")
+            trial.set_user_attr("kept", policy)  # what a running trial is evaluating, for the other workers
             extra = {"trial": trial.number, "worker": self.worker} if self.shared else {"trial": trial.number}
             try:
                 reward = ctx.evaluate(kept, **extra)
