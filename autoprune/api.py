@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from autoprune import atomic
 from autoprune.budget import Budget, parse_budget
-from autoprune.cost.measure import DEVICE_SLOWDOWN_TOLERANCE, measure_interleaved
+from autoprune.cost.measure import device_slowdown, measure_interleaved
 from autoprune.cost.model import CostModel
 from autoprune.data import DataBundle, Split, check_compatible, load_data
 from autoprune.errors import UserError
@@ -540,7 +540,8 @@ def meet_measured_latency(
     (unpruned, pruned) timings and every check made.
 
     Before a measurement over an absolute limit counts, the device must be in its table's state: when the unpruned
-    model measured more than ``DEVICE_SLOWDOWN_TOLERANCE`` over the table's prediction in the same rounds, the
+    model measured more than ``DEVICE_SLOWDOWN_TOLERANCE`` over the table's prediction in the same rounds
+    (:func:`~autoprune.cost.measure.device_slowdown`), the
     pair is measured again after ``pause_s`` seconds, up to ``settle`` times (a slow spell of a shared machine
     passes; a device that stays slower is a device whose policy must shrink, and then it does). Every measurement
     is recorded, with the unpruned model's time beside it.
@@ -556,11 +557,11 @@ def meet_measured_latency(
             unpruned, measured = timings[0].median_us, timings[1].median_us
             # a relative budget (latency=50%) is a share of the unpruned model as measured in the same rounds
             limit = c.limit(unpruned) if c.relative else problem.limits["latency"]
-            slowdown = unpruned / reference - 1
+            slowdown = device_slowdown(unpruned, reference)
             checks.append({"kept": list(kept), "predicted_us": predicted, "measured_us": measured,
                            "unpruned_measured_us": unpruned, "unpruned_predicted_us": reference,
                            "met": bool(measured <= limit)})
-            if measured <= limit or c.relative or slowdown <= DEVICE_SLOWDOWN_TOLERANCE or attempt >= settle:
+            if measured <= limit or c.relative or slowdown is None or attempt >= settle:
                 break
             if on_phase is not None:
                 on_phase(f"the unpruned model measured {unpruned / 1000:.2f} ms, {slowdown:.0%} over its table's "
@@ -569,7 +570,7 @@ def meet_measured_latency(
             time.sleep(pause_s)
         if measured <= limit:
             break
-        if slowdown > DEVICE_SLOWDOWN_TOLERANCE:  # it stayed slow through the pauses: time the next policy once
+        if slowdown is not None:  # it stayed slow through the pauses: time the next policy once
             settle = 0
         tighter = limit * predicted / measured
         rows = history[history["feasible"].astype(bool) & history["reward"].notna() & (history["latency"] <= tighter)]

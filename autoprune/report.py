@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 
 from autoprune import atomic  # noqa: E402
 from autoprune.budget import format_cost, parse_budget  # noqa: E402
-from autoprune.cost.measure import DEVICE_SLOWDOWN_TOLERANCE  # noqa: E402
+from autoprune.cost.measure import device_slowdown  # noqa: E402
 from autoprune.errors import UserError  # noqa: E402
 from autoprune.policy import Policy  # noqa: E402
 from autoprune.search.base import pareto_front  # noqa: E402
@@ -36,8 +36,11 @@ METRIC_ROWS = [  # (label, policy.metrics key, format): the report's and the CLI
 
 def load_history(run_dir: Path) -> pd.DataFrame:
     path = run_dir / "history.csv"
-    if not path.is_file():
-        return pd.DataFrame()
+    return read_history(path) if path.is_file() else pd.DataFrame()
+
+
+def read_history(path: Path) -> pd.DataFrame:
+    """An evaluation history CSV with its ``kept`` column back as tuples of ints."""
     h = pd.read_csv(path)
     if "kept" in h:
         h["kept"] = h["kept"].map(lambda s: tuple(ast.literal_eval(s)) if isinstance(s, str) else s)
@@ -212,7 +215,8 @@ def budget_checks(policy: Policy) -> list[tuple[str, float, float, str]]:
     out = []
     for c in parse_budget(policy.budget).constraints:
         key = {"flops": "flops", "params": "params", "latency": "latency_measured_us"}[c.metric]
-        if c.metric == "latency" and (key not in m or m.get("latency_measured_elsewhere")):
+        elsewhere = c.metric == "latency" and bool(m.get("latency_measured_elsewhere"))
+        if c.metric == "latency" and (key not in m or elsewhere):
             key = "latency_predicted_us"  # not measured, or measured here while the table is another device's
         if key not in m:
             continue
@@ -221,7 +225,7 @@ def budget_checks(policy: Policy) -> list[tuple[str, float, float, str]]:
         if limit is None:
             continue
         how = "measured" if key == "latency_measured_us" else ("predicted" if c.metric == "latency" else "counted")
-        if c.metric == "latency" and m.get("latency_measured_elsewhere"):
+        if elsewhere:
             how = "predicted for the table's device (the end-to-end time is this machine's)"
         out.append((c.metric, float(m[key]), float(limit), how))
     return out
@@ -247,9 +251,9 @@ def budget_verdict(policy: Policy) -> str | None:
         parts.append(f"the searched policy measured {format_cost('latency', checks[0]['measured_us'])} (over the "
                      f"budget), so the best evaluated policy under a limit tightened by the table's error on it was "
                      f"taken ({measured_policies} policies measured)")
-    slow = [ch["unpruned_measured_us"] / ch["unpruned_predicted_us"] for ch in checks
+    slow = [device_slowdown(ch["unpruned_measured_us"], ch["unpruned_predicted_us"]) for ch in checks
             if "unpruned_measured_us" in ch and not ch["met"]]
-    slow = [r for r in slow if r > 1 + DEVICE_SLOWDOWN_TOLERANCE]
+    slow = [1 + r for r in slow if r is not None]
     if slow:
         table = (policy.search or {}).get("table") or "TABLE"
         parts.append(

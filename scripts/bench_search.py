@@ -42,6 +42,7 @@ from autoprune.data import load_data  # noqa: E402
 from autoprune.layers import analyze  # noqa: E402
 from autoprune.models import build_model  # noqa: E402
 from autoprune.prune import ChannelPruner  # noqa: E402
+from autoprune.report import read_history  # noqa: E402
 from autoprune.reward import Evaluator  # noqa: E402
 from autoprune.search import STRATEGIES, run_search  # noqa: E402
 from autoprune.search.base import Problem  # noqa: E402
@@ -127,13 +128,13 @@ def rerank(args, name: str, reward: str, pruner, data) -> list[int]:
     """NetAdapt's short-term fine-tune as a tie-break: the ``--rerank`` best distinct policies of the run's history,
     each fine-tuned ``--rerank-steps`` steps (distilled with ``--kd``) and scored on the held-out split; the best."""
     hist = ROOT / "benchmarks" / "search_history" / history_name(name, reward, args.seed, args.held_out)
-    h = pd.read_csv(hist)
+    h = read_history(hist)
     h = h[h["feasible"].astype(bool) & h["reward"].notna()].drop_duplicates("kept").nlargest(args.rerank, "reward")
     ev = Evaluator(pruner, data, held_out=args.held_out, calib_batches=args.calib_batches, seed=0,
                    finetune_steps=args.rerank_steps, kd=args.kd)
     scored = []
-    for kept_text, rew in zip(h["kept"], h["reward"], strict=True):
-        kept = [int(v) for v in kept_text.strip("()[]").split(",")]
+    for kept_tuple, rew in zip(h["kept"], h["reward"], strict=True):
+        kept = list(kept_tuple)
         acc = ev.evaluate(kept).accuracy
         print(f"rerank {name}@{reward}: reward {rew:.4f} -> {acc:.4f} after {args.rerank_steps} steps {kept}",
               flush=True)

@@ -74,6 +74,11 @@ def calibration_networks(graph: LayerGraph, block: int, random: int = CALIBRATIO
     return nets
 
 
+def uniform_ratio(name: str) -> float | None:
+    """The keep ratio of a uniform calibration network (``keep-0.80`` -> 0.8); None for a random one."""
+    return float(name[len("keep-"):]) if name.startswith("keep-") else None
+
+
 def entry_name(entry: dict) -> str:
     """A sidecar calibration entry's network name (tables built before the names existed carry only the ratio)."""
     return entry.get("name") or f"keep-{float(entry['keep_ratio']):.2f}"

@@ -29,7 +29,7 @@ import pandas as pd
 import torch.nn as nn
 
 from autoprune import atomic
-from autoprune.cost.calibration_set import calibration_networks, entry_name
+from autoprune.cost.calibration_set import calibration_networks, entry_name, uniform_ratio
 from autoprune.cost.measure import (
     BACKENDS,
     Timing,
@@ -614,8 +614,7 @@ def assemble_table(graph: LayerGraph, rows: pd.DataFrame, timings: dict[str, Tim
     calib = []
     for name, kept in kept_of.items():
         if name in networks:
-            ratio = float(name[len("keep-"):]) if name.startswith("keep-") else None
-            calib.append({"name": name, "keep_ratio": ratio, "kept": [int(k) for k in kept],
+            calib.append({"name": name, "keep_ratio": uniform_ratio(name), "kept": [int(k) for k in kept],
                           "sum_layers_us": float(raw(kept)), **networks[name].to_dict()})
     if not calib:
         raise UserError("no end-to-end calibration timing was measured: rerun the measurement")

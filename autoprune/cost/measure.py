@@ -31,6 +31,13 @@ BACKENDS = ("onnxruntime", "torch")
 DEVICE_SLOWDOWN_TOLERANCE = 0.15
 
 
+def device_slowdown(unpruned_measured_us: float, unpruned_predicted_us: float) -> float | None:
+    """How much slower than its table's prediction the unpruned model ran (0.43: 43 % slower); None within
+    :data:`DEVICE_SLOWDOWN_TOLERANCE`, where the device counts as in its table's state."""
+    slowdown = unpruned_measured_us / unpruned_predicted_us - 1
+    return slowdown if slowdown > DEVICE_SLOWDOWN_TOLERANCE else None
+
+
 @dataclass(frozen=True)
 class Timing:
     median_us: float

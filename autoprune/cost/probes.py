@@ -289,7 +289,7 @@ def export_probes(model_name: str, input_shape: tuple[int, ...] | None, out: str
     import shutil
 
     from autoprune import atomic
-    from autoprune.cost.calibration_set import calibration_networks
+    from autoprune.cost.calibration_set import calibration_networks, uniform_ratio
     from autoprune.cost.latency_table import plan_rows, shape_text
     from autoprune.export import onnx_bytes
     from autoprune.layers import analyze
@@ -316,8 +316,9 @@ def export_probes(model_name: str, input_shape: tuple[int, ...] | None, out: str
         data = onnx_bytes(pruner.apply(kept), shape, dynamic_batch=False)
         name = f"networks/{net_name}.onnx"
         atomic.write_with(out / name, lambda f, d=data: f.write(d))
-        ratio = net_name[len("keep-"):] if net_name.startswith("keep-") else ""
-        listing.append({"file": name, "kind": "network", "keep_ratio": ratio, "input_shape": shape_text(shape)})
+        ratio = uniform_ratio(net_name)
+        listing.append({"file": name, "kind": "network", "keep_ratio": "" if ratio is None else f"{ratio:.2f}",
+                        "input_shape": shape_text(shape)})
     import pandas as pd
 
     atomic.write_text(out / "probes.csv", pd.DataFrame(listing).to_csv(index=False))
