@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from autoprune import atomic
 from autoprune.budget import Budget, parse_budget
 from autoprune.cost.measure import device_slowdown, measure_interleaved
 from autoprune.cost.model import CostModel
-from autoprune.data import DataBundle, Split, check_compatible, load_data
+from autoprune.data import CACHE_DIR, DataBundle, Split, check_compatible, load_data
 from autoprune.errors import UserError
 from autoprune.evaluate import accuracy, recalibrate_bn
 from autoprune.export import export_onnx, save_pytorch
@@ -302,31 +303,6 @@ class RunOutcome:
     run_dir: Path | None
 
 
-def cached_table_path(model: str, shape: tuple[int, ...], backend: str = "onnxruntime", threads: int = 2) -> Path:
-    from autoprune.cost.latency_table import default_table_path, device_fingerprint
-    from autoprune.data import CACHE_DIR
-
-    return default_table_path(model, shape, device_fingerprint(backend, threads), CACHE_DIR / "latency_tables")
-
-
-def ensure_table(
-    model: str, shape: tuple[int, ...], table: str | Path | None, *, weights=None, threads: int = 2, on_progress=None
-) -> Path:
-    """The latency table to use: the one given, a shipped or cached one for this device, or one built now."""
-    if table is not None:
-        return Path(table)
-    from autoprune.cost.latency_table import build_table, default_table_path, device_fingerprint
-
-    fp = device_fingerprint("onnxruntime", threads)
-    shipped = default_table_path(model, shape, fp, Path(__file__).resolve().parent.parent / "latency_tables")
-    if shipped.is_file():
-        return shipped
-    cached = cached_table_path(model, shape, threads=threads)
-    if not cached.is_file():
-        build_table(model, shape, threads=threads, weights=weights, on_progress=on_progress).save(cached)
-    return cached
-
-
 def search(
     model: str | nn.Module | None = None,
     data: str | DataBundle | None = None,
@@ -355,6 +331,7 @@ def search(
     trust_pickle: bool = False,
     callback=None,
     on_phase=None,
+    on_table_progress=None,
     finish: bool = True,
     from_study: bool = False,
 ) -> RunOutcome:
@@ -362,7 +339,8 @@ def search(
 
     With no ``model`` the embedded default runs: the demo model with its checkpoint on Fashion-MNIST.
     ``on_phase(text)`` reports the phases (table build, search, fine-tune, ...); ``callback(SearchEvent)`` each
-    evaluation. ``finish=False`` stops after the search (a ``--workers`` child); ``from_study=True`` runs no
+    evaluation; ``on_table_progress(done, total, text)`` the build of a latency table when this device has none.
+    ``finish=False`` stops after the search (a ``--workers`` child); ``from_study=True`` runs no
     trial and finishes from the Optuna study in ``options['storage']`` (``autoprune report --storage``).
     """
     from autoprune.finetune import DEFAULT_FINETUNE_LR, finetune
@@ -400,14 +378,21 @@ def search(
     bundle = _load_bundle(data, shape, net) if data is not None else None
     graph = analyze(net, shape, model)
     if "latency" in bud.metrics and table is None:
-        phase("latency table for this device: shipped, cached, or built now (once)")
-        table = ensure_table(model, shape, None, weights=weights, threads=threads)
-    lut = None
+        from autoprune.cost.table_choice import choose_table
+
+        table = choose_table(model, shape, CACHE_DIR / "latency_tables", threads=threads, weights=weights,
+                             on_phase=phase, on_progress=on_table_progress).path
+        phase(f"latency table of this device: {table}")
+    lut = signature = None
     if table is not None:
         from autoprune.cost.latency_table import LatencyTable
 
         lut = LatencyTable.load(table)
     cost = make_cost_model(graph, lut, force)
+    # a table of another device predicts for that device: nothing measured here can confirm or refute it
+    elsewhere = lut is not None and bool(lut.device_differences())
+    if lut is not None and not elsewhere:
+        signature = check_table_speed(lut, table, phase)
     if round_to is None:  # a latency budget keeps whole blocks of the table's kernels: other widths run slower
         round_to = max(1, lut.block) if lut is not None and "latency" in bud.metrics else 1
     problem = Problem(graph, cost, bud, min_keep=min_keep, round_to=round_to)
@@ -461,7 +446,7 @@ def search(
     kept = [int(k) for k in result.best_kept]
     uniform, _ = uniform_kept(problem)
     timings = None
-    if measure and lut is not None and "latency" in bud.metrics and not lut.device_differences():
+    if measure and lut is not None and "latency" in bud.metrics and not elsewhere:
         phase("measuring the chosen policy against the latency budget")
         kept, timings, checks = meet_measured_latency(problem, result.history, kept, pruner, net, shape, lut,
                                                       on_phase=phase)
@@ -489,10 +474,12 @@ def search(
             phase("measuring end-to-end latency")
             backend, n_threads = (lut.backend, lut.threads) if lut is not None else ("onnxruntime", threads)
             # interleaved rounds (median of 100 runs in each of 3), so a slow spell of the machine hits both models
-            timings = measure_interleaved([net, pruned], shape, backend, n_threads, 10, 100, 3)
+            with lut.measuring() if lut is not None else contextlib.nullcontext():
+                timings = measure_interleaved([net, pruned], shape, backend, n_threads, 10, 100, 3)
         unpruned["latency_measured_us"], metrics["latency_measured_us"] = (t.median_us for t in timings)
-        if lut is not None and lut.device_differences():  # timed here; the budget is the table's device's
+        if elsewhere:  # timed here; the budget is the table's device's
             metrics["latency_measured_elsewhere"] = True
+            metrics["latency_predicted_for"] = lut.device_name
     metrics["unpruned"] = unpruned
     policy = Policy.from_kept(
         graph,
@@ -514,6 +501,8 @@ def search(
             "round_to": round_to,
             "data": bundle.name if bundle else None,
             "table": str(table) if table is not None else None,
+            "table_device": lut.device_name if lut is not None else None,
+            "speed_signature": signature.to_dict() if signature is not None else None,
             "search_seconds": result.seconds,
             "seconds": time.perf_counter() - t0,
             "uniform_kept": [int(k) for k in uniform],
@@ -525,6 +514,18 @@ def search(
         phase("writing the run directory")
         write_run_dir(run_dir, result.history, PolicyOutcome(policy, pruned, unpruned))
     return RunOutcome(result, policy, pruned, run_dir)
+
+
+def check_table_speed(table, path, on_phase: Callable[[str], None] | None = None):
+    """Re-time the table's reference probes (about a second) and say so when this machine now runs them off the
+    table's level by more than its noise: predictions are then off by about that ratio until the table is
+    re-anchored. Returns the check (None for a table without a signature)."""
+    check = table.check_speed()
+    if check is not None and check.off and on_phase is not None:
+        on_phase(f"WARNING: speed signature: this machine runs the table's reference probes at {check.ratio:.2f}x "
+                 f"their times when the table was built (its noise allows ±{check.tolerance:.0%}): its predictions are "
+                 f"off by about that much now; re-fit its level with `autoprune latency-table anchor --table {path}`")
+    return check
 
 
 def meet_measured_latency(
@@ -553,7 +554,8 @@ def meet_measured_latency(
         predicted = float(problem.cost(kept)["latency"])
         model = pruner.apply(kept)
         for attempt in range(settle + 1):
-            timings = measure_interleaved([net, model], shape, table.backend, table.threads, 10, 100, 3)
+            with table.measuring():
+                timings = measure_interleaved([net, model], shape, table.backend, table.threads, 10, 100, 3)
             unpruned, measured = timings[0].median_us, timings[1].median_us
             # a relative budget (latency=50%) is a share of the unpruned model as measured in the same rounds
             limit = c.limit(unpruned) if c.relative else problem.limits["latency"]

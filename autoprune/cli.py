@@ -7,6 +7,7 @@ exits with code 2.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -223,8 +224,7 @@ def _search_with_progress(run, args: dict, run_dir: Path, resume: bool, trust_pi
 
         def on_event(ev) -> None:
             best = f"best {ev.best_reward:.4f}" if ev.best_reward is not None else ""
-            costs = " ".join(f"{m} {ev.best_costs.get(m, float('nan')):.3f}/{lim:.3f}" for m, lim in ev.budget.items())
-            text = f"{ev.strategy} {best} {costs}"
+            text = f"{ev.strategy} {best} {ev.budget_text()}"
             progress.update(task, completed=ev.evaluation, total=ev.episodes, description=text)
             if progress.disable and (ev.evaluation % max(1, ev.episodes // 10) == 0 or ev.evaluation == ev.episodes):
                 left = ev.seconds / ev.evaluation * (ev.episodes - ev.evaluation)  # the bar's ETA, as text
@@ -232,11 +232,27 @@ def _search_with_progress(run, args: dict, run_dir: Path, resume: bool, trust_pi
                 console.print(f"evaluation {ev.evaluation}/{ev.episodes} {text} ({ev.seconds:.0f} s{eta})")
 
         def on_phase(text: str) -> None:
-            console.print(f"[dim]{text}[/dim]")
+            if text.startswith("WARNING"):
+                err_console.print(f"[bold red]{text}[/]", highlight=False, soft_wrap=True)
+            else:
+                console.print(f"[dim]{text}[/dim]", soft_wrap=True)
+
+        table_task, table_t0 = None, 0.0
+
+        def on_table_progress(done: int, total: int, text: str) -> None:
+            nonlocal table_task, table_t0
+            if table_task is None:
+                table_task, table_t0 = progress.add_task("latency table", total=total), time.perf_counter()
+            progress.update(table_task, completed=done, total=total, description=f"latency table: {text}")
+            if progress.disable and (done % max(1, total // 10) == 0 or done == total):
+                seconds = time.perf_counter() - table_t0
+                eta = f", ~{seconds / done * (total - done):.0f} s left" if done < total else ""
+                console.print(f"latency table {done}/{total}: {text} ({seconds:.0f} s{eta})")
 
         try:
             outcome = run(
-                **args, out=run_dir, resume=resume, trust_pickle=trust_pickle, callback=on_event, on_phase=on_phase
+                **args, out=run_dir, resume=resume, trust_pickle=trust_pickle, callback=on_event, on_phase=on_phase,
+                on_table_progress=on_table_progress,
             )
         except KeyboardInterrupt:
             progress.stop()
@@ -260,7 +276,7 @@ def _print_outcome(outcome, run_dir: Path) -> None:
     _print_comparison(outcome.policy.metrics["unpruned"], outcome.policy.metrics, outcome.policy.budget)
     verdict = budget_verdict(outcome.policy)
     if verdict:
-        console.print(verdict.replace("**", ""))
+        console.print(verdict.replace("**", ""), soft_wrap=True)
     console.print(
         f"{evaluations_text(outcome.policy.search)} in "
         f"{outcome.policy.search['search_seconds']:.0f} s; run directory {run_dir}/ "
@@ -294,12 +310,12 @@ def _slug(budget: str) -> str:
 def _print_comparison(before: dict, after: dict, budget: str | None) -> None:
     from rich.table import Table
 
-    from autoprune.report import METRIC_ROWS as rows
+    from autoprune.report import comparison_rows
 
     t = Table(title=f"unpruned vs pruned ({budget})")
     for col in ("metric", "unpruned", "pruned", "ratio"):
         t.add_column(col, justify="left" if col == "metric" else "right")
-    for label, key, fmt in rows:
+    for label, key, fmt in comparison_rows(after):
         if key in after:
             b = before.get(key, before.get("test_accuracy") if key.startswith("test_accuracy") else None)
             ratio = f"{after[key] / b:.3f}" if b else ""

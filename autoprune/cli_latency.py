@@ -59,9 +59,13 @@ def build(
     e2e_repeats: int = typer.Option(50, help="timed runs per end-to-end calibration network and round"),
     rounds: int = typer.Option(3, help="interleaved rounds of end-to-end calibration (median of round medians)"),
     passes: int = typer.Option(2, help="passes over the probe grid (each probe keeps its fastest pass)"),
+    affinity: bool = typer.Option(False, "--affinity/--no-affinity",
+                                  help="pin the measuring threads to cores (onnxruntime's intra-op thread "
+                                       "affinities); recorded in the table and used whenever it is measured against"),
 ) -> None:
     """Measure every prunable layer on a (c_in, c_out) grid on this device, calibrate end to end, save CSV + JSON."""
-    from autoprune.cost.latency_table import build_table, default_table_path, device_fingerprint
+    from autoprune.cost.device_identity import identify
+    from autoprune.cost.latency_table import build_table, default_table_path
 
     _check_backend(backend, device, threads)
     shape = _shape(input_shape)
@@ -69,9 +73,9 @@ def build(
         task = progress.add_task(f"{model} probes", total=None)
         table = build_table(model, shape, backend=backend, threads=threads, device=device, weights=weights,
                             grid=grid, warmup=warmup, repeats=repeats, e2e_repeats=e2e_repeats, rounds=rounds,
-                            passes=passes,
+                            passes=passes, affinity=affinity,
                             on_progress=lambda d, n, s: progress.update(task, completed=d, total=n, description=s))
-    path = out or default_table_path(model, table.input_shape, device_fingerprint(backend, threads, device))
+    path = out or default_table_path(model, table.input_shape, identify(backend, threads, device))
     table.save(path)
     m = table.meta
     console.print(f"{len(table.df)} rows ({m['probes']} probes) in {m['build_seconds']} s; unpruned "
@@ -120,6 +124,7 @@ def validate(
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_row("MAPE", f"{s['mape']:.2%}")
+    t.add_row("policies within ±5 % / ±10 %", f"{s['within_5pct']:.0%} / {s['within_10pct']:.0%}")
     t.add_row("median APE", f"{s['median_ape']:.2%}")
     t.add_row("bias (mean signed error)", f"{s['bias']:+.2%}")
     t.add_row("worst error", f"{s['worst_error']:+.2%} (policy {s['worst_policy']})")
@@ -129,8 +134,15 @@ def validate(
         t.add_row("bias, re-anchored", f"{s['bias_reanchored']:+.2%}")
     t.add_row("machine now vs at build (calibration networks)", f"{s['speed_vs_build']:.3f}x the build's times")
     t.add_row("MAPE, calibration re-fitted on today's timings", f"{s['mape_recalibrated']:.2%}")
+    t.add_row("re-fitted: within ±5 % / ±10 %", f"{s['within_5pct_recalibrated']:.0%} / "
+                                                f"{s['within_10pct_recalibrated']:.0%}")
     t.add_row("worst error, re-fitted", f"{s['worst_recalibrated']:+.2%}")
+    if s.get("speed_signature"):
+        sig = s["speed_signature"]
+        t.add_row("speed signature: reference probes now vs the table's level",
+                  f"{sig['ratio']:.3f}x (noise allows ±{sig['tolerance']:.0%}{'; OFF' if sig['off'] else ''})")
     t.add_row("measurement noise: retest MAPE", f"{s['retest_mape']:.2%}")
+    t.add_row("retest within ±5 % / ±10 %", f"{s['retest_within_5pct']:.0%} / {s['retest_within_10pct']:.0%}")
     t.add_row("measurement noise: retest worst", f"{s['retest_worst']:.2%}")
     t.add_row("measurement noise: retest Spearman", f"{s['retest_spearman']:.4f}")
     t.add_row("measurement spread (p90-p10)/median", f"{s['spread_p90_p10']:.2%}")
@@ -163,12 +175,18 @@ def anchor(
     """Re-time the table's calibration networks now and re-fit its calibration (seconds, not a rebuild): for a
     machine whose speed has drifted since the table was built. The probe grid is kept."""
     from autoprune.cost.latency_table import LatencyTable, reanchor_table
+    from autoprune.cost.speed_signature import compare_signature
 
     tab = LatencyTable.load(table)
     with console.status(f"timing {tab.model}'s calibration networks ({rounds} rounds)"):
         new = reanchor_table(tab, weights=weights, rounds=rounds, repeats=repeats)
     dest = new.save(out or table)
     a = new.meta["anchor"]
+    stored = tab.meta.get("anchor", {}).get("speed_signature") or tab.meta.get("speed_signature")
+    if stored:
+        sig = compare_signature(stored, a["speed_signature"])
+        console.print(f"speed signature: the reference probes ran at {sig.ratio:.3f}x the table's level "
+                      f"(noise allows ±{sig.tolerance:.0%}); the re-anchored table keeps today's")
     speed = f"{a['speed_vs_build']:.3f}x the build's times" if a["speed_vs_build"] else "no build timings to compare"
     console.print(f"machine now: {speed}; fixed part {tab.fixed_us / 1000:.3f} -> {new.fixed_us / 1000:.3f} ms, "
                   f"scale {tab.scale:.3f} -> {new.scale:.3f}; unpruned model now "
@@ -186,17 +204,7 @@ def show(table: Path = typer.Argument(..., help="table .csv")) -> None:
     for k, v in describe(tab).items():
         summary.add_row(k, str(v))
     console.print(summary)
-    fp = Table(title="device fingerprint")
-    fp.add_column("field")
-    fp.add_column("table")
-    fp.add_column("this machine")
-    from autoprune.cost.latency_table import DEVICE_FIELDS, device_fingerprint
-
-    here = device_fingerprint(tab.backend, tab.threads, tab.device)
-    for k, v in tab.fingerprint.items():
-        mark = "[red]" if k in DEVICE_FIELDS and here.get(k) != v else ""
-        fp.add_row(k, f"{mark}{v}", f"{mark}{here.get(k, '')}")
-    console.print(fp)
+    _print_identity(tab)
     cal = Table(title="end-to-end calibration (uniform prunes keep-R, random non-uniform policies random-NN)")
     for c in ("network", "sum of layers", "measured", "p10", "p90", "predicted"):
         cal.add_column(c, justify="right")
@@ -213,6 +221,29 @@ def show(table: Path = typer.Argument(..., help="table .csv")) -> None:
     for name, r in per_layer.iterrows():
         lt.add_row(str(name), r["op"], r["group"], str(r["points"]), f"{r['max_us']:.1f} µs")
     console.print(lt)
+
+
+def _print_identity(tab) -> None:
+    """The table's device identity beside this machine's, differing fields in red, then the differences in words."""
+    from autoprune.cost.device_identity import identify
+
+    here = identify(tab.backend, tab.threads, tab.device)
+    differing = {d.field for d in tab.identity_differences(here)}
+    differing |= {"cpu_model", "stepping"} if "family" in differing else set()
+    differing |= {"backend_version"} if "backend_release" in differing else set()
+    fp = Table(title=f"device: {tab.device_name}")
+    fp.add_column("field")
+    fp.add_column("table")
+    fp.add_column("this machine")
+    for k in dict.fromkeys([*tab.fingerprint, *here]):
+        mark = "[red]" if k in differing else ""
+        fp.add_row(k, f"{mark}{tab.fingerprint.get(k, '(not recorded)')}", f"{mark}{here.get(k, '')}")
+    console.print(fp)
+    for d in tab.identity_differences(here):
+        console.print(f"{'note' if d.note else 'another device'}: {d.text}", highlight=False)
+    sig = tab.meta.get("speed_signature")
+    console.print(f"speed signature: {len(sig['probes'])} reference probes, noise {sig['noise']:.1%}" if sig else
+                  "speed signature: none (a table built before autoprune recorded one)", highlight=False)
 
 
 @latency_app.command("probes")

@@ -34,6 +34,17 @@ METRIC_ROWS = [  # (label, policy.metrics key, format): the report's and the CLI
 ]
 
 
+def comparison_rows(metrics: dict) -> list[tuple[str, str, object]]:
+    """:data:`METRIC_ROWS` with the latency rows saying which device each figure is for: when the table is another
+    device's, its prediction is for that device and the end-to-end time is this machine's."""
+    device = metrics.get("latency_predicted_for")
+    if not device:
+        return METRIC_ROWS
+    labels = {"latency_predicted_us": f"latency, predicted for {device}, not measured there",
+              "latency_measured_us": "latency, measured end to end on this machine (another device than the budget's)"}
+    return [(labels.get(key, label), key, fmt) for label, key, fmt in METRIC_ROWS]
+
+
 def load_history(run_dir: Path) -> pd.DataFrame:
     path = run_dir / "history.csv"
     return read_history(path) if path.is_file() else pd.DataFrame()
@@ -175,7 +186,7 @@ def render(run_dir: str | Path, policy: Policy | None = None, history: pd.DataFr
     if verdict:
         lines += [verdict, ""]
     lines += ["| metric | unpruned | pruned | ratio |", "|---|---:|---:|---:|"]
-    for label, key, fmt in METRIC_ROWS:
+    for label, key, fmt in comparison_rows(m):
         if key in m:
             b = base.get(key)
             ratio = f"{m[key] / b:.3f}" if b else ""
@@ -208,7 +219,8 @@ def evaluations_text(search: dict) -> str:
 
 def budget_checks(policy: Policy) -> list[tuple[str, float, float, str]]:
     """Per budget constraint the policy's metrics can answer: (metric, value, limit, how it was known) — latency
-    as measured end to end when it was, else as predicted; FLOPs and params as counted."""
+    as measured end to end when it was, else as predicted (``how`` names the device the prediction is for); FLOPs
+    and params as counted."""
     if not policy.budget:
         return []
     m, base = policy.metrics, policy.metrics.get("unpruned", {})
@@ -224,11 +236,17 @@ def budget_checks(policy: Policy) -> list[tuple[str, float, float, str]]:
         limit = c.limit(ref) if c.relative and ref else (None if c.relative else c.value)
         if limit is None:
             continue
-        how = "measured" if key == "latency_measured_us" else ("predicted" if c.metric == "latency" else "counted")
-        if elsewhere:
-            how = "predicted for the table's device (the end-to-end time is this machine's)"
+        how = "measured" if key == "latency_measured_us" else ("counted" if c.metric != "latency" else
+                                                              f"{predicted_for(policy)}, not measured" +
+                                                              (" there" if elsewhere else ""))
         out.append((c.metric, float(m[key]), float(limit), how))
     return out
+
+
+def predicted_for(policy: Policy) -> str:
+    """"predicted for <device>": the device whose table priced the policy."""
+    device = policy.metrics.get("latency_predicted_for") or (policy.search or {}).get("table_device")
+    return f"predicted for {device}" if device else "predicted by the table"
 
 
 def budget_met(policy: Policy) -> bool | None:
@@ -238,11 +256,14 @@ def budget_met(policy: Policy) -> bool | None:
 
 
 def budget_verdict(policy: Policy) -> str | None:
-    """One sentence: does the pruned model meet its budget, measured where the budget is latency?"""
+    """One sentence: does the pruned model meet its budget, measured where the budget is latency? "met" is said
+    only of what was measured on this machine (or counted); a prediction is called one, with its device."""
     m = policy.metrics
     parts = [
         f"{metric} {format_cost(metric, value)} {how} vs budget {format_cost(metric, limit)}: "
-        f"{'**met**' if value <= limit else '**NOT met**'}"
+        + (f"{'**met**' if value <= limit else '**NOT met**'}" if how in ("measured", "counted") else
+           f"{'**within the budget as predicted**' if value <= limit else '**over the budget as predicted**'} "
+           "(a prediction, not a measurement)")
         for metric, value, limit, how in budget_checks(policy)
     ]
     checks = m.get("latency_checks") or []

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,26 +34,15 @@ import numpy as np
 import onnxruntime as ort
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown-cpu"
-
-
 def fingerprint(threads: int, device: str) -> dict:
-    """The same fields autoprune's ``device_fingerprint`` records, so a table made here is checked like any other."""
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    return {
-        "cpu": cpu_model(), "cores": os.cpu_count() or 1, "os": platform.system(), "machine": platform.machine(),
-        "backend": "onnxruntime", "backend_version": ort.__version__, "providers": providers, "device": device,
-        "gpu": "", "threads": threads, "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    """This device's identity, read by autoprune's own ``device_identity.py`` (copied beside this script by
+    ``autoprune latency-table probes``; in the source tree, the installed package's)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        from device_identity import identify
+    except ImportError:
+        from autoprune.cost.device_identity import identify
+    return identify("onnxruntime", threads, device)
 
 
 def session(path: Path, threads: int, device: str, profile_prefix: str | None = None) -> ort.InferenceSession:

@@ -230,13 +230,18 @@ def test_a_table_of_another_device_is_judged_by_its_prediction_not_by_this_machi
     policy = Policy.from_kept(
         graph, graph.channels.tolist(), budget="latency=10ms",
         metrics={"latency_predicted_us": 9900.0, "latency_measured_us": 31000.0, "latency_measured_elsewhere": True,
+                 "latency_predicted_for": "Phone SoC (NEON, 8 cores), onnxruntime 1.32, 4 threads",
                  "unpruned": {"latency_predicted_us": 14000.0, "latency_measured_us": 44000.0}},
         search={"evaluations": 5, "search_seconds": 1.0},
     )
     assert budget_met(policy) is True
-    assert "9.90 ms predicted for the table's device" in budget_verdict(policy)
+    verdict = budget_verdict(policy)
+    assert "9.90 ms predicted for Phone SoC (NEON, 8 cores), onnxruntime 1.32, 4 threads, not measured there" in verdict
+    assert "**met**" not in verdict and "within the budget as predicted" in verdict
     _print_outcome(SimpleNamespace(policy=policy), "runs/x")  # no exit 3
-    assert "NOT met" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "NOT met" not in out and ": met" not in out
+    assert "predicted for Phone SoC" in out and "not measured there" in out  # the comparison table says it too
 
 
 def test_repeated_policies_are_told_apart_from_evaluations():

@@ -19,11 +19,11 @@ from autoprune.cost.calibration_set import (
     calibration_networks,
     random_policies,
 )
+from autoprune.cost.device_identity import device_id, identify
 from autoprune.cost.flops import costs
 from autoprune.cost.latency_table import (
     LatencyTable,
     build_table,
-    device_fingerprint,
     plan_rows,
     table_from_measurements,
 )
@@ -52,7 +52,7 @@ def _synthetic(graph, fn, block=1, align=1, grid=4, fixed=0.0, scale=1.0) -> Lat
     df = table_from_measurements(rows, timings)
     meta = {"format": "autoprune.latency_table/1", "model": graph.model_name, "input_shape": list(graph.input_shape),
             "backend": "onnxruntime", "threads": 1, "device": "cpu", "fixed_us": fixed, "scale": scale,
-            "channel_block": block, "channel_align": align, "fingerprint": device_fingerprint("onnxruntime", 1)}
+            "channel_block": block, "channel_align": align, "fingerprint": identify("onnxruntime", 1)}
     return LatencyTable(df, meta)
 
 
@@ -163,12 +163,19 @@ def test_build_save_load_predict(built, graph):
     uniform = [f"keep-{r:.2f}" for r in CALIBRATION_RATIOS]
     assert names == uniform + [f"random-{i:02d}" for i in range(CALIBRATION_RANDOM)]
     assert meta["unpruned_us"]["name"] == "keep-1.00" and meta["unpruned_us"]["median_us"] > 0
-    for key in ("cpu", "cores", "threads", "os", "backend", "backend_version", "providers", "batch", "input_shape",
-                "date"):
+    for key in ("vendor", "family", "cpu_model", "stepping", "cpu", "isa", "cores", "threads", "os", "backend",
+                "backend_version", "backend_release", "providers", "batch", "input_shape", "date"):
         assert key in meta["fingerprint"]
+    here = identify("onnxruntime", 1)
+    assert meta["device_id"] == device_id({**here, "batch": 1}) and "-1t-" in meta["device_id"]
+    sig = meta["speed_signature"]
+    assert len(sig["probes"]) == 4 and all(v > 0 for v in sig["probes"].values()) and sig["noise"] >= 0
+    assert meta["affinity"] is False
     v = table.predictor(graph)(graph.channels)
     assert np.isfinite(v) and v > 0
-    assert table.check_device() == {}
+    assert table.check_device() == []
+    check = table.check_speed()  # the same machine minutes later: a ratio near 1 (not asserted: machines vary)
+    assert check is not None and check.ratio > 0 and check.tolerance >= 0.10
 
 
 def test_calibration_set_has_irregular_policies_that_validate_never_draws(graph):
@@ -248,12 +255,13 @@ def test_fingerprint_mismatch_refused_or_warned(built, tmp_path, capsys):
     meta["fingerprint"]["cpu"] = "Some Other CPU 9000"
     csv.with_suffix(".json").write_text(json.dumps(meta))
     table = LatencyTable.load(csv)
-    with pytest.raises(UserError, match="another device.*--force"):
+    with pytest.raises(UserError, match="another device.*Some Other CPU 9000.*--force"):
         table.check_device(refuse=True)
     diffs = table.check_device()
-    assert "cpu" in diffs
-    assert "DIFFERENT DEVICE" in capsys.readouterr().err
-    assert "cpu" in table.check_device(force=True, refuse=True)  # --force: proceeds
+    assert [d.field for d in diffs] == ["cpu"]
+    err = capsys.readouterr().err
+    assert "measured on another device: Some Other CPU 9000" in err and "PREDICTION" in err
+    assert [d.field for d in table.check_device(force=True, refuse=True)] == ["cpu"]  # --force: proceeds
 
 
 def test_validate_command_refuses_foreign_table(built, tmp_path):
@@ -268,7 +276,7 @@ def test_validate_command_refuses_foreign_table(built, tmp_path):
     csv.with_suffix(".json").write_text(json.dumps(meta))
     result = CliRunner().invoke(app, ["latency-table", "validate", "--table", str(csv), "--samples", "3"])
     assert isinstance(result.exception, UserError)
-    assert "backend_version" in str(result.exception)
+    assert "the table was measured with 0.0" in str(result.exception)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "no_sidecar", "bad_json", "missing_column", "empty"])
@@ -309,11 +317,13 @@ def test_probe_round_trip(tmp_path, graph):
             f"runpy.run_path({str(out / 'measure_probes.py')!r}, run_name='__main__')")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
     measured = pd.read_csv(out / "measured.csv")
-    assert len(measured) == n["probes"] + n["networks"] and (measured["median_us"] > 0).all()
+    assert len(measured) == n["probes"] + n["networks"] + 4 and (measured["median_us"] > 0).all()  # + signature
     table = import_probes(out)
     plan = pd.read_csv(out / "plan.csv")
     assert len(table.df) == len(plan)
-    assert table.check_device() == {}
+    assert table.check_device() == []  # the device's identity was read there by the copied device_identity.py
+    assert table.fingerprint["isa"] == identify("onnxruntime", 1)["isa"]
+    assert len(table.meta["speed_signature"]["probes"]) == 4
     saved = table.save(tmp_path / "imported.csv")
     v = LatencyTable.load(saved).predictor(graph)(graph.channels)
     assert np.isfinite(v) and v > 0
@@ -474,3 +484,73 @@ def test_after_the_device_stayed_slow_the_next_policy_is_timed_once(built, monke
                                            pause_s=0, on_phase=phases.append)
     assert [ch["kept"] for ch in checks] == [kept] * 3 + [floor] and calls[0] == 4 and len(phases) == 2
     assert got == floor and checks[-1]["met"]  # the floor runs well under a third of the unpruned model's time
+
+
+def _copy_table(built, dest, **fingerprint) -> object:
+    """A copy of the built table whose recorded device identity is changed by ``fingerprint``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(built.read_text())
+    meta = json.loads(built.with_suffix(".json").read_text())
+    meta["fingerprint"].update(fingerprint)
+    dest.with_suffix(".json").write_text(json.dumps(meta))
+    return dest
+
+
+def _other_isa() -> list[str]:
+    return ["AVX", "AVX2", "FMA"] if "AVX-512F" in (identify("onnxruntime", 1)["isa"] or []) else \
+        ["AVX", "AVX2", "FMA", "AVX-512F", "AVX-512BW", "AVX-512VL"]
+
+
+SEARCH = ["search", "--model", "resnet20", "--input-shape", "1x3x16x16", "--strategy", "uniform", "--threads", "1",
+          "--budget", "latency=80%"]
+
+
+def test_an_explicit_table_of_another_device_is_a_prediction_never_met(built, tmp_path, run_cli):
+    """The user asked for another device's table: the budget is judged by its prediction, and the verdict, the
+    summary table and report.md say "predicted for <device>, not measured there", never a plain "met"."""
+    foreign = _copy_table(built, tmp_path / "phone" / "resnet20-1x3x16x16.csv", isa=_other_isa(), cpu="Other CPU")
+    code, out, err = run_cli(*SEARCH, "--table", foreign, "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "measured on another device: Other CPU" in err and "this cpu has" in err.lower()
+    assert "predicted for Other CPU" in out and "not measured there" in out
+    assert ": met" not in out and "NOT met" not in out and "within the budget as predicted" in out
+    policy = json.loads((tmp_path / "run" / "policy.json").read_text())
+    assert policy["metrics"]["latency_measured_elsewhere"] and "latency_checks" not in policy["metrics"]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "not measured there" in report and "**met**" not in report
+
+
+def test_without_table_the_search_builds_one_of_this_device_and_passes_over_another(built, tmp_path, monkeypatch,
+                                                                                      run_cli):
+    """A cached table of another ISA sits where the old code looked for one: the default path passes it over,
+    builds a table here (once; cached by this device's id) and the budget is measured here."""
+    import autoprune.api as api
+    from autoprune.cost.device_identity import device_id as id_of
+
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(api, "CACHE_DIR", cache)
+    ident = json.loads(built.with_suffix(".json").read_text())["fingerprint"]
+    other = dict(ident, isa=_other_isa())
+    _copy_table(built, cache / "latency_tables" / id_of(other) / "resnet20-1x3x16x16.csv", isa=other["isa"])
+    code, out, err = run_cli(*SEARCH, "--out", tmp_path / "run")
+    assert code in (0, 3), err
+    assert "passed over" in out and "this CPU has" in out and "building one here" in out
+    table = json.loads((tmp_path / "run" / "policy.json").read_text())["search"]["table"]
+    assert f"/{id_of(identify('onnxruntime', 1))}/" in table and id_of(other) not in table
+    assert "latency_checks" in json.loads((tmp_path / "run" / "policy.json").read_text())["metrics"]  # measured
+    assert "measured vs budget" in out  # the verdict is this machine's measurement
+    code, out, _ = run_cli(*SEARCH, "--out", tmp_path / "run2")  # the cached table of this device is found
+    assert "building one here" not in out and f"latency table of this device: {table}" in out
+
+
+def test_a_speed_signature_off_the_tables_is_reported_with_the_anchor_command(built, tmp_path, run_cli):
+    """A table whose stored reference timings are 3x faster than this machine runs them now: the search says so,
+    with the ratio and the command that re-fits the table, and records the check."""
+    slow = _copy_table(built, tmp_path / "t" / "resnet20-1x3x16x16.csv")
+    meta = json.loads(slow.with_suffix(".json").read_text())
+    meta["speed_signature"]["probes"] = {k: v / 3 for k, v in meta["speed_signature"]["probes"].items()}
+    slow.with_suffix(".json").write_text(json.dumps(meta))
+    code, out, err = run_cli(*SEARCH, "--table", slow, "--out", tmp_path / "run")
+    assert "speed signature" in err and f"autoprune latency-table anchor --table {slow}" in err
+    check = json.loads((tmp_path / "run" / "policy.json").read_text())["search"]["speed_signature"]
+    assert check["off"] and check["ratio"] > 2

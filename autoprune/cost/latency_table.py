@@ -14,11 +14,11 @@ JSON sidecar ``<table>.json`` (device fingerprint, calibration, build settings).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
 import os
-import platform
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +30,14 @@ import torch.nn as nn
 
 from autoprune import atomic
 from autoprune.cost.calibration_set import calibration_networks, entry_name, uniform_ratio
+from autoprune.cost.device_identity import (
+    Difference,
+    compare,
+    device_id,
+    device_name,
+    differences_text,
+    identify,
+)
 from autoprune.cost.measure import (
     BACKENDS,
     Timing,
@@ -37,8 +45,10 @@ from autoprune.cost.measure import (
     measure_interleaved,
     measure_model,
     measure_onnx_kernels,
+    pinned,
 )
 from autoprune.cost.probes import REGIMES, LayerPlan, ProbeSpec, effective_channels, plan_layers
+from autoprune.cost.speed_signature import SignatureCheck, compare_signature, time_signature
 from autoprune.errors import UserError
 from autoprune.layers import LayerGraph
 
@@ -46,67 +56,24 @@ FORMAT = "autoprune.latency_table/1"
 COLUMNS = ["group", "in_group", "layer", "op", "regime", "c_in", "c_out", "kernel", "stride", "padding", "groups",
            "h_in", "w_in", "batch", "median_us", "p10_us", "p90_us", "repeats", "probe"]
 NUMERIC = ["c_in", "c_out", "groups", "h_in", "w_in", "batch", "median_us", "p10_us", "p90_us", "repeats"]
-# fields of the fingerprint that identify the device (threads, batch, shape and date are settings, not the device)
-DEVICE_FIELDS = ("cpu", "cores", "os", "machine", "backend", "backend_version", "providers", "device", "gpu")
 ProgressFn = Callable[[int, int, str], None]
 
 
 # ---------------------------------------------------------------------------------------------------- device
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown-cpu"
-
-
-def device_fingerprint(backend: str = "onnxruntime", threads: int = 2, device: str = "cpu") -> dict:
-    """What identifies the machine a table is valid on (plus the measurement settings, for the record)."""
-    if backend == "onnxruntime":
-        import onnxruntime as ort
-
-        version = ort.__version__
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    else:
-        import torch
-
-        version = torch.__version__
-        providers = [f"torch-{device}"]
-    gpu = ""
-    if device == "cuda":
-        import torch
-
-        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "unavailable"
-    return {
-        "cpu": _cpu_model(), "cores": os.cpu_count() or 1, "os": platform.system(), "machine": platform.machine(),
-        "backend": backend, "backend_version": version, "providers": providers, "device": device, "gpu": gpu,
-        "threads": threads, "python": platform.python_version(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
-
-
-def device_id(fp: dict) -> str:
-    """Directory name for tables of one device and setting, e.g. ``amd-epyc-2c-onnxruntime-2t``."""
-    hw = _slug(fp.get("gpu") or "") if fp.get("device") == "cuda" else _slug(fp.get("cpu", ""))
-    return f"{hw}-{fp.get('cores', 0)}c-{fp.get('backend', '?')}-{fp.get('threads', 0)}t" + \
-        ("-cuda" if fp.get("device") == "cuda" else "")
-
-
 def shape_text(shape: Sequence[int]) -> str:
     return "x".join(str(int(d)) for d in shape)
 
 
-def default_table_path(model: str, input_shape: Sequence[int], fp: dict, root: str | Path = "latency_tables") -> Path:
+def table_file_name(model: str, input_shape: Sequence[int]) -> str:
     name = re.sub(r"[^A-Za-z0-9_.]+", "-", model).strip("-") or "model"  # keep torchvision's underscores
-    return Path(root) / device_id(fp) / f"{name}-{shape_text(input_shape)}.csv"
+    return f"{name}-{shape_text(input_shape)}.csv"
+
+
+def default_table_path(model: str, input_shape: Sequence[int], ident: dict, root: str | Path = "latency_tables"
+                       ) -> Path:
+    """``<root>/<device-id>/<model>-<NxCxHxW>.csv``: the device's directory derives from its identity."""
+    return Path(root) / device_id(ident) / table_file_name(model, input_shape)
 
 
 def detect_blocking(backend: str, threads: int, device: str) -> tuple[int, int]:
@@ -181,6 +148,15 @@ class LatencyTable:
     @property
     def device(self) -> str:
         return str(self.meta.get("device", "cpu"))
+
+    @property
+    def affinity(self) -> bool:
+        """Whether the table was measured with pinned threads (and so is served and re-measured that way)."""
+        return bool(self.meta.get("affinity", False))
+
+    def measuring(self) -> contextlib.AbstractContextManager:
+        """The block in which to measure against this table: its thread pinning, when it was built with one."""
+        return pinned(self.threads, self.affinity)
 
     @property
     def fingerprint(self) -> dict:
@@ -259,36 +235,60 @@ class LatencyTable:
             raise UserError(f"latency table {path} is incomplete ({e}): {fix}") from e
 
     # -- device check
-    def device_differences(self) -> dict[str, tuple]:
-        here = device_fingerprint(self.backend, self.threads, self.device)
-        mine = self.fingerprint
-        return {k: (mine.get(k), here.get(k)) for k in DEVICE_FIELDS if mine.get(k) != here.get(k)}
+    @property
+    def device_name(self) -> str:
+        """The device the table was measured on, in a few words (for "predicted for <device>")."""
+        return device_name(self.fingerprint)
 
-    def check_device(self, force: bool = False, refuse: bool = False) -> dict[str, tuple]:
-        """Compare the table's device fingerprint with this machine's; returns the differing fields.
+    def identity_differences(self, here: dict | None = None) -> list[Difference]:
+        """How this machine (``here``, default: identified now) differs from the table's device, notes included."""
+        return compare(self.fingerprint, here or identify(self.backend, self.threads, self.device))
 
-        A table measured elsewhere predicts the wrong latencies. ``refuse=True`` (``validate``) raises
-        :class:`UserError` unless ``force``; otherwise (``search``) a loud warning goes to stderr, a one-line
-        note when ``force`` says the user knows.
+    def device_differences(self, here: dict | None = None) -> list[Difference]:
+        """The differences that make this machine another device than the table's (empty: the table is this
+        machine's, and its predictions may be checked by measuring here)."""
+        return [d for d in self.identity_differences(here) if not d.note]
+
+    def check_device(self, force: bool = False, refuse: bool = False) -> list[Difference]:
+        """Compare the table's device with this machine's; returns the differences that make it another device.
+
+        ``refuse=True`` (``validate``, ``anchor``: both measure here against the table) raises :class:`UserError`
+        unless ``force``; otherwise (``search`` with an explicit ``--table``) a warning names each difference in
+        plain words and says that latency is then *predicted* for the table's device, not measured. Notes (a
+        backend patch release) are one line.
         """
-        diffs = self.device_differences()
-        if not diffs:
-            return diffs
-        text = "; ".join(f"{k}: table {a!r} vs here {b!r}" for k, (a, b) in diffs.items())
+        here = identify(self.backend, self.threads, self.device)
+        diffs = self.identity_differences(here)
+        device, notes = [d for d in diffs if not d.note], [d for d in diffs if d.note]
         where = self.path or "latency table"
+        from rich.console import Console
+
+        err = Console(stderr=True, highlight=False, soft_wrap=True)
+        for n in notes:
+            err.print(f"note: {where}: {n.text}")
+        if not device:
+            return device
+        text = differences_text(device)
         if refuse and not force:
             raise UserError(f"{where} was measured on another device ({text}): build a table here with "
                             "`autoprune latency-table build`, or pass --force")
-        from rich.console import Console
-
-        err = Console(stderr=True)
         if force:
-            err.print(f"note: using {where} from another device (--force): {text}", highlight=False)
+            err.print(f"note: using {where} from another device (--force): {text}")
         else:
-            err.print(f"[bold red]WARNING: {where} was measured on a DIFFERENT DEVICE — latency predictions will be "
-                      f"wrong here.[/]\n[red]{text}[/]\n[red]Build a table on this machine "
-                      "(`autoprune latency-table build`) or pass --force to silence this.[/]", highlight=False)
-        return diffs
+            err.print(f"[bold red]WARNING: {where} was measured on another device: {self.device_name}; this machine "
+                      f"is {device_name(here)}.[/]\n[red]{text[0].upper() + text[1:]}.[/]\n[red]Latency is judged by "
+                      "the table's PREDICTION for its device, not measured here. Build a table on this machine "
+                      "(`autoprune latency-table build`, or leave out --table) to have the budget measured.[/]")
+        return device
+
+    def check_speed(self) -> SignatureCheck | None:
+        """Re-time the reference probes now and compare with the signature of the table's level (the anchor's
+        when the table was re-anchored, else the build's); None for a table that stores no signature."""
+        stored = self.meta.get("anchor", {}).get("speed_signature") or self.meta.get("speed_signature")
+        if not stored:
+            return None
+        with self.measuring():
+            return compare_signature(stored, time_signature(self.backend, self.threads, self.device))
 
     # -- prediction
     def predictor(self, graph: LayerGraph) -> Callable[[np.ndarray], float]:
@@ -529,7 +529,7 @@ def build_table(
     model_name: str, input_shape: Sequence[int] | None = None, *, backend: str = "onnxruntime", threads: int = 2,
     device: str = "cpu", weights: str | Path | None = None, grid: int = 6, warmup: int = 3, repeats: int = 15,
     e2e_repeats: int = 50, rounds: int = 3, passes: int = 2, blocking: tuple[int, int] | None = None,
-    on_progress: ProgressFn | None = None,
+    affinity: bool = False, on_progress: ProgressFn | None = None,
 ) -> LatencyTable:
     """Measure every conv/linear layer of ``model_name`` on a channel grid, calibrate end to end, return the table.
 
@@ -537,7 +537,19 @@ def build_table(
     disturbance only ever adds time, and it rarely hits the same probe twice minutes apart); the calibration
     networks are timed in ``rounds`` rounds placed before, between and after the probe passes, so the calibration
     sees the machine in the same states as the probes (this VM's speed drifts by 10-20 % over minutes).
+    ``affinity`` pins the measuring threads to cores (:func:`~autoprune.cost.measure.pinned`) for every timing,
+    and the table records it, so what is measured against it later is pinned alike.
     """
+    with pinned(threads, affinity):
+        table = _build_table(model_name, input_shape, backend, threads, device, weights, grid, warmup, repeats,
+                             e2e_repeats, rounds, passes, blocking, on_progress)
+    table.meta["affinity"] = affinity
+    return table
+
+
+def _build_table(model_name: str, input_shape: Sequence[int] | None, backend: str, threads: int, device: str,
+                 weights: str | Path | None, grid: int, warmup: int, repeats: int, e2e_repeats: int, rounds: int,
+                 passes: int, blocking: tuple[int, int] | None, on_progress: ProgressFn | None) -> LatencyTable:
     from autoprune.export import onnx_bytes
     from autoprune.layers import analyze
     from autoprune.models import build_model
@@ -564,6 +576,7 @@ def build_table(
     if backend == "onnxruntime":
         nets = [onnx_bytes(n, shape, dynamic_batch=False) for n in nets]
     calib_rounds: list[list[Timing]] = []
+    signature = time_signature(backend, threads, device)  # what search / validate / anchor re-time to compare
     done = 0
     for step in range(max(rounds, passes)):
         if step < rounds:
@@ -580,9 +593,9 @@ def build_table(
             done += 1
             if on_progress:
                 on_progress(done, total, f"layer probes, pass {step + 1}/{passes}")
-    fp = device_fingerprint(backend, threads, device)
+    fp = identify(backend, threads, device)
     meta = {"grid": grid, "warmup": warmup, "repeats": repeats, "passes": passes, "rounds": rounds,
-            "probes": len(specs)}
+            "probes": len(specs), "speed_signature": signature}
     networks = {name: combine_rounds([rd[i] for rd in calib_rounds]) for i, name in enumerate(calib)}
     table = assemble_table(graph, rows, timings, networks, fp, block, align, backend, threads, device, meta)
     table.meta["build_seconds"] = round(time.perf_counter() - t_start, 1)
@@ -628,8 +641,9 @@ def time_calibration(table: LatencyTable, nets: dict[str, nn.Module | bytes], *,
                      warmup: int = 10) -> dict[str, Timing]:
     """End-to-end timings of ``table``'s calibration networks (name -> pruned module, or its ONNX for onnxruntime)
     on this machine now, in ``rounds`` interleaved rounds with the table's backend and settings."""
-    timings = measure_interleaved(list(nets.values()), table.input_shape, table.backend, table.threads, warmup,
-                                  repeats, rounds, table.device)
+    with table.measuring():
+        timings = measure_interleaved(list(nets.values()), table.input_shape, table.backend, table.threads, warmup,
+                                      repeats, rounds, table.device)
     return dict(zip(nets, timings, strict=True))
 
 
@@ -646,7 +660,11 @@ def reanchor_table(table: LatencyTable, *, weights: str | Path | None = None, ro
     graph = analyze(model, table.input_shape, table.model)
     pruner = ChannelPruner(model, table.input_shape, graph=graph, model_name=table.model)
     nets = {name: pruner.apply(kept) for name, kept in calibration_networks(graph, table.block).items()}
-    return table.reanchored(graph, time_calibration(table, nets, rounds=rounds, repeats=repeats))
+    with table.measuring():
+        signature = time_signature(table.backend, table.threads, table.device)  # the level the anchor fixes
+        anchored = table.reanchored(graph, time_calibration(table, nets, rounds=rounds, repeats=repeats))
+    anchored.meta["anchor"]["speed_signature"] = signature
+    return anchored
 
 
 def describe(table: LatencyTable) -> dict:

@@ -37,8 +37,9 @@ def measure_and_retest(nets: list, table: LatencyTable, warmup: int, repeats: in
                        ) -> list[tuple[Timing, float]]:
     """Per network: its measurement (median of the odd rounds' medians; p10/p90 of those rounds' runs) and the
     retest (median of the even rounds' medians), with the table's backend, threads and device."""
-    timings = measure_interleaved(nets, table.input_shape, table.backend, table.threads, warmup, repeats,
-                                  max(2, rounds), table.device)
+    with table.measuring():
+        timings = measure_interleaved(nets, table.input_shape, table.backend, table.threads, warmup, repeats,
+                                      max(2, rounds), table.device)
     out = []
     for t in timings:
         first, second = t.round_medians[0::2], t.round_medians[1::2]
@@ -63,6 +64,7 @@ def validate_table(
     if samples < 3:
         raise UserError("--samples must be at least 3 to estimate an error and a rank correlation")
     shape = table.input_shape
+    signature = table.check_speed()  # before anything else loads the machine
     model, _ = build_model(model_name, weights, use_default_weights=False)
     graph = analyze(model, shape, model_name)
     predict = table.predictor(graph)
@@ -118,9 +120,13 @@ def validate_table(
     summary.update({
         "speed_vs_build": float(np.median(drift)) if drift else float("nan"),
         "mape_recalibrated": float(err.abs().mean()), "bias_recalibrated": float(err.mean()),
+        "within_5pct_recalibrated": float((err.abs() <= 0.05).mean()),
+        "within_10pct_recalibrated": float((err.abs() <= 0.10).mean()),
         "worst_recalibrated": float(err.iloc[int(err.abs().idxmax())]),
         "calibration_today": {"fixed_us": fixed, "scale": scale, "measured_us": today},
         "load_average": load_average(),
+        "speed_signature": signature.to_dict() if signature is not None else None,
+        "threads": table.threads, "affinity": table.affinity, "device": table.device_name,
     })
     return df, summary
 
@@ -140,7 +146,10 @@ def summarize(df: pd.DataFrame) -> dict:
         "policies": len(df), "mape": float(err.abs().mean()), "median_ape": float(err.abs().median()),
         "bias": float(err.mean()), "worst_error": float(err.iloc[worst]), "worst_policy": int(df["policy"].iloc[worst]),
         "spearman": _spearman(df["predicted_us"].to_numpy(), df["measured_us"].to_numpy()),
+        # as latency-predictor work reports it (nn-Meter: within ±10 %; LitePred: within ±5 % and ±10 %)
+        "within_5pct": float((err.abs() <= 0.05).mean()), "within_10pct": float((err.abs() <= 0.10).mean()),
         "retest_mape": float(noise.mean()), "retest_worst": float(noise.max()),
+        "retest_within_5pct": float((noise <= 0.05).mean()), "retest_within_10pct": float((noise <= 0.10).mean()),
         "retest_spearman": _spearman(df["retest_us"].to_numpy(), df["measured_us"].to_numpy()),
         "spread_p90_p10": float(((df["p90_us"] - df["p10_us"]) / df["measured_us"]).median()),
         "measured_range_us": [float(df["measured_us"].min()), float(df["measured_us"].max())],
@@ -200,8 +209,9 @@ def budget_check(table: LatencyTable, budget: str, *, weights: str | Path | None
     kept, ratio = uniform_kept(problem)
     limit = problem.limits["latency"]
     net = ChannelPruner(model, shape, graph=graph, model_name=table.model).apply(kept)
-    unpruned, timing = measure_interleaved([model, net], shape, table.backend, table.threads, warmup, repeats,
-                                           rounds, table.device)
+    with table.measuring():
+        unpruned, timing = measure_interleaved([model, net], shape, table.backend, table.threads, warmup, repeats,
+                                               rounds, table.device)
     return {
         "budget": budget, "limit_us": limit, "keep_ratio": ratio, "predicted_us": predict(kept),
         "measured_us": timing.median_us, "p10_us": timing.p10_us, "p90_us": timing.p90_us,

@@ -13,7 +13,10 @@ medians is the figure, so a disturbance hits one round of several networks inste
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -38,6 +41,50 @@ def device_slowdown(unpruned_measured_us: float, unpruned_predicted_us: float) -
     return slowdown if slowdown > DEVICE_SLOWDOWN_TOLERANCE else None
 
 
+# the logical CPUs onnxruntime's intra-op threads are pinned to while :func:`pinned` is active (None: not pinned)
+_pinned_cpus: list[int] | None = None
+
+
+@contextmanager
+def pinned(threads: int, enabled: bool = True) -> Iterator[None]:
+    """Pin the measuring thread to one core and onnxruntime's other intra-op threads to the next ``threads - 1``
+    (its ``session.intra_op_thread_affinities``), for the sessions made inside the block; a no-op where the OS
+    offers no affinity (``os.sched_setaffinity``) or ``enabled`` is False.
+
+    Why: on a shared 2-core VM an unpinned pair of threads now and then lands on one core and the run takes the
+    one-thread time; pinning is the protocol a table may be built and served with (``--affinity``)."""
+    global _pinned_cpus
+    if not enabled or not hasattr(os, "sched_setaffinity") or _pinned_cpus is not None:  # (already pinned)
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    cpus = sorted(before)[:max(1, threads)]
+    previous, _pinned_cpus = _pinned_cpus, cpus
+    os.sched_setaffinity(0, {cpus[0]})  # the calling thread runs onnxruntime's first share of the work
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+        _pinned_cpus = previous
+
+
+def _session_options(threads: int):
+    """onnxruntime session options as a serving stack sets them: full graph optimisation, ``threads`` intra-op
+    threads, sequential execution (and pinned threads inside :func:`pinned`)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    if _pinned_cpus is not None and threads > 1:  # 1-based logical processors, one per thread but the caller's
+        extra = [(_pinned_cpus + _pinned_cpus)[i] + 1 for i in range(1, threads)]
+        so.add_session_config_entry("session.intra_op_thread_affinities", ";".join(map(str, extra)))
+    return so
+
+
 @dataclass(frozen=True)
 class Timing:
     median_us: float
@@ -60,11 +107,7 @@ def timing_from_samples(samples_us: list[float] | np.ndarray) -> Timing:
 def ort_session(onnx_model: bytes, threads: int = 2, device: str = "cpu"):
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so = _session_options(threads)
     providers = ["CPUExecutionProvider"]
     if device == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -215,12 +258,7 @@ def measure_onnx_kernels(onnx_model: bytes, input_shape: tuple[int, ...], thread
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.log_severity_level = 3
+        so = _session_options(threads)
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tmp) / "probe")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]

@@ -280,6 +280,9 @@ def measure_script() -> Path:
     return path
 
 
+SIGNATURE_DIR = "signature"  # the speed signature's reference probes, timed on the device like the layer probes
+
+
 def export_probes(model_name: str, input_shape: tuple[int, ...] | None, out: str | Path, *, threads: int = 2,
                   grid: int = 6, block: int = 16, align: int = 4, weights: str | Path | None = None,
                   warmup: int = 3, repeats: int = 15, e2e_repeats: int = 50, passes: int = 2,
@@ -310,6 +313,13 @@ def export_probes(model_name: str, input_shape: tuple[int, ...] | None, out: str
         atomic.write_with(out / "probes" / f"{pid}.onnx", lambda f, s=s: f.write(s.onnx_bytes()))
         listing.append({"file": f"probes/{pid}.onnx", "kind": "probe", "keep_ratio": "",
                         "input_shape": shape_text(s.input_shape)})
+    from autoprune.cost.speed_signature import REFERENCE_PROBES
+
+    (out / SIGNATURE_DIR).mkdir(parents=True, exist_ok=True)
+    for s in REFERENCE_PROBES:
+        atomic.write_with(out / SIGNATURE_DIR / f"{s.probe_id}.onnx", lambda f, s=s: f.write(s.onnx_bytes()))
+        listing.append({"file": f"{SIGNATURE_DIR}/{s.probe_id}.onnx", "kind": "signature", "keep_ratio": "",
+                        "input_shape": shape_text(s.input_shape)})
     pruner = ChannelPruner(model, shape, graph=graph, model_name=model_name)
     calib = calibration_networks(graph, block)
     for net_name, kept in calib.items():
@@ -328,6 +338,8 @@ def export_probes(model_name: str, input_shape: tuple[int, ...] | None, out: str
             "repeats": repeats, "e2e_warmup": 10, "e2e_repeats": e2e_repeats, "passes": passes, "rounds": rounds}
     atomic.write_text(out / "probes.json", json.dumps(meta, indent=2) + "\n")
     shutil.copyfile(measure_script(), out / "measure_probes.py")
+    # the device's identity is read there by the same code as here (it imports only the standard library)
+    shutil.copyfile(Path(__file__).with_name("device_identity.py"), out / "device_identity.py")
     return {"probes": len(specs), "networks": len(calib)}
 
 
@@ -368,6 +380,7 @@ def import_probes(probe_dir: str | Path, weights: str | Path | None = None):
     timing = {row.file: Timing(float(row.median_us), float(row.p10_us), float(row.p90_us), int(row.repeats))
               for row in measured.itertuples()}
     probes_t = {Path(f).stem: t for f, t in timing.items() if f.startswith("probes/")}
+    signature = {Path(f).stem: t.median_us for f, t in timing.items() if f.startswith(f"{SIGNATURE_DIR}/")}
     networks = {Path(r.file).stem: timing[r.file] for r in measured.itertuples() if r.kind == "network"}
     model, _ = build_model(meta["model"], weights, use_default_weights=False)
     graph = analyze(model, tuple(meta["input_shape"]), meta["model"])
@@ -376,6 +389,9 @@ def import_probes(probe_dir: str | Path, weights: str | Path | None = None):
     backend = fp.get("backend", "onnxruntime")
     extra = {"grid": meta["grid"], "warmup": meta["warmup"], "repeats": meta["repeats"], "probes": len(probes_t),
              "imported_from": str(d)}
+    if signature:  # each kept its fastest of the passes; their disagreement was not recorded there
+        extra["speed_signature"] = {"probes": signature, "noise": 0.0, "passes": int(meta.get("passes", 2)),
+                                    "repeats": int(meta["repeats"])}
     return assemble_table(graph, plan, probes_t, networks, fp, int(meta["channel_block"]),
                           int(meta["channel_align"]), backend, int(fp.get("threads", meta["threads"])),
                           fp.get("device", "cpu"), extra)

@@ -178,6 +178,23 @@ class SearchEvent:
     best_costs: dict[str, float]  # the best policy's costs as shares of the unpruned model
     budget: dict[str, float]  # the budget's limits as shares of the unpruned model
     seconds: float  # wall time since the search started
+    baseline: dict[str, float] = field(default_factory=dict)  # the unpruned model's costs (FLOPs, params, µs)
+    relative: tuple[str, ...] = ()  # the metrics whose limit the user gave as a share ("flops=50%")
+
+    def budget_text(self) -> str:
+        """The best policy's costs against the limits, in the units the budget was given in:
+        ``latency 9.80/10.00 ms`` for ``latency=10ms``, ``flops 49.8%/50.0%`` for ``flops=50%``."""
+        parts = []
+        for m, share in self.budget.items():
+            best = self.best_costs.get(m, float("nan"))
+            if m in self.relative or m not in self.baseline:
+                parts.append(f"{m} {best:.1%}/{share:.1%}")
+            elif m == "latency":
+                parts.append(f"latency {best * self.baseline[m] / 1e3:.2f}/{share * self.baseline[m] / 1e3:.2f} ms")
+            else:
+                base = self.baseline[m]
+                parts.append(f"{m} {format_cost(m, best * base)}/{format_cost(m, share * base)}")
+        return " ".join(parts)
 
 
 def last_true(n: int, ok: Callable[[int], bool]) -> int:
@@ -321,6 +338,8 @@ class SearchContext:
             best,
             {m: v / base[m] for m, v in self.problem.limits.items()},
             time.perf_counter() - self.t0,
+            dict(base),
+            tuple(c.metric for c in self.problem.budget.constraints if c.relative),
         )
 
     def history(self) -> pd.DataFrame:

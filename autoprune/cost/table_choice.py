@@ -1,0 +1,69 @@
+"""Which latency table a search uses when the user names none: one measured on *this* device, found or built.
+
+A table is chosen by the identity it records (:mod:`autoprune.cost.device_identity`), never because a file sits
+at the expected path: a shipped table whose directory name looked right was once used on a CPU with another
+instruction set, and its prediction called a model 2x over budget "met". When no shipped or cached table matches,
+one is built here (a minute or a few) and cached under this device's id, so the next search finds it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autoprune.cost.device_identity import Difference, compare, device_name, identify
+from autoprune.cost.latency_table import ProgressFn, build_table, default_table_path, table_file_name
+
+SHIPPED_TABLES = Path(__file__).resolve().parents[2] / "latency_tables"
+
+
+@dataclass
+class TableChoice:
+    """The table a search will use, whether it was built just now, and the tables passed over and why."""
+
+    path: Path
+    built: bool
+    passed_over: list[tuple[Path, list[Difference]]] = field(default_factory=list)
+
+
+def find_table(model: str, input_shape: Sequence[int], roots: Sequence[Path], *, backend: str = "onnxruntime",
+               threads: int = 2, device: str = "cpu", here: dict | None = None
+               ) -> tuple[Path | None, list[tuple[Path, list[Difference]]]]:
+    """The first table for ``model`` at ``input_shape`` under ``roots`` whose recorded device is this one (and
+    measured with the same backend, threads and device), and every other such table with its differences."""
+    here = here or identify(backend, threads, device)
+    passed_over: list[tuple[Path, list[Difference]]] = []
+    for root in roots:
+        for csv in sorted(Path(root).glob(f"*/{table_file_name(model, input_shape)}")):
+            try:
+                meta = json.loads(csv.with_suffix(".json").read_text())
+                settings = (meta["backend"], int(meta["threads"]), meta.get("device", "cpu"))
+                recorded = dict(meta.get("fingerprint", {}))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue  # not a readable table: never chosen; `latency-table show` says what is wrong with it
+            if settings != (backend, threads, device):
+                continue
+            diffs = [d for d in compare(recorded, here) if not d.note]
+            if not diffs:
+                return csv, passed_over
+            passed_over.append((csv, diffs))
+    return None, passed_over
+
+
+def choose_table(model: str, input_shape: Sequence[int], cache_root: Path, *, threads: int = 2,
+                 weights: str | Path | None = None, on_phase: Callable[[str], None] | None = None,
+                 on_progress: ProgressFn | None = None) -> TableChoice:
+    """A table of this device for ``model``: shipped, cached, or built now and cached by this device's id."""
+    here = identify("onnxruntime", threads, "cpu")
+    found, passed_over = find_table(model, input_shape, [SHIPPED_TABLES, cache_root], threads=threads, here=here)
+    if found is not None:
+        return TableChoice(found, False, passed_over)
+    path = default_table_path(model, input_shape, here, cache_root)
+    if on_phase is not None:
+        others = "; ".join(f"{p.parent.name}: {diffs[0].text}" for p, diffs in passed_over[:3])
+        on_phase(f"no latency table of this device ({device_name(here)}) for {model}"
+                 f"{' (passed over ' + others + ')' if others else ''}: building one here, once; cached as {path}")
+    build_table(model, input_shape, threads=threads, weights=weights, on_progress=on_progress).save(path)
+    return TableChoice(path, True, passed_over)
