@@ -7,6 +7,7 @@ Thin: parse, call :mod:`autoprune.cost.latency_table` / :mod:`autoprune.cost.lat
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -18,8 +19,8 @@ from autoprune.errors import UserError
 
 latency_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                           help="Device latency look-up tables: build on the device, validate, show, ship probes.")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _progress() -> Progress:
@@ -80,7 +81,7 @@ def build(
     m = table.meta
     console.print(f"{len(table.df)} rows ({m['probes']} probes) in {m['build_seconds']} s; unpruned "
                   f"{m['unpruned_us']['median_us'] / 1000:.3f} ms measured, fixed part {table.fixed_us / 1000:.3f} ms, "
-                  f"scale {table.scale:.3f} -> {path}")
+                  f"scale {table.scale:.3f} -> {path}", soft_wrap=True)
 
 
 @latency_app.command("validate")
