@@ -21,7 +21,14 @@ from autoprune.errors import UserError
 from autoprune.evaluate import accuracy, recalibrate_bn
 from autoprune.export import export_onnx, save_pytorch
 from autoprune.layers import LayerGraph, analyze
-from autoprune.models import CIFAR_RESNET_DEPTHS, DEMO_MODEL, build_model, load_weights, resolve
+from autoprune.models import (
+    CIFAR_RESNET_DEPTHS,
+    DEMO_MODEL,
+    build_model,
+    load_weights,
+    require_trusted_factory,
+    resolve,
+)
 from autoprune.policy import Policy
 from autoprune.prune import ChannelPruner, kept_from_mapping
 from autoprune.search.base import Problem
@@ -247,10 +254,16 @@ def prune_with_policy(
     data: str | None = None,
     reconstruct: bool = False,
     seed: int = 0,
+    input_shape: tuple[int, ...] | None = None,
 ) -> tuple[nn.Module, Policy]:
-    """Apply a policy file to a model and save the pruned module (and its state_dict, and ONNX if asked)."""
+    """Apply a policy file to a model and save the pruned module (and its state_dict, and ONNX if asked).
+    ``input_shape`` may change the batch the ONNX file is exported at, not the image the policy was searched on."""
     policy = Policy.load(policy_path)
-    net, shape = load_model(model, weights, policy.input_shape, trust_pickle=trust_pickle)
+    if input_shape is not None and tuple(input_shape)[1:] != tuple(policy.input_shape)[1:]:
+        given, searched = "x".join(map(str, input_shape)), "x".join(map(str, policy.input_shape))
+        raise UserError(f"--input-shape {given} is not the input {policy_path} was searched at ({searched}): only "
+                        f"the batch may differ; pass --input-shape {input_shape[0]}x{searched.partition('x')[2]}")
+    net, shape = load_model(model, weights, tuple(input_shape or policy.input_shape), trust_pickle=trust_pickle)
     bundle = _load_bundle(data, shape, net) if data is not None else None
     pruned = apply_policy(
         net,
@@ -287,9 +300,9 @@ def versions() -> dict[str, str]:
 # The main job: search -> prune -> fine-tune -> export -> measure -> report
 
 DEMO_DATA = "fashion-mnist"
-# A batch of 64: the unpruned demo model takes 12.7 ms in onnxruntime (2 threads) on the 2-core machine it was tuned
-# on (16: 3.2 ms, 32: 6.3, 48: 9.3, 80: 17.4), and its latency floor (every group at one 16-channel block) is ~0.55x
-# of that, so `--budget latency=10ms` (0.79x) leaves the search real choices; at 80 (17.4 ms) 10 ms is the floor.
+# A batch of 64, served as one request. The demo's budget is relative (`make demo`: latency=70% of the unpruned model
+# as timed on the machine it runs on), so it means the same on a faster or slower CPU; the shapes' timings on the
+# machines seen so far are in benchmarks/README.md.
 DEMO_INPUT_SHAPE = (64, 1, 28, 28)
 
 
@@ -360,6 +373,8 @@ def search(
         from autoprune.search.optuna_search import check_storage
 
         check_storage(options["storage"])  # an unreachable database fails now, before any model work
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"--out {out} is a file, not a run directory: pass a new or existing directory")
     if model is None:
         model, data = DEMO_MODEL, data or DEMO_DATA
         input_shape = input_shape or DEMO_INPUT_SHAPE
@@ -616,6 +631,7 @@ def load_pruned(
     module (``pruned.pt``) is only unpickled when ``trust_pickle`` is set.
     """
     policy = Policy.load(policy_path)
+    require_trusted_factory(policy.model, f"policy {policy_path}", named_by_user=model, trust=trust_pickle)
     name = model or policy.model
     state = Path(state) if state is not None else Path(policy_path).with_name("pruned_state.pt")
     if not state.is_file():
@@ -738,6 +754,7 @@ def search_from_study(
     from autoprune.search.optuna_search import study_args
 
     args = study_args(storage, study)
+    require_trusted_factory(str(args.get("model")), f"study {study!r}", trust=trust_pickle)
     args["options"] = {**(args.get("options") or {}), "storage": storage, "study_name": study}
     return search(
         **args, out=out, resume=True, from_study=True, trust_pickle=trust_pickle, callback=callback, on_phase=on_phase

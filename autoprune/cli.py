@@ -335,6 +335,9 @@ def prune(
     reconstruct: bool = typer.Option(False, help="refit the layers after each pruned group by least squares"),
     seed: int = typer.Option(0),
     trust_pickle: bool = typer.Option(False, help="allow unpickling a whole saved module"),
+    input_shape: str | None = typer.Option(
+        None, help="NxCxHxW to export at (default: the policy's; only the batch may differ from it)"
+    ),
 ) -> None:
     """Apply a policy: write a physically smaller model."""
     from autoprune.api import prune_with_policy
@@ -351,6 +354,7 @@ def prune(
         data=data,
         reconstruct=reconstruct,
         seed=seed,
+        input_shape=_shape(input_shape),
     )
     n = sum(p.numel() for p in pruned.parameters())
     console.print(f"pruned {pol.model}: {format_cost('params', n)} params -> {out}" + (f", {onnx}" if onnx else ""))
@@ -400,7 +404,9 @@ def export(
     weights: Path | None = typer.Option(None, help="the pruned model's state_dict (default: pruned_state.pt beside)"),
     out: Path | None = typer.Option(None, help="output file (default: pruned.onnx / pruned.pt beside the policy)"),
     model: str | None = typer.Option(None, help="model name, when it differs from the one in the policy"),
-    trust_pickle: bool = typer.Option(False, help="allow unpickling a whole saved module as --weights"),
+    trust_pickle: bool = typer.Option(
+        False, help="trust the files: unpickle a whole module as --weights, import a model factory the policy names"
+    ),
 ) -> None:
     """Re-create the pruned model from a policy and its weights, and export it."""
     from autoprune.api import export_policy
@@ -415,7 +421,9 @@ def report(
     storage: str | None = typer.Option(None, help="write the run directory of the Optuna study in this storage"),
     study: str | None = typer.Option(None, help="the study's name (with --storage)"),
     out: Path | None = typer.Option(None, help="with --storage: the run directory to write (default runs/<study>)"),
-    trust_pickle: bool = typer.Option(False, help="allow unpickling a whole saved module"),
+    trust_pickle: bool = typer.Option(
+        False, help="trust the study: unpickle a whole saved module, import a model factory the study names"
+    ),
 ) -> None:
     """Re-render a run's report.md and plots; or, with --storage and --study, write a whole run directory (best
     policy pruned, fine-tuned, exported, report) from a shared Optuna study alone."""

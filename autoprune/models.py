@@ -113,6 +113,17 @@ def resolve(name: str, num_classes: int | None = None, in_channels: int | None =
     )
 
 
+def require_trusted_factory(name: str, source: str, *, named_by_user: str | None = None, trust: bool = False) -> None:
+    """A model a received file names as ``package.module:factory`` is code: importing it runs the module. It is
+    imported only when the user names the same factory (``--model``) or trusts the file (``--trust-pickle``, the
+    flag that already guards unpickling); otherwise one :class:`UserError`."""
+    if ":" not in name or trust or named_by_user == name:
+        return
+    module = name.partition(":")[0]
+    raise UserError(f"{source} names the model factory {name!r}: importing it would run code from the module "
+                    f"{module!r}; pass --model {name} if you trust that module (or --trust-pickle to trust the file)")
+
+
 def _build_architecture(spec: ModelSpec, in_channels: int | None) -> nn.Module:
     name = spec.name
     if name == DEMO_MODEL:

@@ -473,7 +473,9 @@ def test_after_the_device_stayed_slow_the_next_policy_is_timed_once(built, monke
     from autoprune.api import meet_measured_latency
 
     problem, pruner, model, table, kept = _fitted_problem(built)
-    calls = _slow_spell(monkeypatch, slow_calls=99)
+    # 2x: slow enough to count (> 15 % over the table), and the floor (~0.3-0.5x of the unpruned model at this tiny
+    # size, depending on the CPU) still fits the 1.6x budget when doubled
+    calls = _slow_spell(monkeypatch, slow_calls=99, factor=2.0)
     floor = problem.floor.tolist()
     history = pd.DataFrame([
         {"kept": tuple(kept), "latency": problem.cost(kept)["latency"], "feasible": True, "reward": 0.9},
@@ -483,7 +485,7 @@ def test_after_the_device_stayed_slow_the_next_policy_is_timed_once(built, monke
     got, _, checks = meet_measured_latency(problem, history, kept, pruner, model, SHAPE, table, settle=2,
                                            pause_s=0, on_phase=phases.append)
     assert [ch["kept"] for ch in checks] == [kept] * 3 + [floor] and calls[0] == 4 and len(phases) == 2
-    assert got == floor and checks[-1]["met"]  # the floor runs well under a third of the unpruned model's time
+    assert got == floor and checks[-1]["met"]  # the floor runs well under 0.8x of the unpruned model's time
 
 
 def _copy_table(built, dest, **fingerprint) -> object:

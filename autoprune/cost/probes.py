@@ -281,6 +281,13 @@ def measure_script() -> Path:
 
 
 SIGNATURE_DIR = "signature"  # the speed signature's reference probes, timed on the device like the layer probes
+# a device's speed signature (:mod:`autoprune.cost.speed_signature`): four operators independent of any model
+REFERENCE_PROBES = (
+    ProbeSpec("conv", 64, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1, 28, 28, 1),
+    ProbeSpec("conv", 256, 256, (1, 1), (1, 1), (0, 0), (1, 1), 1, 14, 14, 1),
+    ProbeSpec("depthwise", 144, 144, (3, 3), (1, 1), (1, 1), (1, 1), 144, 28, 28, 1),
+    ProbeSpec("linear", 1024, 1000, (1, 1), (1, 1), (0, 0), (1, 1), 1, 1, 1, 1),
+)
 
 
 def export_probes(model_name: str, input_shape: tuple[int, ...] | None, out: str | Path, *, threads: int = 2,
@@ -313,8 +320,6 @@ def export_probes(model_name: str, input_shape: tuple[int, ...] | None, out: str
         atomic.write_with(out / "probes" / f"{pid}.onnx", lambda f, s=s: f.write(s.onnx_bytes()))
         listing.append({"file": f"probes/{pid}.onnx", "kind": "probe", "keep_ratio": "",
                         "input_shape": shape_text(s.input_shape)})
-    from autoprune.cost.speed_signature import REFERENCE_PROBES
-
     (out / SIGNATURE_DIR).mkdir(parents=True, exist_ok=True)
     for s in REFERENCE_PROBES:
         atomic.write_with(out / SIGNATURE_DIR / f"{s.probe_id}.onnx", lambda f, s=s: f.write(s.onnx_bytes()))

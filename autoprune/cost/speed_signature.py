@@ -15,14 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from autoprune.cost.measure import Timing, measure_model, measure_onnx_kernels
-from autoprune.cost.probes import ProbeSpec
+from autoprune.cost.probes import REFERENCE_PROBES, ProbeSpec
 
-REFERENCE_PROBES = (
-    ProbeSpec("conv", 64, 64, (3, 3), (1, 1), (1, 1), (1, 1), 1, 28, 28, 1),
-    ProbeSpec("conv", 256, 256, (1, 1), (1, 1), (0, 0), (1, 1), 1, 14, 14, 1),
-    ProbeSpec("depthwise", 144, 144, (3, 3), (1, 1), (1, 1), (1, 1), 144, 28, 28, 1),
-    ProbeSpec("linear", 1024, 1000, (1, 1), (1, 1), (0, 0), (1, 1), 1, 1, 1, 1),
-)
 # below this a signature's disagreement is not reported, whatever the build's passes agreed to: one re-timing of
 # sub-millisecond kernels on a shared machine moves by a few percent
 MIN_TOLERANCE = 0.10
