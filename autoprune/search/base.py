@@ -23,8 +23,7 @@ import pandas as pd
 from autoprune.budget import Budget, format_cost
 from autoprune.cost.model import CostModel
 from autoprune.errors import UserError
-from autoprune.layers import LayerGraph
-from autoprune.prune import round_channels
+from autoprune.layers import LayerGraph, round_channels
 
 
 @dataclass
