@@ -550,9 +550,9 @@ def build_table(
 def _build_table(model_name: str, input_shape: Sequence[int] | None, backend: str, threads: int, device: str,
                  weights: str | Path | None, grid: int, warmup: int, repeats: int, e2e_repeats: int, rounds: int,
                  passes: int, blocking: tuple[int, int] | None, on_progress: ProgressFn | None) -> LatencyTable:
-    from autoprune.export import onnx_bytes
     from autoprune.layers import analyze
     from autoprune.models import build_model
+    from autoprune.onnx_graph import onnx_bytes
     from autoprune.prune import ChannelPruner
 
     if backend not in BACKENDS:

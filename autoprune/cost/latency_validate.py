@@ -79,7 +79,7 @@ def validate_table(
     for i, kept in enumerate(policies + calib_kept):
         net = pruner.apply(kept)
         if table.backend == "onnxruntime":
-            from autoprune.export import onnx_bytes
+            from autoprune.onnx_graph import onnx_bytes
 
             net = onnx_bytes(net, shape, dynamic_batch=False)
         nets.append(net)

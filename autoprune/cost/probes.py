@@ -301,9 +301,9 @@ def export_probes(model_name: str, input_shape: tuple[int, ...] | None, out: str
     from autoprune import atomic
     from autoprune.cost.calibration_set import calibration_networks, uniform_ratio
     from autoprune.cost.latency_table import plan_rows, shape_text
-    from autoprune.export import onnx_bytes
     from autoprune.layers import analyze
     from autoprune.models import build_model
+    from autoprune.onnx_graph import onnx_bytes
     from autoprune.prune import ChannelPruner
 
     if block < 1 or align < 1 or grid < 2:
