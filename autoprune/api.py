@@ -30,8 +30,8 @@ from autoprune.models import (
     resolve,
 )
 from autoprune.policy import Policy
+from autoprune.problem import Problem
 from autoprune.prune import ChannelPruner, kept_from_mapping
-from autoprune.search.base import Problem
 from autoprune.search.baselines import uniform_kept
 from autoprune.training import TrainConfig, train
 

@@ -125,7 +125,7 @@ def test_regimes_and_block_padding(graph):
 def test_predictor_drives_a_latency_budget(graph):
     from autoprune.budget import parse_budget
     from autoprune.cost.model import CostModel
-    from autoprune.search.base import Problem
+    from autoprune.problem import Problem
     from autoprune.search.baselines import uniform_kept
 
     table = _synthetic(graph, _bilinear, fixed=50.0)
@@ -351,8 +351,8 @@ def test_a_policy_over_budget_when_measured_is_replaced(built, tmp_path):
     from autoprune.budget import parse_budget
     from autoprune.cost.measure import measure_interleaved
     from autoprune.cost.model import CostModel
+    from autoprune.problem import Problem
     from autoprune.prune import ChannelPruner
-    from autoprune.search.base import Problem
 
     csv = tmp_path / "optimistic.csv"
     csv.write_text(built.read_text())
@@ -406,8 +406,8 @@ def _fitted_problem(built):
     from autoprune.budget import parse_budget
     from autoprune.cost.measure import measure_interleaved
     from autoprune.cost.model import CostModel
+    from autoprune.problem import Problem
     from autoprune.prune import ChannelPruner
-    from autoprune.search.base import Problem
 
     model, _ = build_model("resnet20", use_default_weights=False)
     graph = analyze(model, SHAPE, "resnet20")

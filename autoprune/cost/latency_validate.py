@@ -196,8 +196,8 @@ def budget_check(table: LatencyTable, budget: str, *, weights: str | Path | None
     from autoprune.cost.model import CostModel
     from autoprune.layers import analyze
     from autoprune.models import build_model
+    from autoprune.problem import Problem
     from autoprune.prune import ChannelPruner
-    from autoprune.search.base import Problem
     from autoprune.search.baselines import uniform_kept
 
     shape = table.input_shape

@@ -62,7 +62,8 @@ from optuna.storages._heartbeat import is_heartbeat_enabled  # not re-exported; 
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.errors import UserError
-from autoprune.search.base import SearchContext, Strategy, pareto_front
+from autoprune.pareto import pareto_front
+from autoprune.search.base import SearchContext, Strategy
 
 SAMPLERS = ("tpe", "cmaes", "gp", "nsga2")
 _SAMPLER_DEPS = {"cmaes": "cmaes", "gp": "scipy"}
