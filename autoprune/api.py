@@ -394,9 +394,13 @@ def search(
     graph = analyze(net, shape, model)
     if "latency" in bud.metrics and table is None:
         from autoprune.cost.table_choice import choose_table
+        from autoprune.latency_workflows import build_table
 
-        table = choose_table(model, shape, CACHE_DIR / "latency_tables", threads=threads, weights=weights,
-                             on_phase=phase, on_progress=on_table_progress).path
+        table = choose_table(
+            model, shape, CACHE_DIR / "latency_tables",
+            lambda: build_table(model, shape, threads=threads, weights=weights, on_progress=on_table_progress),
+            threads=threads, on_phase=phase,
+        ).path
         phase(f"latency table of this device: {table}")
     lut = signature = None
     if table is not None:

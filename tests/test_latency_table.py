@@ -23,15 +23,16 @@ from autoprune.cost.device_identity import device_id, identify
 from autoprune.cost.flops import costs
 from autoprune.cost.latency_table import (
     LatencyTable,
-    build_table,
     plan_rows,
     table_from_measurements,
 )
 from autoprune.cost.measure import Timing
-from autoprune.cost.probes import export_probes, import_probes, plan_layers
+from autoprune.cost.probes import plan_layers
 from autoprune.errors import UserError
+from autoprune.latency_workflows import build_table
 from autoprune.layers import analyze
 from autoprune.models import build_model
+from autoprune.probe_transfer import export_probes, import_probes
 
 SHAPE = (1, 3, 16, 16)
 
@@ -200,7 +201,7 @@ def test_build_interleaves_calibration_rounds_with_probe_passes(built):
 
 
 def test_validate_reports_error_retest_and_drift(built):
-    from autoprune.cost.latency_validate import validate_table
+    from autoprune.latency_workflows import validate_table
 
     table = LatencyTable.load(built)
     df, s = validate_table(table, samples=4, repeats=3, warmup=1, rounds=2)
