@@ -370,7 +370,7 @@ def search(
     if input_shape is not None:  # from JSON (args.json, a study's description, a worker's spec) it is a list
         input_shape = tuple(input_shape)
     if strategy == "optuna" and (options or {}).get("storage"):
-        from autoprune.search.optuna_search import check_storage
+        from autoprune.search.optuna_study import check_storage
 
         check_storage(options["storage"])  # an unreachable database fails now, before any model work
     if out is not None and Path(out).exists() and not Path(out).is_dir():
@@ -755,7 +755,7 @@ def search_from_study(
     The study stores the arguments it was started with; the same finishing path as :func:`search` (prune the best
     complete trial's policy, fine-tune, evaluate, export, measure, report) runs without evaluating any trial.
     """
-    from autoprune.search.optuna_search import study_args
+    from autoprune.search.optuna_study import study_args
 
     args = study_args(storage, study)
     require_trusted_factory(str(args.get("model")), f"study {study!r}", trust=trust_pickle)
