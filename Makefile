@@ -45,6 +45,7 @@ test: setup data
 
 lint: setup
 	$(BIN)/ruff check autoprune tests scripts
+	$(BIN)/lint-imports
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs .pytest_cache .ruff_cache .import_linter_cache

@@ -30,8 +30,8 @@ from autoprune.models import (
     resolve,
 )
 from autoprune.policy import Policy
+from autoprune.problem import Problem
 from autoprune.prune import ChannelPruner, kept_from_mapping
-from autoprune.search.base import Problem
 from autoprune.search.baselines import uniform_kept
 from autoprune.training import TrainConfig, train
 
@@ -370,7 +370,7 @@ def search(
     if input_shape is not None:  # from JSON (args.json, a study's description, a worker's spec) it is a list
         input_shape = tuple(input_shape)
     if strategy == "optuna" and (options or {}).get("storage"):
-        from autoprune.search.optuna_search import check_storage
+        from autoprune.search.optuna_study import check_storage
 
         check_storage(options["storage"])  # an unreachable database fails now, before any model work
     if out is not None and Path(out).exists() and not Path(out).is_dir():
@@ -394,9 +394,13 @@ def search(
     graph = analyze(net, shape, model)
     if "latency" in bud.metrics and table is None:
         from autoprune.cost.table_choice import choose_table
+        from autoprune.latency_workflows import build_table
 
-        table = choose_table(model, shape, CACHE_DIR / "latency_tables", threads=threads, weights=weights,
-                             on_phase=phase, on_progress=on_table_progress).path
+        table = choose_table(
+            model, shape, CACHE_DIR / "latency_tables",
+            lambda: build_table(model, shape, threads=threads, weights=weights, on_progress=on_table_progress),
+            threads=threads, on_phase=phase,
+        ).path
         phase(f"latency table of this device: {table}")
     lut = signature = None
     if table is not None:
@@ -751,7 +755,7 @@ def search_from_study(
     The study stores the arguments it was started with; the same finishing path as :func:`search` (prune the best
     complete trial's policy, fine-tune, evaluate, export, measure, report) runs without evaluating any trial.
     """
-    from autoprune.search.optuna_search import study_args
+    from autoprune.search.optuna_study import study_args
 
     args = study_args(storage, study)
     require_trusted_factory(str(args.get("model")), f"study {study!r}", trust=trust_pickle)

@@ -1,7 +1,7 @@
 """``autoprune latency-table build|validate|show|probes|import``: device latency look-up tables.
 
-Thin: parse, call :mod:`autoprune.cost.latency_table` / :mod:`autoprune.cost.latency_validate` /
-:mod:`autoprune.cost.probes`, print with rich. Mistakes surface as :class:`autoprune.errors.UserError`.
+Thin: parse, call :mod:`autoprune.latency_workflows` / :mod:`autoprune.probe_transfer` /
+:mod:`autoprune.cost.latency_table`, print with rich. Mistakes surface as :class:`autoprune.errors.UserError`.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def build(
 ) -> None:
     """Measure every prunable layer on a (c_in, c_out) grid on this device, calibrate end to end, save CSV + JSON."""
     from autoprune.cost.device_identity import identify
-    from autoprune.cost.latency_table import build_table, default_table_path
+    from autoprune.cost.latency_table import default_table_path
+    from autoprune.latency_workflows import build_table
 
     _check_backend(backend, device, threads)
     shape = _shape(input_shape)
@@ -105,7 +106,8 @@ def validate(
 ) -> None:
     """Prune random policies for real, measure them end to end, and compare with the table's prediction."""
     from autoprune.cost.latency_table import LatencyTable, shape_text
-    from autoprune.cost.latency_validate import budget_check, scatter_plot, validate_table
+    from autoprune.cost.latency_validate import scatter_plot
+    from autoprune.latency_workflows import budget_check, validate_table
 
     tab = LatencyTable.load(table)
     tab.check_device(force=force, refuse=True)
@@ -175,8 +177,9 @@ def anchor(
 ) -> None:
     """Re-time the table's calibration networks now and re-fit its calibration (seconds, not a rebuild): for a
     machine whose speed has drifted since the table was built. The probe grid is kept."""
-    from autoprune.cost.latency_table import LatencyTable, reanchor_table
+    from autoprune.cost.latency_table import LatencyTable
     from autoprune.cost.speed_signature import compare_signature
+    from autoprune.latency_workflows import reanchor_table
 
     tab = LatencyTable.load(table)
     with console.status(f"timing {tab.model}'s calibration networks ({rounds} rounds)"):
@@ -259,7 +262,7 @@ def probes(
     weights: Path | None = typer.Option(None),
 ) -> None:
     """Write ONNX probe models + measure_probes.py to time them on another device (onnxruntime + numpy only)."""
-    from autoprune.cost.probes import export_probes
+    from autoprune.probe_transfer import export_probes
 
     n = export_probes(model, _shape(input_shape), out, threads=threads, grid=grid, block=block, align=align,
                       weights=weights)
@@ -276,7 +279,7 @@ def import_(
 ) -> None:
     """Turn the measurements made by measure_probes.py into a table (device fingerprint from that device)."""
     from autoprune.cost.latency_table import default_table_path
-    from autoprune.cost.probes import import_probes
+    from autoprune.probe_transfer import import_probes
 
     table = import_probes(probe_dir, weights=weights)
     path = out or default_table_path(table.model, table.input_shape, table.fingerprint)

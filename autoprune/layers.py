@@ -4,8 +4,8 @@ A *group* is a set of channels that must be removed together: the output channel
 channels of every layer that consumes them, the BatchNorm between, and — through residual adds, depthwise convs
 and concatenations — every other layer coupled to them. One pruning decision (keep k of C channels) is made per
 group. Torch-Pruning finds the groups; this module names them, orders them as the forward pass runs, and records
-for every layer that Torch-Pruning's op counter counts how its cost depends on the groups' kept channels, so that
-:mod:`autoprune.cost.flops` can price any policy without building it.
+for every layer that Torch-Pruning's op counter counts how its cost depends on the groups' kept channels
+(:class:`CostTerms`), so that :mod:`autoprune.cost` can price any policy without building it.
 
 Cost model. Every counted layer's FLOPs (and params) is ``a*IN*OUT + b*OUT + c`` where IN and OUT are the layer's
 input and output channel counts: a conv is bilinear in both, a depthwise conv, BatchNorm, activation or pooling is
@@ -90,6 +90,19 @@ class CostTerms:
     flops_const: float
     params_const: float
 
+    def layer_costs(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-layer (FLOPs, params) when each group keeps ``kept`` channels."""
+        c_in = self.in_w @ kept + self.in_c
+        c_out = self.out_w @ kept + self.out_c
+        flops = self.flops_a * c_in * c_out + self.flops_b * c_out
+        params = self.params_a * c_in * c_out + self.params_b * c_out
+        return flops, params
+
+    def totals(self, kept: np.ndarray) -> dict[str, float]:
+        """``{"flops": ..., "params": ...}`` of the whole model when each group keeps ``kept`` channels."""
+        flops, params = self.layer_costs(kept)
+        return {"flops": float(flops.sum() + self.flops_const), "params": float(params.sum() + self.params_const)}
+
 
 @dataclass
 class LayerGraph:
@@ -125,6 +138,15 @@ class LayerGraph:
 def structure_fingerprint(groups: list[LayerGroup]) -> str:
     text = json.dumps([[g.name, g.channels] for g in groups], separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def round_channels(channels: int, ratio: float, round_to: int = 1, floor: int = 1) -> int:
+    """Keep-ratio -> kept channels: nearest multiple of ``round_to`` (or all of them), at least ``floor``."""
+    k = int(round(channels * ratio))
+    if round_to > 1:
+        k = int(round(k / round_to)) * round_to
+        k = max(k, min(round_to, channels))
+    return int(min(channels, max(floor, k, 1)))
 
 
 def _is_grouped(m: object) -> bool:
@@ -315,9 +337,7 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "m
         tp_groups=[g for _, g in raw],
         recipes=recipes,
     )
-    from autoprune.cost.flops import costs
-
-    c = costs(lg, lg.channels)
+    c = terms.totals(lg.channels.astype(np.float64))
     if abs(c["flops"] - base_flops) > 1e-6 * max(base_flops, 1) or abs(c["params"] - base_params) > 0.5:
         raise UserError(  # the analytic model must reproduce the unpruned model exactly, or it cannot be trusted
             f"autoprune cannot account for the cost of {model_name}: analytic {c['flops']:.0f} FLOPs / "
@@ -445,8 +465,6 @@ def _cost_terms(model, rec, groups, own_in, own_out, own_param, own_call, name_o
 
 def _group_shares(terms: CostTerms, channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """FLOPs and params of the layers each group touches (a layer shared by two groups counts for both)."""
-    from autoprune.cost.flops import layer_costs
-
     touches = ((np.abs(terms.in_w) + np.abs(terms.out_w)) > 0).astype(np.float64)
-    flops, params = layer_costs(terms, channels)
+    flops, params = terms.layer_costs(channels)
     return flops @ touches, params @ touches

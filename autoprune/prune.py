@@ -285,14 +285,5 @@ def _refit(layer: nn.Module, x: torch.Tensor, y: torch.Tensor, max_rows: int, se
     layer.weight.copy_(w.reshape(layer.weight.shape))
 
 
-def round_channels(channels: int, ratio: float, round_to: int = 1, floor: int = 1) -> int:
-    """Keep-ratio -> kept channels: nearest multiple of ``round_to`` (or all of them), at least ``floor``."""
-    k = int(round(channels * ratio))
-    if round_to > 1:
-        k = int(round(k / round_to)) * round_to
-        k = max(k, min(round_to, channels))
-    return int(min(channels, max(floor, k, 1)))
-
-
 def kept_from_mapping(graph: LayerGraph, kept: Mapping[str, int]) -> list[int]:
     return [int(kept.get(g.name, g.channels)) for g in graph.groups]

@@ -20,8 +20,8 @@ from autoprune import atomic  # noqa: E402
 from autoprune.budget import format_cost, parse_budget  # noqa: E402
 from autoprune.cost.measure import device_slowdown  # noqa: E402
 from autoprune.errors import UserError  # noqa: E402
+from autoprune.pareto import pareto_front  # noqa: E402
 from autoprune.policy import Policy  # noqa: E402
-from autoprune.search.base import pareto_front  # noqa: E402
 
 METRIC_ROWS = [  # (label, policy.metrics key, format): the report's and the CLI's comparison table
     ("FLOPs (MACs)", "flops", lambda v: format_cost("flops", v)),

@@ -41,11 +41,11 @@ from autoprune.cost.model import CostModel  # noqa: E402
 from autoprune.data import load_data  # noqa: E402
 from autoprune.layers import analyze  # noqa: E402
 from autoprune.models import build_model  # noqa: E402
+from autoprune.problem import Problem  # noqa: E402
 from autoprune.prune import ChannelPruner  # noqa: E402
 from autoprune.report import read_history  # noqa: E402
 from autoprune.reward import Evaluator  # noqa: E402
 from autoprune.search import STRATEGIES, run_search  # noqa: E402
-from autoprune.search.base import Problem  # noqa: E402
 from autoprune.search.reference import global_magnitude_at_flops  # noqa: E402
 from autoprune.training import TrainConfig, train  # noqa: E402
 

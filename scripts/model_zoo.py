@@ -10,7 +10,7 @@ one that fails is recorded:
 * ``forward``: the pruned model runs and its output shape equals the unpruned model's;
 * ``cost``: analytic FLOPs and params of the policy equal ``torch_pruning.utils.count_ops_and_params`` on the pruned
   model (FLOPs to a relative 1e-9, params exactly), and the params really dropped;
-* ``onnx-export``: ``autoprune.export.onnx_bytes`` of the pruned model;
+* ``onnx-export``: ``autoprune.onnx_graph.onnx_bytes`` of the pruned model;
 * ``onnxruntime``: the ONNX graph runs on the CPU provider with the unpruned output shape and matches the pruned
   PyTorch model's output (atol = rtol = 1e-3).
 
@@ -79,8 +79,8 @@ def check(name: str, shape: tuple[int, ...] | None = None, seed: int = SEED) -> 
     import torch_pruning as tp
 
     from autoprune.cost.flops import costs
-    from autoprune.export import onnx_bytes
     from autoprune.models import build_model
+    from autoprune.onnx_graph import onnx_bytes
     from autoprune.prune import ChannelPruner
 
     torch.set_num_threads(1)

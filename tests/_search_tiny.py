@@ -12,9 +12,9 @@ from autoprune.cost.model import CostModel
 from autoprune.data import load_data
 from autoprune.layers import analyze
 from autoprune.models import build_model
+from autoprune.problem import Problem
 from autoprune.prune import ChannelPruner
 from autoprune.reward import Evaluator
-from autoprune.search.base import Problem
 from autoprune.training import TrainConfig, train
 
 SHAPE = (1, 1, 12, 12)

@@ -8,10 +8,10 @@ import torch_pruning as tp
 from autoprune.api import load_model
 from autoprune.budget import parse_budget
 from autoprune.cost.model import CostModel
-from autoprune.export import onnx_bytes
 from autoprune.layers import analyze
+from autoprune.onnx_graph import onnx_bytes
+from autoprune.problem import Problem
 from autoprune.prune import ChannelPruner
-from autoprune.search.base import Problem
 from autoprune.search.baselines import uniform_kept
 
 SHAPE = (1, 3, 224, 224)

@@ -133,7 +133,7 @@ def test_latency_budget_without_a_predictor_is_refused(tiny_model):
     from autoprune.cost.model import CostModel
     from autoprune.errors import UserError
     from autoprune.layers import analyze
-    from autoprune.search.base import Problem
+    from autoprune.problem import Problem
 
     graph = analyze(tiny_model, (1, 1, 16, 16))
     with pytest.raises(UserError, match="latency table"):

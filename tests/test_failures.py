@@ -25,10 +25,10 @@ from autoprune.budget import parse_budget
 from autoprune.cost.model import CostModel
 from autoprune.data import make_synthetic
 from autoprune.layers import analyze
+from autoprune.problem import Problem
 from autoprune.prune import ChannelPruner
 from autoprune.reward import Evaluator
 from autoprune.search import run_search
-from autoprune.search.base import Problem
 from tests import _failing_models
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,15 +23,16 @@ from autoprune.cost.device_identity import device_id, identify
 from autoprune.cost.flops import costs
 from autoprune.cost.latency_table import (
     LatencyTable,
-    build_table,
     plan_rows,
     table_from_measurements,
 )
 from autoprune.cost.measure import Timing
-from autoprune.cost.probes import export_probes, import_probes, plan_layers
+from autoprune.cost.probes import plan_layers
 from autoprune.errors import UserError
+from autoprune.latency_workflows import build_table
 from autoprune.layers import analyze
 from autoprune.models import build_model
+from autoprune.probe_transfer import export_probes, import_probes
 
 SHAPE = (1, 3, 16, 16)
 
@@ -125,7 +126,7 @@ def test_regimes_and_block_padding(graph):
 def test_predictor_drives_a_latency_budget(graph):
     from autoprune.budget import parse_budget
     from autoprune.cost.model import CostModel
-    from autoprune.search.base import Problem
+    from autoprune.problem import Problem
     from autoprune.search.baselines import uniform_kept
 
     table = _synthetic(graph, _bilinear, fixed=50.0)
@@ -200,7 +201,7 @@ def test_build_interleaves_calibration_rounds_with_probe_passes(built):
 
 
 def test_validate_reports_error_retest_and_drift(built):
-    from autoprune.cost.latency_validate import validate_table
+    from autoprune.latency_workflows import validate_table
 
     table = LatencyTable.load(built)
     df, s = validate_table(table, samples=4, repeats=3, warmup=1, rounds=2)
@@ -351,8 +352,8 @@ def test_a_policy_over_budget_when_measured_is_replaced(built, tmp_path):
     from autoprune.budget import parse_budget
     from autoprune.cost.measure import measure_interleaved
     from autoprune.cost.model import CostModel
+    from autoprune.problem import Problem
     from autoprune.prune import ChannelPruner
-    from autoprune.search.base import Problem
 
     csv = tmp_path / "optimistic.csv"
     csv.write_text(built.read_text())
@@ -406,8 +407,8 @@ def _fitted_problem(built):
     from autoprune.budget import parse_budget
     from autoprune.cost.measure import measure_interleaved
     from autoprune.cost.model import CostModel
+    from autoprune.problem import Problem
     from autoprune.prune import ChannelPruner
-    from autoprune.search.base import Problem
 
     model, _ = build_model("resnet20", use_default_weights=False)
     graph = analyze(model, SHAPE, "resnet20")

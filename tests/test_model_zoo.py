@@ -13,8 +13,8 @@ import torch
 import torch_pruning as tp
 
 from autoprune.cost.flops import costs
-from autoprune.export import onnx_bytes
 from autoprune.models import build_model
+from autoprune.onnx_graph import onnx_bytes
 from autoprune.prune import ChannelPruner
 
 SMALL = (1, 3, 64, 64)

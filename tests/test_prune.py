@@ -5,7 +5,8 @@ import torch_pruning as tp
 
 from autoprune.cost.flops import costs
 from autoprune.errors import UserError
-from autoprune.prune import CRITERIA, ChannelPruner, round_channels
+from autoprune.layers import round_channels
+from autoprune.prune import CRITERIA, ChannelPruner
 from tests.conftest import TINY_SHAPE
 
 

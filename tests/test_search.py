@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from autoprune.errors import UserError
+from autoprune.pareto import pareto_front
 from autoprune.reward import Evaluator, Reward
-from autoprune.search import STRATEGIES, SearchEvent, pareto_front, run_search, uniform_kept
+from autoprune.search import STRATEGIES, SearchEvent, run_search, uniform_kept
 from tests._search_tiny import tiny_evaluator, tiny_model, tiny_problem
 
 FAST = {"ddpg": {"warmup": 2, "hidden": (32, 32), "batch_size": 8}, "netadapt": {"short_finetune": 1}}

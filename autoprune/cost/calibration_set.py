@@ -17,8 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from autoprune.cost.flops import costs
-from autoprune.layers import LayerGraph
-from autoprune.prune import round_channels
+from autoprune.layers import LayerGraph, round_channels
 
 CALIBRATION_RATIOS = (1.0, 0.8, 0.6, 0.45, 0.3)
 CALIBRATION_RANDOM = 8

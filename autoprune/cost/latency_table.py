@@ -8,6 +8,9 @@ policies, :mod:`autoprune.cost.calibration_set`) is materialised and timed end t
 network no policy changes; ``scale`` absorbs the per-layer overhead an isolated probe has and the network has not.
 ``autoprune latency-table validate`` then checks the prediction on random (non-uniform) policies.
 
+This module takes analysed graphs and built networks; :mod:`autoprune.latency_workflows` builds and prunes the
+model to measure (:func:`~autoprune.latency_workflows.build_table`).
+
 Files: ``<table>.csv`` (one row per measured layer configuration, schema in ``latency_tables/README.md``) and the
 JSON sidecar ``<table>.json`` (device fingerprint, calibration, build settings).
 """
@@ -20,7 +23,6 @@ import json
 import math
 import os
 import re
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -39,15 +41,13 @@ from autoprune.cost.device_identity import (
     identify,
 )
 from autoprune.cost.measure import (
-    BACKENDS,
     Timing,
-    combine_rounds,
     measure_interleaved,
     measure_model,
     measure_onnx_kernels,
     pinned,
 )
-from autoprune.cost.probes import REGIMES, LayerPlan, ProbeSpec, effective_channels, plan_layers
+from autoprune.cost.probes import REGIMES, LayerPlan, ProbeSpec, effective_channels
 from autoprune.cost.speed_signature import SignatureCheck, compare_signature, time_signature
 from autoprune.errors import UserError
 from autoprune.layers import LayerGraph
@@ -525,84 +525,6 @@ def table_from_measurements(rows: pd.DataFrame, timings: dict[str, Timing]) -> p
     return df[COLUMNS]
 
 
-def build_table(
-    model_name: str, input_shape: Sequence[int] | None = None, *, backend: str = "onnxruntime", threads: int = 2,
-    device: str = "cpu", weights: str | Path | None = None, grid: int = 6, warmup: int = 3, repeats: int = 15,
-    e2e_repeats: int = 50, rounds: int = 3, passes: int = 2, blocking: tuple[int, int] | None = None,
-    affinity: bool = False, on_progress: ProgressFn | None = None,
-) -> LatencyTable:
-    """Measure every conv/linear layer of ``model_name`` on a channel grid, calibrate end to end, return the table.
-
-    Every probe is timed in ``passes`` passes over the whole grid and keeps its fastest pass's median (a
-    disturbance only ever adds time, and it rarely hits the same probe twice minutes apart); the calibration
-    networks are timed in ``rounds`` rounds placed before, between and after the probe passes, so the calibration
-    sees the machine in the same states as the probes (this VM's speed drifts by 10-20 % over minutes).
-    ``affinity`` pins the measuring threads to cores (:func:`~autoprune.cost.measure.pinned`) for every timing,
-    and the table records it, so what is measured against it later is pinned alike.
-    """
-    with pinned(threads, affinity):
-        table = _build_table(model_name, input_shape, backend, threads, device, weights, grid, warmup, repeats,
-                             e2e_repeats, rounds, passes, blocking, on_progress)
-    table.meta["affinity"] = affinity
-    return table
-
-
-def _build_table(model_name: str, input_shape: Sequence[int] | None, backend: str, threads: int, device: str,
-                 weights: str | Path | None, grid: int, warmup: int, repeats: int, e2e_repeats: int, rounds: int,
-                 passes: int, blocking: tuple[int, int] | None, on_progress: ProgressFn | None) -> LatencyTable:
-    from autoprune.export import onnx_bytes
-    from autoprune.layers import analyze
-    from autoprune.models import build_model
-    from autoprune.prune import ChannelPruner
-
-    if backend not in BACKENDS:
-        raise UserError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    if threads < 1 or grid < 2 or repeats < 1 or rounds < 1 or passes < 1:
-        raise UserError("--threads, --repeats, --rounds and --passes must be at least 1 and --grid at least 2")
-    t_start = time.perf_counter()
-    model, spec = build_model(model_name, weights, use_default_weights=False)
-    shape = tuple(input_shape or spec.input_shape)
-    graph = analyze(model, shape, model_name)
-    block, align = detect_blocking(backend, threads, device) if blocking is None else blocking
-    plans = plan_layers(graph, block, align, grid)
-    rows, specs = plan_rows(plans)
-    calib = calibration_networks(graph, block)
-    total = passes * len(specs) + rounds * len(calib)
-    timings: dict[str, Timing] = {}
-    # largest first: the costly probes run while the machine is in its steadiest state, and progress is honest
-    order = sorted(specs.values(), key=lambda s: -s.c_in * s.c_out * s.kernel[0] * s.kernel[1] * s.h_in * s.w_in)
-    pruner = ChannelPruner(model, shape, graph=graph, model_name=model_name)
-    nets = [pruner.apply(kept) for kept in calib.values()]
-    if backend == "onnxruntime":
-        nets = [onnx_bytes(n, shape, dynamic_batch=False) for n in nets]
-    calib_rounds: list[list[Timing]] = []
-    signature = time_signature(backend, threads, device)  # what search / validate / anchor re-time to compare
-    done = 0
-    for step in range(max(rounds, passes)):
-        if step < rounds:
-            calib_rounds.append(measure_interleaved(nets, shape, backend, threads, 10, e2e_repeats, 1, device))
-            done += len(nets)
-            if on_progress:
-                on_progress(done, total, f"end-to-end calibration, round {step + 1}/{rounds}")
-        if step >= passes:
-            continue
-        for s in order:
-            t = measure_spec(s, backend, threads, device, warmup, repeats)
-            if s.probe_id not in timings or t.median_us < timings[s.probe_id].median_us:
-                timings[s.probe_id] = t
-            done += 1
-            if on_progress:
-                on_progress(done, total, f"layer probes, pass {step + 1}/{passes}")
-    fp = identify(backend, threads, device)
-    meta = {"grid": grid, "warmup": warmup, "repeats": repeats, "passes": passes, "rounds": rounds,
-            "probes": len(specs), "speed_signature": signature}
-    networks = {name: combine_rounds([rd[i] for rd in calib_rounds]) for i, name in enumerate(calib)}
-    table = assemble_table(graph, rows, timings, networks, fp, block, align, backend, threads, device, meta)
-    table.meta["build_seconds"] = round(time.perf_counter() - t_start, 1)
-    table.meta["load_average"] = load_average()  # a loaded machine makes every timing an upper bound
-    return table
-
-
 def assemble_table(graph: LayerGraph, rows: pd.DataFrame, timings: dict[str, Timing], networks: dict[str, Timing],
                    fp: dict, block: int, align: int, backend: str, threads: int, device: str,
                    extra: dict | None = None) -> LatencyTable:
@@ -645,26 +567,6 @@ def time_calibration(table: LatencyTable, nets: dict[str, nn.Module | bytes], *,
         timings = measure_interleaved(list(nets.values()), table.input_shape, table.backend, table.threads, warmup,
                                       repeats, rounds, table.device)
     return dict(zip(nets, timings, strict=True))
-
-
-def reanchor_table(table: LatencyTable, *, weights: str | Path | None = None, rounds: int = 2,
-                   repeats: int = 30) -> LatencyTable:
-    """``table`` re-fitted on its calibration networks timed on this machine now (:meth:`LatencyTable.reanchored`);
-    refused for a table of another device."""
-    from autoprune.layers import analyze
-    from autoprune.models import build_model
-    from autoprune.prune import ChannelPruner
-
-    table.check_device(refuse=True)
-    model, _ = build_model(table.model, weights, use_default_weights=False)
-    graph = analyze(model, table.input_shape, table.model)
-    pruner = ChannelPruner(model, table.input_shape, graph=graph, model_name=table.model)
-    nets = {name: pruner.apply(kept) for name, kept in calibration_networks(graph, table.block).items()}
-    with table.measuring():
-        signature = time_signature(table.backend, table.threads, table.device)  # the level the anchor fixes
-        anchored = table.reanchored(graph, time_calibration(table, nets, rounds=rounds, repeats=repeats))
-    anchored.meta["anchor"]["speed_signature"] = signature
-    return anchored
 
 
 def describe(table: LatencyTable) -> dict:

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from autoprune.errors import UserError
+from autoprune.onnx_graph import onnx_bytes
 
 BACKENDS = ("onnxruntime", "torch")
 
@@ -144,8 +145,6 @@ def measure_model(model: nn.Module, input_shape: tuple[int, ...], backend: str =
                   warmup: int = 10, repeats: int = 100, device: str = "cpu") -> Timing:
     """Median end-to-end latency of ``model`` on one input of ``input_shape``."""
     if backend == "onnxruntime":
-        from autoprune.export import onnx_bytes
-
         return measure_onnx(onnx_bytes(model, input_shape, dynamic_batch=False), input_shape, threads, warmup,
                             repeats, device)
     if backend == "torch":
@@ -178,8 +177,6 @@ def measure_interleaved(models: list[nn.Module | bytes], input_shape: tuple[int,
     if rounds < 1:
         raise UserError("rounds must be at least 1")
     if backend == "onnxruntime":
-        from autoprune.export import onnx_bytes
-
         data = [m if isinstance(m, bytes) else onnx_bytes(m, input_shape, dynamic_batch=False) for m in models]
     elif backend == "torch":
         if any(isinstance(m, bytes) for m in models):

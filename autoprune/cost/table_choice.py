@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoprune.cost.device_identity import Difference, compare, device_name, identify
-from autoprune.cost.latency_table import ProgressFn, build_table, default_table_path, table_file_name
+from autoprune.cost.latency_table import LatencyTable, default_table_path, table_file_name
 
 SHIPPED_TABLES = Path(__file__).resolve().parents[2] / "latency_tables"
 
@@ -52,10 +52,12 @@ def find_table(model: str, input_shape: Sequence[int], roots: Sequence[Path], *,
     return None, passed_over
 
 
-def choose_table(model: str, input_shape: Sequence[int], cache_root: Path, *, threads: int = 2,
-                 weights: str | Path | None = None, on_phase: Callable[[str], None] | None = None,
-                 on_progress: ProgressFn | None = None) -> TableChoice:
-    """A table of this device for ``model``: shipped, cached, or built now and cached by this device's id."""
+def choose_table(model: str, input_shape: Sequence[int], cache_root: Path, build: Callable[[], LatencyTable], *,
+                 threads: int = 2, on_phase: Callable[[str], None] | None = None) -> TableChoice:
+    """A table of this device for ``model``: shipped, cached, or built now and cached by this device's id.
+
+    ``build()`` measures ``model``'s table at ``input_shape`` with ``threads`` threads here (e.g.
+    :func:`autoprune.latency_workflows.build_table`); it is called only when no shipped or cached table matches."""
     here = identify("onnxruntime", threads, "cpu")
     found, passed_over = find_table(model, input_shape, [SHIPPED_TABLES, cache_root], threads=threads, here=here)
     if found is not None:
@@ -65,5 +67,5 @@ def choose_table(model: str, input_shape: Sequence[int], cache_root: Path, *, th
         others = "; ".join(f"{p.parent.name}: {diffs[0].text}" for p, diffs in passed_over[:3])
         on_phase(f"no latency table of this device ({device_name(here)}) for {model}"
                  f"{' (passed over ' + others + ')' if others else ''}: building one here, once; cached as {path}")
-    build_table(model, input_shape, threads=threads, weights=weights, on_progress=on_progress).save(path)
+    build().save(path)
     return TableChoice(path, True, passed_over)

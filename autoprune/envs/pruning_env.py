@@ -4,8 +4,8 @@ One episode builds one policy: step ``i`` decides the keep ratio of prunable gro
 observation is AMC's layer embedding, the action a keep ratio in ``[min_keep, 1]``. Before a step takes effect the
 action is clipped so that, even if every later group were pruned to its floor, every cost the budget names (FLOPs,
 params, latency through a predictor) could still meet its limit — AMC's rule, computed with the real (non-separable)
-cost model by :meth:`autoprune.search.base.Problem.max_feasible`. Every episode therefore ends feasible and no reward
-is spent on a policy that breaks the budget. The reward arrives at the last step; intermediate rewards are 0.
+cost model by :meth:`autoprune.problem.Problem.max_feasible`. Every episode therefore ends feasible and no reward is
+spent on a policy that breaks the budget. The reward arrives at the last step; intermediate rewards are 0.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from autoprune.search.base import Problem
+from autoprune.problem import Problem
 
 KIND_CODE = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
 FEATURES = ("index", "kind", "c_in", "c_out", "kernel", "stride", "in_hw", "flops", "params", "reduced", "rest",

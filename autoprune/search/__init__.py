@@ -1,4 +1,4 @@
-"""Search strategies over per-group keep ratios; all share one :class:`~autoprune.search.base.Problem`.
+"""Search strategies over per-group keep ratios; all share one :class:`~autoprune.problem.Problem`.
 
 ``run_search(strategy, problem, evaluator, episodes=..., seed=...)`` is the one entry point: it builds the
 reward, runs the strategy through a :class:`~autoprune.search.base.SearchContext` (so every strategy spends the
@@ -15,16 +15,9 @@ import numpy as np
 import torch
 
 from autoprune.errors import UserError
+from autoprune.problem import Problem
 from autoprune.reward import DEFAULT_REWARD, REWARDS, Evaluator, Reward
-from autoprune.search.base import (
-    Journal,
-    Problem,
-    SearchContext,
-    SearchEvent,
-    SearchResult,
-    Strategy,
-    pareto_front,
-)
+from autoprune.search.base import Journal, SearchContext, SearchEvent, SearchResult, Strategy
 from autoprune.search.baselines import RandomStrategy, SensitivityStrategy, UniformStrategy, uniform_kept
 from autoprune.search.ddpg import DDPGStrategy
 from autoprune.search.netadapt import NetAdaptStrategy
@@ -94,6 +87,5 @@ def run_search(
     return ctx.result(seed, **extra)
 
 
-__all__ = ["STRATEGIES", "SAMPLERS", "REWARDS", "Problem", "SearchContext", "SearchEvent", "SearchResult",
-           "Strategy", "SearchInterrupted", "Journal", "JOURNAL", "pareto_front", "run_search", "uniform_kept",
-           "seed_everything"]
+__all__ = ["STRATEGIES", "SAMPLERS", "REWARDS", "SearchContext", "SearchEvent", "SearchResult", "Strategy",
+           "SearchInterrupted", "Journal", "JOURNAL", "run_search", "uniform_kept", "seed_everything"]

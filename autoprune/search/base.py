@@ -1,8 +1,8 @@
-"""The search problem every strategy solves, and what a search returns.
+"""What every strategy shares: the one reward path (:class:`SearchContext`), the :class:`Strategy` interface, what a
+search returns, and the journal that makes it resumable.
 
-A :class:`Problem` bundles the analysed model, the cost model, the budget's absolute limits and the per-group floor
-(``min_keep``, ``round_to``). Every strategy proposes kept-channel vectors and spends evaluations through the same
-reward path, so results at an equal number of evaluations compare.
+Every strategy proposes kept-channel vectors for one :class:`autoprune.problem.Problem` and spends evaluations
+through the same reward path, so results at an equal number of evaluations compare.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -20,120 +20,10 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from autoprune.budget import Budget, format_cost
-from autoprune.cost.model import CostModel
+from autoprune.budget import format_cost
 from autoprune.errors import UserError
-from autoprune.layers import LayerGraph
-from autoprune.prune import round_channels
-
-
-@dataclass
-class Problem:
-    graph: LayerGraph
-    cost: CostModel
-    budget: Budget
-    min_keep: float = 0.1
-    round_to: int = 1
-    limits: dict[str, float] = field(init=False)
-    floor: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        missing = [m for m in self.budget.metrics if m not in self.cost.metrics]
-        if missing:
-            raise UserError(
-                f"budget names {', '.join(missing)} but no latency table was given: pass --table "
-                "(build one with `autoprune latency-table build`)"
-            )
-        if not 0 < self.min_keep <= 1:
-            raise UserError(f"--min-keep {self.min_keep} must be in (0, 1]")
-        if self.round_to < 1:
-            raise UserError(f"--round-to {self.round_to} must be at least 1")
-        self.limits = self.budget.limits(self.cost.baseline)
-        self.floor = np.array(
-            [round_channels(g.channels, self.min_keep, self.round_to, 1) for g in self.graph.groups], dtype=np.int64
-        )
-        self.floor = np.minimum(self.floor, self.graph.channels)
-        cheapest = self.cost(self.floor)
-        for metric, limit in self.limits.items():
-            if cheapest[metric] > limit:
-                share = cheapest[metric] / self.cost.baseline[metric]
-                raise UserError(
-                    f"budget {metric}={format_cost(metric, limit)} is unreachable: the smallest reachable with "
-                    f"--min-keep {self.min_keep} is {format_cost(metric, cheapest[metric])} ({share:.1%} of the "
-                    f"unpruned model); raise the budget or lower --min-keep"
-                )
-
-    @property
-    def channels(self) -> np.ndarray:
-        return self.graph.channels
-
-    def feasible(self, kept: Sequence[int] | np.ndarray) -> bool:
-        c = self.cost(kept)
-        return all(c[m] <= lim * (1 + 1e-9) for m, lim in self.limits.items())
-
-    def ratios_to_kept(self, ratios: Sequence[float] | np.ndarray) -> np.ndarray:
-        return np.array(
-            [
-                max(int(f), round_channels(int(c), float(r), self.round_to, int(f)))
-                for c, r, f in zip(self.channels, ratios, self.floor, strict=True)
-            ],
-            dtype=np.int64,
-        )
-
-    def cost_shares(self, kept: Sequence[int] | np.ndarray) -> dict[str, float]:
-        c = self.cost(kept)
-        return {m: c[m] / self.cost.baseline[m] for m in c}
-
-    # -- AMC's feasibility clip, generalised to every cost the budget names --------------------------------------
-    @property
-    def candidates(self) -> list[np.ndarray]:
-        """Per group, every kept count a policy may choose (multiples of ``round_to`` from the floor, and all)."""
-        if not hasattr(self, "_candidates"):
-            cands = []
-            for c, f in zip(self.channels, self.floor, strict=True):
-                vals = {int(f), int(c)} | {k for k in range(int(f), int(c) + 1) if k % self.round_to == 0}
-                cands.append(np.array(sorted(vals), dtype=np.int64))
-            self._candidates = cands
-        return self._candidates
-
-    def max_feasible(self, i: int, kept: Sequence[int] | np.ndarray) -> int:
-        """The most channels group ``i`` may keep so that the budget stays reachable.
-
-        Earlier groups keep ``kept[:i]``, every later group is put at its floor (the most any later decision can
-        save). Costs are not separable per group (a conv's FLOPs are bilinear in its input group's and its output
-        group's kept counts) but they are non-decreasing in every group's count, so the largest feasible count is
-        found by bisection over the group's candidates with the real cost model.
-        """
-        trial = np.array(kept, dtype=np.int64).copy()
-        trial[i + 1 :] = self.floor[i + 1 :]
-        cands = self.candidates[i]
-
-        def ok(k: int) -> bool:
-            trial[i] = k
-            return self.feasible(trial)
-
-        if ok(int(cands[-1])):
-            return int(cands[-1])
-        if not ok(int(cands[0])):
-            return int(cands[0])  # only reachable when earlier groups already broke the budget: keep the floor
-        return int(cands[last_true(len(cands), lambda j: ok(int(cands[j])))])
-
-    def clip_step(self, i: int, kept: Sequence[int] | np.ndarray, ratio: float) -> int:
-        """Group ``i``'s kept count for keep ratio ``ratio``, rounded and clipped to keep the budget reachable."""
-        c, f = int(self.channels[i]), int(self.floor[i])
-        r = float(np.clip(ratio, self.min_keep, 1.0))
-        want = max(f, round_channels(c, r, self.round_to, f))
-        return min(want, self.max_feasible(i, kept))
-
-    def project(self, ratios: Sequence[float] | np.ndarray) -> np.ndarray:
-        """Keep ratios -> a feasible policy, by the environment's sequential clip in forward order."""
-        ratios = np.asarray(ratios, dtype=np.float64)
-        if len(ratios) != len(self.channels):
-            raise ValueError(f"{len(ratios)} ratios for {len(self.channels)} groups")
-        kept = self.channels.copy()
-        for i, r in enumerate(ratios):
-            kept[i] = self.clip_step(i, kept, r)
-        return kept
+from autoprune.pareto import pareto_front
+from autoprune.problem import Problem
 
 
 @dataclass
@@ -151,19 +41,6 @@ class SearchResult:
 
     def pareto_front(self, cost: str = "flops", score: str = "reward") -> pd.DataFrame:
         return pareto_front(self.history, cost, score)
-
-
-def pareto_front(history: pd.DataFrame, cost: str = "flops", score: str = "reward") -> pd.DataFrame:
-    """Rows not dominated by any other (lower cost and higher score is better)."""
-    if history.empty or score not in history or history[score].isna().all():
-        return history.iloc[0:0]
-    h = history.dropna(subset=[score]).sort_values([cost, score], ascending=[True, False])
-    best, keep = -np.inf, []
-    for idx, s in zip(h.index, h[score], strict=True):
-        if s > best:
-            keep.append(idx)
-            best = s
-    return h.loc[keep]
 
 
 @dataclass
@@ -195,19 +72,6 @@ class SearchEvent:
                 base = self.baseline[m]
                 parts.append(f"{m} {format_cost(m, best * base)}/{format_cost(m, share * base)}")
         return " ".join(parts)
-
-
-def last_true(n: int, ok: Callable[[int], bool]) -> int:
-    """The largest ``j`` in ``[0, n)`` with ``ok(j)``, for a predicate true up to some index then false (costs only
-    grow with kept channels), given ``ok(0)``: bisection, ``O(log n)`` cost evaluations."""
-    lo, hi = 0, n  # ok(lo) holds; hi is past the last candidate that could
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 class Journal:

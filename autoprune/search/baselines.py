@@ -7,7 +7,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from autoprune.search.base import Problem, SearchContext, Strategy
+from autoprune.problem import Problem
+from autoprune.search.base import SearchContext, Strategy
 
 
 def uniform_kept(problem: Problem, iterations: int = 40) -> tuple[np.ndarray, float]:

@@ -17,7 +17,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from autoprune.search.base import SearchContext, Strategy, last_true
+from autoprune.problem import last_true
+from autoprune.search.base import SearchContext, Strategy
 
 
 class NetAdaptStrategy(Strategy):

@@ -34,20 +34,17 @@ same whichever worker computes it.
 Failures: a trial whose evaluation raises, or whose reward is not finite (a pruned model with NaN/inf outputs), is
 FAIL with the reason in its user attribute ``error``; the study goes on, until ``max_failures`` trials of one
 worker fail in a row. A worker that dies leaves a RUNNING trial: on an RDB storage Optuna's heartbeat marks it FAIL
-after ``grace_period`` seconds without a heartbeat, and :class:`RetryStaleTrial` puts its parameters back as a
-WAITING trial that the next worker to ask runs again (``max_retry`` times at most); a journal storage has no
-heartbeat, so the parent of ``--workers`` does the same for a child it sees die.
+after ``grace_period`` seconds without a heartbeat, and :class:`~autoprune.search.optuna_study.RetryStaleTrial`
+puts its parameters back as a WAITING trial that the next worker to ask runs again (``max_retry`` times at most); a
+journal storage has no heartbeat, so the parent of ``--workers`` does the same for a child it sees die.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib.util
 import json
 import math
-import os
-import socket
 import sys
 import time
 import warnings
@@ -57,128 +54,30 @@ from typing import Any, ClassVar
 
 import numpy as np
 import optuna
-from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled  # not re-exported; what Study.optimize uses
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from autoprune.errors import UserError
-from autoprune.search.base import SearchContext, Strategy, pareto_front
+from autoprune.pareto import pareto_front
+from autoprune.search.base import SearchContext, Strategy
+from autoprune.search.optuna_study import (
+    CONVERGED,
+    JOURNAL,
+    POLL_S,
+    StudyMirror,
+    open_storage,
+    redact,
+    storage_failure,
+    trial_counts,
+    worker_id,
+)
+from autoprune.search.workers import parent_gone, reap_dead_local_trials, run_local_workers
 
 SAMPLERS = ("tpe", "cmaes", "gp", "nsga2")
 _SAMPLER_DEPS = {"cmaes": "cmaes", "gp": "scipy"}
-JOURNAL = "journal:"  # storage prefix of an Optuna journal file: journal:PATH
 JOURNAL_FILE = "optuna-journal.log"  # in the run directory, for --workers without --storage
-CONVERGED = "converged"  # study user attr: why the study ended before its budget (every worker stops on it)
-# user attrs of one attempt, not carried into its retry
-PER_ATTEMPT = ("worker", "row", "error", "surplus", "repeat", "kept")
 ROLES = ("search", "worker", "read")
-POLL_S = 0.5  # how often a worker waiting for the others' trials looks at the study again
-
-
-def redact(url: str) -> str:
-    """The storage URL with any password replaced by ``***`` (safe to print)."""
-    if url.startswith(JOURNAL):
-        return url
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL sqlalchemy understands: print nothing secret of it
-        return url.split("@")[-1] if "@" in url else url
-
-
-def worker_id() -> str:
-    """``host:pid``: which process runs a trial, so a dead one's trials can be found."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry of a trial whose worker died, without the dead attempt's per-attempt attributes.
-
-    The WAITING copy keeps the parameters (so the same policy is evaluated again), the retry history in its system
-    attributes (``failed_trial``: the original trial number) and a ``retry_reason``; ``worker``, ``row`` and
-    ``error`` belonged to the attempt that died.
-    """
-
-    def __init__(self, max_retry: int | None = 3, reason: str = "its worker's heartbeat stopped") -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            super().__init__(max_retry=max_retry)
-        self.reason = reason
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        trial = copy.deepcopy(trial)
-        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in PER_ATTEMPT}
-        trial.user_attrs["retry_reason"] = self.reason
-        super().__call__(study, trial)
-
-
-def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_retry: int | None) -> bool:
-    """Mark a RUNNING trial FAIL and queue its retry; False when another process already finished it."""
-    try:
-        if not study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-            return False
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False
-    RetryStaleTrial(max_retry, reason)(study, study._storage.get_trial(trial._trial_id))
-    return True
-
-
-def open_storage(
-    url: str | None,
-    *,
-    heartbeat_interval: int | None = None,
-    grace_period: int | None = None,
-    max_retry: int | None = 3,
-) -> BaseStorage | None:
-    """An Optuna storage for ``url`` (None: in memory), or a one-line UserError naming the URL and the fix.
-
-    RDB URLs get Optuna's heartbeat when ``heartbeat_interval`` is given; ``journal:PATH`` is a journal file
-    (no heartbeat in Optuna: the ``--workers`` parent watches its children instead).
-    """
-    if url is None:
-        return None
-    if url.startswith(JOURNAL):
-        from optuna.storages.journal import JournalFileBackend
-
-        path = Path(url[len(JOURNAL) :]).expanduser()
-        if not path.parent.is_dir():
-            raise UserError(f"no directory {path.parent} for the journal storage {url}: create it or fix --storage")
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    kwargs: dict[str, Any] = {}
-    if url.startswith("postgresql"):
-        kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
-    if heartbeat_interval:
-        kwargs.update(
-            heartbeat_interval=int(heartbeat_interval),
-            grace_period=int(grace_period or 2 * heartbeat_interval),
-            heartbeat_stale_trial_callback=RetryStaleTrial(max_retry),
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, **kwargs)
-    except ImportError as e:
-        fix = (
-            "pip install 'psycopg[binary]' (autoprune's postgres extra)"
-            if url.startswith("postgresql")
-            else ("install the driver SQLAlchemy names for this URL")
-        )
-        raise UserError(f"the storage {redact(url)} needs a database driver ({e.__cause__ or e}): {fix}") from e
-    except Exception as e:  # noqa: BLE001 - sqlalchemy's connection errors, Optuna's schema errors, bad URLs
-        reason = " ".join(str(getattr(e, "orig", None) or e).split())[:200]
-        raise UserError(
-            f"cannot open the Optuna storage {redact(url)} ({reason}): start the database and check "
-            "host, port, user and database name in --storage"
-        ) from e
-
-
-def check_storage(url: str | None) -> None:
-    """Fail early, before any model work, when a ``--storage`` cannot be opened."""
-    storage = open_storage(url)
-    engine = getattr(storage, "engine", None)
-    if engine is not None:
-        engine.dispose()
 
 
 def file_sha256(path: str | Path | None) -> str | None:
@@ -189,80 +88,6 @@ def file_sha256(path: str | Path | None) -> str | None:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def study_args(url: str, name: str) -> dict:
-    """The ``autoprune.api.search`` arguments a study was started with (its user attribute ``args``)."""
-    storage = open_storage(url)
-    if name not in optuna.study.get_all_study_names(storage):
-        raise UserError(
-            f"no Optuna study {name!r} in {redact(url)}: check --study (studies there: "
-            f"{', '.join(optuna.study.get_all_study_names(storage)) or 'none'})"
-        )
-    study = optuna.load_study(study_name=name, storage=storage)
-    args = study.user_attrs.get("args")
-    if not isinstance(args, dict):
-        raise UserError(
-            f"study {name!r} in {redact(url)} does not describe its search (no 'args' attribute): it "
-            "was not started by `autoprune search` with a named model and dataset"
-        )
-    return args
-
-
-def storage_failure(e: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
-    """The storage error behind ``e``, if any: Optuna re-raises a lost database as itself or, while cleaning up
-    after it, as another error whose context it is (Optuna 5.0's ``_run_trial`` raises ``UnboundLocalError``)."""
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, kinds):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
-
-
-def trial_counts(study: optuna.Study) -> tuple[int, list[FrozenTrial]]:
-    """The number of COMPLETE trials and the RUNNING trials (oldest first)."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    complete = sum(t.state == TrialState.COMPLETE for t in trials)
-    running = sorted((t for t in trials if t.state == TrialState.RUNNING), key=lambda t: t._trial_id)
-    return complete, running
-
-
-class StudyMirror:
-    """Keeps a :class:`SearchContext` equal to the study: one row per COMPLETE trial, in trial-number order.
-
-    So the progress line shows the study's global evaluation count and best, the history and the best policy are
-    the study's whichever worker builds them, and the reward cache of this worker's evaluator learns every policy
-    another worker evaluated (an identical policy proposed again is not evaluated twice).
-    """
-
-    def __init__(self, study: optuna.Study, ctx: SearchContext) -> None:
-        self.study, self.ctx = study, ctx
-        self.synced: tuple[int, ...] = ()
-
-    def sync(self) -> bool:
-        """Rebuild the context's rows from the study; True when the set of complete trials changed."""
-        done = sorted(
-            (t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "row" in t.user_attrs),
-            key=lambda t: t.number,
-        )
-        numbers = tuple(t.number for t in done)
-        changed = numbers != self.synced
-        ctx = self.ctx
-        ctx.rows.clear()
-        ctx.best_kept, ctx.best_reward = None, None
-        evaluator = getattr(ctx.reward, "evaluator", None)
-        for t in done:
-            row = json.loads(t.user_attrs["row"])
-            row["kept"] = tuple(row["kept"])
-            row["trial"] = t.number
-            ctx.add_row(row)
-            acc = row.get("accuracy")
-            if evaluator is not None and changed and acc is not None and math.isfinite(acc):
-                evaluator.remember(row["kept"], ctx.reward.finetune_steps, acc)
-        self.synced = numbers
-        return changed
 
 
 class OptunaStrategy(Strategy):
@@ -449,8 +274,6 @@ class OptunaStrategy(Strategy):
         mirror = StudyMirror(study, ctx)
         role = self.options["role"]
         if self.resume and self.owned and role == "search":
-            from autoprune.search.workers import reap_dead_local_trials
-
             # a process that owned this storage was killed: its RUNNING trial is re-run (local workers still
             # alive, from a --workers parent that died, finish theirs)
             reap_dead_local_trials(study, self.options["max_retry"], "the search was interrupted", everyone=True)
@@ -460,12 +283,8 @@ class OptunaStrategy(Strategy):
             if role == "read":
                 mirror.sync()
             elif self.options["workers"] > 1 and role == "search":
-                from autoprune.search.workers import run_local_workers
-
-                run_local_workers(self, study, ctx, mirror)
+                run_local_workers(self.options, self.workdir, self.storage_url(), study, ctx, mirror)
             else:
-                from autoprune.search.workers import parent_gone
-
                 self.run_trials(study, ctx, mirror, stop=parent_gone if role == "worker" else lambda: False)
             mirror.sync()
         except Exception as e:  # noqa: BLE001 - the database going away mid-search surfaces in many shapes
@@ -565,8 +384,6 @@ class OptunaStrategy(Strategy):
                     print(f"waiting for {len(running)} running trial(s) of other workers", file=sys.stderr, flush=True)
                 waiting = True
                 if not heartbeat:  # no heartbeat (a journal file): at least a dead worker on this host is noticed
-                    from autoprune.search.workers import reap_dead_local_trials
-
                     reap_dead_local_trials(study, o["max_retry"], "its worker died")
                 time.sleep(POLL_S)
                 continue

@@ -7,13 +7,14 @@ ordinary worker of the study — the same code path as a worker started on anoth
 
 The study lives in a journal file in the run directory (or in ``--storage``). Optuna's journal storage has no
 heartbeat, so the parent does the heartbeat's job: when a child exits on a signal its RUNNING trial is marked FAIL
-and queued again (:func:`autoprune.search.optuna_search.fail_and_retry`) for the children still alive. A child
+and queued again (:func:`autoprune.search.optuna_study.fail_and_retry`) for the children still alive. A child
 that fails with an error (exit code > 0) stops the search with that error. The parent itself evaluates nothing: it
 mirrors the study for the progress line and, when the study holds its budget of complete trials, returns, and
 ``autoprune.api.search`` writes the run directory from the study.
 
-Run as ``python -m autoprune.search.workers SPEC.json`` (by the parent only): SPEC holds the arguments of the
-parent's ``autoprune.api.search`` call and the shared storage.
+A child is ``python -m autoprune.worker_child SPEC.json`` (:data:`CHILD_MODULE`): SPEC holds the arguments of the
+parent's ``autoprune.api.search`` call and the shared storage. It is a process of its own, not a function called
+here, so this module (below the API) never imports the API that the child runs.
 """
 
 from __future__ import annotations
@@ -26,20 +27,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
 
 from autoprune.errors import UserError
-from autoprune.search.optuna_search import CONVERGED, POLL_S, fail_and_retry, trial_counts
-
-if TYPE_CHECKING:
-    from autoprune.search.base import SearchContext
-    from autoprune.search.optuna_search import OptunaStrategy, StudyMirror
+from autoprune.search.base import SearchContext
+from autoprune.search.optuna_study import CONVERGED, POLL_S, StudyMirror, fail_and_retry, trial_counts
 
 PARENT_ENV = "AUTOPRUNE_WORKER_PARENT"  # a child's parent pid: the child stops when its parent is gone
 LOG_DIR = "workers"  # in the run directory: spec.json and one log per child
+CHILD_MODULE = "autoprune.worker_child"  # a child's entry point (python -m)
 
 
 def worker_threads(n: int) -> int:
@@ -95,9 +93,12 @@ def _last_error(log: Path) -> str:
     return text[:400]
 
 
-def run_local_workers(strategy: OptunaStrategy, study: optuna.Study, ctx: SearchContext, mirror: StudyMirror) -> None:
-    """Start ``strategy.options['workers']`` children on the study, watch them, return when the budget is spent."""
-    o, run_dir = strategy.options, strategy.workdir
+def run_local_workers(o: dict, run_dir: Path | None, storage_url: str | None, study: optuna.Study, ctx: SearchContext,
+                      mirror: StudyMirror) -> None:
+    """Start ``o['workers']`` children on the study, watch them, return when the budget is spent.
+
+    ``o``, ``run_dir`` and ``storage_url``: the :class:`~autoprune.search.optuna_search.OptunaStrategy`'s options,
+    run directory and storage."""
     call = o["call"]
     if call is None or call.get("args") is None or run_dir is None:
         raise UserError(
@@ -110,7 +111,7 @@ def run_local_workers(strategy: OptunaStrategy, study: optuna.Study, ctx: Search
     args = dict(call["args"])
     options = {
         **(args.get("options") or {}),
-        "storage": strategy.storage_url(),
+        "storage": storage_url,
         "study_name": study.study_name,
         "workers": 1,
         "role": "worker",
@@ -128,7 +129,7 @@ def run_local_workers(strategy: OptunaStrategy, study: optuna.Study, ctx: Search
             with open(path, "ab") as log:
                 procs.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "autoprune.search.workers", str(spec_path)],
+                        [sys.executable, "-m", CHILD_MODULE, str(spec_path)],
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL,
@@ -173,36 +174,3 @@ def run_local_workers(strategy: OptunaStrategy, study: optuna.Study, ctx: Search
             f"every worker has stopped with {complete} of {ctx.episodes} trials complete ({failed} "
             f"failed; logs in {logs}): continue with autoprune search --resume {run_dir}"
         )
-
-
-def _print_progress(event) -> None:
-    best = f"{event.best_reward:.4f}" if event.best_reward is not None else "-"
-    reward = f"{event.reward:.4f}" if event.reward is not None else "-"
-    print(
-        f"evaluated: reward {reward}; study {event.evaluation}/{event.episodes} complete, best {best} "
-        f"({event.seconds:.0f} s)",
-        flush=True,
-    )
-
-
-def main(argv: list[str] | None = None) -> None:
-    """A child of ``--workers``: run trials of the shared study until its budget is spent; write no run dir."""
-    argv = sys.argv[1:] if argv is None else argv
-    spec = json.loads(Path(argv[0]).read_text())
-    import torch
-
-    torch.set_num_threads(int(spec["threads"]))
-    from autoprune.api import search
-
-    print(f"worker {socket.gethostname()}:{os.getpid()} with {spec['threads']} torch thread(s)", flush=True)
-    try:
-        search(**spec["args"], out=None, finish=False, trust_pickle=spec["trust_pickle"], callback=_print_progress)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()
