@@ -365,7 +365,9 @@ def test_a_policy_over_budget_when_measured_is_replaced(built, tmp_path):
     graph = analyze(model, SHAPE, "resnet20")
     pruner = ChannelPruner(model, SHAPE, graph=graph, model_name="resnet20")
     full = measure_interleaved([model], SHAPE, "onnxruntime", table.threads, 5, 30, 2)[0].median_us
-    budget = parse_budget(f"latency={full / 2:.0f}us")
+    # 0.75x: the unpruned model cannot meet it (unless its two timings disagree by 25 %), and the floor (0.3-0.55x
+    # of the unpruned model at this tiny size, depending on the CPU) does
+    budget = parse_budget(f"latency={full * 0.75:.0f}us")
     problem = Problem(graph, CostModel(graph, latency=table.predictor(graph)), budget)
     floor = problem.floor.tolist()
     history = pd.DataFrame([  # the search's best is the unpruned model (it "fits" the optimistic table)
@@ -378,7 +380,7 @@ def test_a_policy_over_budget_when_measured_is_replaced(built, tmp_path):
                                                   tries=2, settle=0)
     assert kept == floor and len(checks) == 2
     assert checks[0]["kept"] == graph.channels.tolist() and checks[1]["kept"] == floor
-    assert not checks[0]["met"] and checks[1]["met"]  # the unpruned model measures 4x the floor's ~35 us here
+    assert not checks[0]["met"] and checks[1]["met"]
     assert checks[1]["measured_us"] == timings[1].median_us
 
 
