@@ -153,6 +153,9 @@ def validate(
     t.add_row("measured range", f"{lo / 1000:.3f} – {hi / 1000:.3f} ms")
     t.add_row("load average (1/5/15 min) at the end", str(s.get("load_average", "-")))
     console.print(t)
+    if (s.get("speed_signature") or {}).get("off"):
+        err_console.print(f"the reference probes ran at {s['speed_signature']['ratio']:.2f}x the table's level: re-fit "
+                          f"it with `autoprune latency-table anchor --table {table}`", highlight=False, soft_wrap=True)
     console.print(f"plot -> {plot}   per-policy results -> {csv}")
     summary = {"table": str(table), **s}
     if budget:

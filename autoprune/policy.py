@@ -51,9 +51,6 @@ class Policy:
     def kept(self) -> list[int]:
         return [g["kept"] for g in self.groups]
 
-    def keep_ratios(self) -> dict[str, float]:
-        return {g["name"]: g["kept"] / g["channels"] for g in self.groups}
-
     def check_fits(self, graph: LayerGraph) -> list[int]:
         """The kept counts in ``graph``'s group order; fails naming the groups that differ."""
         mine = {g["name"]: g["channels"] for g in self.groups}

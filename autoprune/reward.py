@@ -204,6 +204,3 @@ class Reward:
             reward = ev.accuracy
         return RewardResult(reward, ev.accuracy, ev.phases, ev.cached)
 
-
-def make_reward(name: str, evaluator: Evaluator, cost=None, **kwargs) -> Reward:
-    return Reward(name, evaluator, cost, **kwargs)
