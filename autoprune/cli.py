@@ -246,7 +246,7 @@ def _search_with_progress(run, args: dict, run_dir: Path, resume: bool, trust_pi
             progress.update(table_task, completed=done, total=total, description=f"latency table: {text}")
             if progress.disable and (done % max(1, total // 10) == 0 or done == total):
                 seconds = time.perf_counter() - table_t0
-                eta = f", ~{seconds / done * (total - done):.0f} s left" if done < total else ""
+                eta = f", ~{seconds / done * (total - done):.0f} s left" if 0 < done < total else ""
                 console.print(f"latency table {done}/{total}: {text} ({seconds:.0f} s{eta})")
 
         try:

@@ -90,6 +90,8 @@ def _build_table(model_name: str, input_shape: Sequence[int] | None, backend: st
     if backend == "onnxruntime":
         nets = [onnx_bytes(n, shape, dynamic_batch=False) for n in nets]
     calib_rounds: list[list[Timing]] = []
+    if on_progress:  # the clock of the progress bar's ETA starts here, not after the first calibration round
+        on_progress(0, total, "reference probes (speed signature)")
     signature = time_signature(backend, threads, device)  # what search / validate / anchor re-time to compare
     done = 0
     for step in range(max(rounds, passes)):
