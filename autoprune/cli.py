@@ -226,10 +226,8 @@ def _search_with_progress(run, args: dict, run_dir: Path, resume: bool, trust_pi
             best = f"best {ev.best_reward:.4f}" if ev.best_reward is not None else ""
             text = f"{ev.strategy} {best} {ev.budget_text()}"
             progress.update(task, completed=ev.evaluation, total=ev.episodes, description=text)
-            if progress.disable and (ev.evaluation % max(1, ev.episodes // 10) == 0 or ev.evaluation == ev.episodes):
-                left = ev.seconds / ev.evaluation * (ev.episodes - ev.evaluation)  # the bar's ETA, as text
-                eta = f", ~{left:.0f} s left" if ev.evaluation < ev.episodes else ""
-                console.print(f"evaluation {ev.evaluation}/{ev.episodes} {text} ({ev.seconds:.0f} s{eta})")
+            if progress.disable:
+                _plain_progress("evaluation", ev.evaluation, ev.episodes, f" {text}", ev.seconds)
 
         def on_phase(text: str) -> None:
             if text.startswith("WARNING"):
@@ -244,10 +242,8 @@ def _search_with_progress(run, args: dict, run_dir: Path, resume: bool, trust_pi
             if table_task is None:
                 table_task, table_t0 = progress.add_task("latency table", total=total), time.perf_counter()
             progress.update(table_task, completed=done, total=total, description=f"latency table: {text}")
-            if progress.disable and (done % max(1, total // 10) == 0 or done == total):
-                seconds = time.perf_counter() - table_t0
-                eta = f", ~{seconds / done * (total - done):.0f} s left" if 0 < done < total else ""
-                console.print(f"latency table {done}/{total}: {text} ({seconds:.0f} s{eta})")
+            if progress.disable:
+                _plain_progress("latency table", done, total, f": {text}", time.perf_counter() - table_t0)
 
         try:
             outcome = run(
@@ -263,6 +259,15 @@ def _search_with_progress(run, args: dict, run_dir: Path, resume: bool, trust_pi
             )
             raise typer.Exit(130) from None
     _print_outcome(outcome, run_dir)
+
+
+def _plain_progress(what: str, done: int, total: int, text: str, seconds: float) -> None:
+    """Where no progress bar is drawn (a log, CI): a line at every tenth of ``total`` and at the end, with the
+    bar's ETA as text."""
+    if done % max(1, total // 10) and done != total:
+        return
+    eta = f", ~{seconds / done * (total - done):.0f} s left" if 0 < done < total else ""
+    console.print(f"{what} {done}/{total}{text} ({seconds:.0f} s{eta})")
 
 
 BUDGET_NOT_MET_EXIT = 3  # the run directory is complete, but the pruned model is over its budget when measured

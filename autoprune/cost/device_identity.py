@@ -140,13 +140,14 @@ def identify(backend: str = "onnxruntime", threads: int = 2, device: str = "cpu"
     return ident
 
 
-def isa_level(isa: list[str] | None) -> str | None:
-    """The widest vector family in ``isa`` ("AVX-512F" -> "AVX-512"), or None when the ISA is not recorded."""
+def isa_level(isa: list[str] | None, *, slug: bool = False) -> str | None:
+    """The widest vector family in ``isa`` ("AVX-512F" -> "AVX-512"; ``slug``: "avx512", for directory names), or
+    None when the ISA is not recorded."""
     if isa is None:
         return None
-    for name, _ in ISA_LEVELS:
+    for name, short in ISA_LEVELS:
         if name in isa:
-            return "AVX-512" if name == "AVX-512F" else name
+            return short if slug else ("AVX-512" if name == "AVX-512F" else name)
     return "scalar"
 
 
@@ -155,8 +156,7 @@ def device_id(ident: dict) -> str:
     ``<cpu or gpu>-<isa level>-<cores>c-<backend><major.minor>-<threads>t-<hash of the identity>``, e.g.
     ``amd-epyc-avx2-2c-onnxruntime1.32-2t-5c1e07a2``."""
     hw = ident.get("gpu") if ident.get("device") == "cuda" else ident.get("cpu")
-    isa = ident.get("isa")
-    level = "isa-unknown" if isa is None else next((slug for name, slug in ISA_LEVELS if name in isa), "scalar")
+    level = isa_level(ident.get("isa"), slug=True) or "isa-unknown"
     key = json.dumps({k: ident.get(k) for k in DEVICE_FIELDS + ("threads",)}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     release = ident.get("backend_release") or _release(ident.get("backend_version")) or ""
