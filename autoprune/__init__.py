@@ -8,8 +8,6 @@ The public API mirrors the command line::
     pruned = autoprune.apply_policy(model, autoprune.Policy.load("runs/x/policy.json"))
 """
 
-__version__ = "0.1.0"
-
 from autoprune.api import (  # noqa: E402
     PolicyOutcome,
     analyze_model,
@@ -27,6 +25,7 @@ from autoprune.cost.latency_table import LatencyTable  # noqa: E402
 from autoprune.errors import UserError  # noqa: E402
 from autoprune.layers import LayerGraph, LayerGroup, analyze  # noqa: E402
 from autoprune.policy import Policy  # noqa: E402
+from autoprune.version import __version__  # noqa: E402, F401
 
 __all__ = [
     "Budget",

@@ -52,6 +52,17 @@ class Budget:
         return self.text
 
 
+def within(value: float, limit: float) -> bool:
+    """Whether a cost is within its limit: the one test of the search's clip, NetAdapt, the measured check and the
+    report. The relative slack of 1e-9 absorbs the rounding of a summed cost, nothing more."""
+    return value <= limit * (1 + 1e-9)
+
+
+def excess(costs: dict[str, float], limits: dict[str, float]) -> dict[str, float]:
+    """By how much a policy is over its budget: ``{metric: cost / limit}`` for each limit it breaks (empty: within)."""
+    return {m: costs[m] / lim for m, lim in limits.items() if not within(costs[m], lim)}
+
+
 def parse_budget(text: str) -> Budget:
     """Parse a budget string; a malformed token fails naming that token."""
     if not text or not text.strip():

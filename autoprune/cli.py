@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import typer
@@ -15,6 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from autoprune.errors import UserError
+from autoprune.reward import DEFAULT_REWARD, REWARDS
+from autoprune.search import SAMPLERS, STRATEGIES
 
 app = typer.Typer(
     add_completion=False,
@@ -132,10 +135,10 @@ def search(
     weights: Path | None = typer.Option(None, help="a state_dict file"),
     data: str | None = typer.Option(None, help="fashion-mnist | cifar10 | cifar100 | imagefolder:PATH | synthetic"),
     input_shape: str | None = typer.Option(None, help=SHAPE_HELP),
-    strategy: str = typer.Option("ddpg", help="ddpg | optuna | netadapt | uniform | random | sensitivity"),
+    strategy: str = typer.Option("ddpg", help=" | ".join(STRATEGIES)),
     episodes: int = typer.Option(300, help="evaluation budget: policies scored by the search"),
-    reward: str | None = typer.Option(None, help="acc | acc-ft | r-flops (default: acc)"),
-    sampler: str | None = typer.Option(None, help="optuna sampler: tpe | cmaes | gp | nsga2"),
+    reward: str | None = typer.Option(None, help=" | ".join(REWARDS) + f" (default: {DEFAULT_REWARD})"),
+    sampler: str | None = typer.Option(None, help="optuna sampler: " + " | ".join(SAMPLERS)),
     option: list[str] = typer.Option([], "--option", help="strategy option KEY=VALUE (repeatable)"),
     table: Path | None = typer.Option(None, help="latency table; built for this device when a latency budget has none"),
     force: bool = typer.Option(False, help="use a latency table measured on another device"),
@@ -164,63 +167,52 @@ def search(
     workers: int = typer.Option(1, help="optuna: local worker processes sharing the study (torch threads split)"),
 ) -> None:
     """Search per-group keep ratios under a budget, prune, fine-tune, export, measure and report."""
-    from autoprune.api import resume_args
-    from autoprune.api import search as run
+    from autoprune import api
     from autoprune.models import DEMO_MODEL
+    from autoprune.spec import RunSpec
 
     if resume is not None:
-        args = resume_args(resume)
-        console.print(f"resuming the {args['strategy']} search in {resume}")
-        _search_with_progress(run, args, resume, True, trust_pickle)
+        spec = api.load_spec(resume)
+        console.print(f"resuming the {spec.strategy} search in {resume}")
+        _search_with_progress(partial(api.resume, resume), spec, resume, trust_pickle)
         return
     if budget is None:
         raise UserError("missing --budget: give e.g. --budget flops=50% or --budget latency=10ms")
-    from autoprune.budget import parse_budget
-
-    parse_budget(budget)  # fail on a malformed budget before anything is loaded
-    options = _parse_options(option)
-    if sampler is not None:
-        options["sampler"] = sampler
-    if (storage is not None or study is not None or workers != 1) and strategy != "optuna":
-        raise UserError("--storage, --study and --workers share an Optuna study: add --strategy optuna")
-    if workers < 1:
-        raise UserError(f"--workers {workers} must be at least 1")
-    if storage is not None:
-        options["storage"] = storage
-    if study is not None:
-        options["study_name"] = study
-    if workers > 1:
-        options["workers"] = workers
+    options = _strategy_options(strategy, option, sampler=sampler, storage=storage, study_name=study,
+                                workers=workers)
+    settings = dict(weights=weights, input_shape=_shape(input_shape), table=table, force=force, strategy=strategy,
+                    options=options, reward=reward, episodes=episodes, seed=seed, min_keep=min_keep,
+                    round_to=round_to, criterion=criterion, held_out=held_out, finetune_epochs=finetune_epochs,
+                    finetune_lr=finetune_lr, kd=kd, measure=measure, threads=threads)
+    spec = RunSpec.create(budget, model, data, **settings)  # a malformed budget fails here, before any loading
     run_dir = out or Path("runs") / f"{(model or DEMO_MODEL).replace(':', '_').replace('.', '_')}-{_slug(budget)}"
-    args = dict(
-        model=model,
-        data=data,
-        budget=budget,
-        strategy=strategy,
-        weights=weights,
-        input_shape=_shape(input_shape),
-        table=table,
-        force=force,
-        episodes=episodes,
-        seed=seed,
-        reward=reward,
-        options=options,
-        min_keep=min_keep,
-        round_to=round_to,
-        criterion=criterion,
-        held_out=held_out,
-        finetune_epochs=finetune_epochs,
-        finetune_lr=finetune_lr,
-        kd=kd,
-        measure=measure,
-        threads=threads,
-    )
-    _search_with_progress(run, args, run_dir, False, trust_pickle)
+    _search_with_progress(partial(api.search, model, data, spec.budget, out=run_dir, **settings), spec, run_dir,
+                          trust_pickle)
 
 
-def _search_with_progress(run, args: dict, run_dir: Path, resume: bool, trust_pickle: bool) -> None:
+def _strategy_options(strategy: str, items: list[str], **optuna_flags) -> dict:
+    """``--option KEY=VALUE`` and the Optuna flags, checked against the strategy's registered options before any
+    model is loaded."""
+    from autoprune.search import REWARD_OPTIONS, strategy_class
+
+    cls = strategy_class(strategy)
+    options = _parse_options(items)
+    given = {k: v for k, v in optuna_flags.items() if v is not None and not (k == "workers" and v == 1)}
+    if given and strategy != "optuna":
+        raise UserError("--storage, --study and --workers share an Optuna study: add --strategy optuna")
+    if optuna_flags.get("workers", 1) < 1:
+        raise UserError(f"--workers {optuna_flags['workers']} must be at least 1")
+    options.update(given)
+    known = set(cls.defaults) | set(REWARD_OPTIONS)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UserError(f"strategy {strategy} has no option {', '.join(unknown)}: use {', '.join(sorted(known))}")
+    return options
+
+
+def _search_with_progress(run, spec, run_dir: Path, trust_pickle: bool) -> None:
     with _progress() as progress:
-        task = progress.add_task(f"{args['strategy']}", total=args["episodes"])
+        task = progress.add_task(spec.strategy, total=spec.episodes)
 
         def on_event(ev) -> None:
             best = f"best {ev.best_reward:.4f}" if ev.best_reward is not None else ""
@@ -246,10 +238,8 @@ def _search_with_progress(run, args: dict, run_dir: Path, resume: bool, trust_pi
                 _plain_progress("latency table", done, total, f": {text}", time.perf_counter() - table_t0)
 
         try:
-            outcome = run(
-                **args, out=run_dir, resume=resume, trust_pickle=trust_pickle, callback=on_event, on_phase=on_phase,
-                on_table_progress=on_table_progress,
-            )
+            outcome = run(trust_pickle=trust_pickle, callback=on_event, on_phase=on_phase,
+                          on_table_progress=on_table_progress)
         except KeyboardInterrupt:
             progress.stop()
             saved = (run_dir / "policy.json").is_file()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from autoprune.budget import parse_budget
+from autoprune.budget import Budget, within
 from autoprune.cost.calibration_set import calibration_networks, entry_name, random_policies
 from autoprune.cost.device_identity import identify
 from autoprune.cost.flops import costs
@@ -212,7 +212,7 @@ def validate_table(
     return df, summary
 
 
-def budget_check(table: LatencyTable, budget: str, *, weights: str | Path | None = None, repeats: int = 100,
+def budget_check(table: LatencyTable, budget: Budget, *, weights: str | Path | None = None, repeats: int = 100,
                  warmup: int = 20, rounds: int = 3, round_to: int | None = None, min_keep: float = 0.1,
                  on_measure: Callable[[str], None] | None = None) -> dict:
     """Choose a policy for ``budget`` by uniform search over the table's prediction, prune it for real and time it
@@ -225,7 +225,7 @@ def budget_check(table: LatencyTable, budget: str, *, weights: str | Path | None
     model, _ = build_model(table.model, weights, use_default_weights=False)
     graph = analyze(model, shape, table.model)
     predict = table.predictor(graph)
-    problem = Problem(graph, CostModel(graph, latency=predict), parse_budget(budget), min_keep=min_keep,
+    problem = Problem(graph, CostModel(graph, latency=predict), budget, min_keep=min_keep,
                       round_to=table.block if round_to is None else round_to)
     kept, ratio = uniform_kept(problem)
     limit = problem.limits["latency"]
@@ -234,11 +234,12 @@ def budget_check(table: LatencyTable, budget: str, *, weights: str | Path | None
         unpruned, timing = measure_interleaved([model, net], shape, table.backend, table.threads, warmup, repeats,
                                                rounds, table.device)
     return {
-        "budget": budget, "limit_us": limit, "keep_ratio": ratio, "predicted_us": predict(kept),
+        "budget": budget.text, "limit_us": limit, "keep_ratio": ratio, "predicted_us": predict(kept),
         "measured_us": timing.median_us, "p10_us": timing.p10_us, "p90_us": timing.p90_us,
         "repeats": repeats, "rounds": list(timing.round_medians), "unpruned_us": unpruned.median_us,
         "unpruned_predicted_us": predict(graph.channels), "measured_over_limit": timing.median_us / limit,
-        "meets": bool(timing.median_us <= limit), "within_10pct": bool(0.9 * limit <= timing.median_us <= limit),
+        "meets": within(timing.median_us, limit),
+        "within_10pct": within(timing.median_us, limit) and timing.median_us >= 0.9 * limit,
         "kept": [int(k) for k in kept], "flops_share": costs(graph, kept)["flops"] / costs(graph, graph.channels)[
             "flops"]
     }

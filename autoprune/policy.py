@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoprune import atomic
+from autoprune.budget import Budget, parse_budget
 from autoprune.errors import UserError
 from autoprune.layers import LayerGraph
 
@@ -35,7 +36,7 @@ class Policy:
     input_shape: tuple[int, ...]
     fingerprint: str
     groups: list[dict]  # {"name", "channels", "kept"}
-    budget: str | None = None
+    budget: Budget | None = None  # a file holds its text, parsed once on reading
     metrics: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)
     created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
@@ -78,7 +79,7 @@ class Policy:
         return {
             "format": FORMAT,
             "model": {"name": self.model, "input_shape": list(self.input_shape), "fingerprint": self.fingerprint},
-            "budget": self.budget,
+            "budget": self.budget.text if self.budget is not None else None,
             "groups": self.groups,
             "metrics": self.metrics,
             "search": self.search,
@@ -102,7 +103,7 @@ class Policy:
                 tuple(int(x) for x in model["input_shape"]),
                 str(model["fingerprint"]),
                 groups,
-                d.get("budget"),
+                parse_budget(d["budget"]) if d.get("budget") else None,
                 dict(d.get("metrics") or {}),
                 dict(d.get("search") or {}),
                 str(d.get("created", "")),

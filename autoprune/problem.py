@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from autoprune.budget import Budget, format_cost
+from autoprune.budget import Budget, excess, format_cost
 from autoprune.cost.model import CostModel
 from autoprune.errors import UserError
 from autoprune.layers import LayerGraph, round_channels
@@ -58,9 +58,12 @@ class Problem:
     def channels(self) -> np.ndarray:
         return self.graph.channels
 
+    def excess(self, kept: Sequence[int] | np.ndarray) -> dict[str, float]:
+        """``{metric: cost / limit}`` for each limit ``kept`` breaks (:func:`autoprune.budget.excess`)."""
+        return excess(self.cost(kept), self.limits)
+
     def feasible(self, kept: Sequence[int] | np.ndarray) -> bool:
-        c = self.cost(kept)
-        return all(c[m] <= lim * (1 + 1e-9) for m, lim in self.limits.items())
+        return not self.excess(kept)
 
     def ratios_to_kept(self, ratios: Sequence[float] | np.ndarray) -> np.ndarray:
         return np.array(

@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from autoprune import atomic  # noqa: E402
-from autoprune.budget import format_cost, parse_budget  # noqa: E402
+from autoprune.budget import format_cost, within  # noqa: E402
 from autoprune.cost.measure import device_slowdown  # noqa: E402
 from autoprune.errors import UserError  # noqa: E402
 from autoprune.pareto import pareto_front  # noqa: E402
@@ -111,7 +111,7 @@ def plot_pareto(history: pd.DataFrame, policy: Policy, cost: str, path: Path) ->
     front = pareto_front(h, share, "accuracy")
     ax.plot(front[share], front["accuracy"], "r-o", ms=3, label="Pareto front")
     limit = (
-        next((c for c in parse_budget(policy.budget).constraints if c.metric == cost), None) if policy.budget else None
+        next((c for c in policy.budget.constraints if c.metric == cost), None) if policy.budget else None
     )
     if limit is not None:
         base = policy.metrics.get("unpruned", {}).get(cost if cost != "latency" else "latency_predicted_us")
@@ -161,7 +161,7 @@ def render(run_dir: str | Path, policy: Policy | None = None, history: pd.DataFr
     if history is None:
         history = load_history(run_dir)
     uniform = policy.search.get("uniform_kept")
-    cost = next((c.metric for c in parse_budget(policy.budget).constraints), "flops") if policy.budget else "flops"
+    cost = next((c.metric for c in policy.budget.constraints), "flops") if policy.budget else "flops"
 
     plot_kept(policy, uniform, run_dir / "kept_channels.png")
     plots = [("Kept channels per group (vs uniform)", "kept_channels.png")]
@@ -225,7 +225,7 @@ def budget_checks(policy: Policy) -> list[tuple[str, float, float, str]]:
         return []
     m, base = policy.metrics, policy.metrics.get("unpruned", {})
     out = []
-    for c in parse_budget(policy.budget).constraints:
+    for c in policy.budget.constraints:
         key = {"flops": "flops", "params": "params", "latency": "latency_measured_us"}[c.metric]
         elsewhere = c.metric == "latency" and bool(m.get("latency_measured_elsewhere"))
         if c.metric == "latency" and (key not in m or elsewhere):
@@ -252,7 +252,7 @@ def predicted_for(policy: Policy) -> str:
 def budget_met(policy: Policy) -> bool | None:
     """Whether the pruned model meets every constraint of its budget (None: nothing to check it against)."""
     checks = budget_checks(policy)
-    return all(value <= limit for _, value, limit, _ in checks) if checks else None
+    return all(within(value, limit) for _, value, limit, _ in checks) if checks else None
 
 
 def budget_verdict(policy: Policy) -> str | None:
@@ -261,8 +261,8 @@ def budget_verdict(policy: Policy) -> str | None:
     m = policy.metrics
     parts = [
         f"{metric} {format_cost(metric, value)} {how} vs budget {format_cost(metric, limit)}: "
-        + (f"{'**met**' if value <= limit else '**NOT met**'}" if how in ("measured", "counted") else
-           f"{'**within the budget as predicted**' if value <= limit else '**over the budget as predicted**'} "
+        + (f"{'**met**' if within(value, limit) else '**NOT met**'}" if how in ("measured", "counted") else
+           f"{'**within the budget as predicted**' if within(value, limit) else '**over the budget as predicted**'} "
            "(a prediction, not a measurement)")
         for metric, value, limit, how in budget_checks(policy)
     ]

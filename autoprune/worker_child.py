@@ -1,9 +1,9 @@
 """A child of ``--workers``: ``python -m autoprune.worker_child SPEC.json``, started and watched by its parent
 (:func:`autoprune.search.workers.run_local_workers`).
 
-SPEC holds the arguments of the parent's :func:`autoprune.api.search` call and the shared storage; the child runs
-trials of that study through the same call (``finish=False``: it writes no run directory) until the study holds its
-budget, printing one line per evaluation to its log.
+SPEC holds the parent's :class:`~autoprune.spec.RunSpec` pointed at the shared storage; the child runs trials of
+that study through the same pipeline (role ``worker``: it writes no run directory) until the study holds its budget,
+printing one line per evaluation to its log.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from autoprune.api import search
 from autoprune.errors import UserError
+from autoprune.pipeline import run
+from autoprune.spec import RunSpec
 
 
 def _print_progress(event) -> None:
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(int(spec["threads"]))
     print(f"worker {socket.gethostname()}:{os.getpid()} with {spec['threads']} torch thread(s)", flush=True)
     try:
-        search(**spec["args"], out=None, finish=False, trust_pickle=spec["trust_pickle"], callback=_print_progress)
+        run(RunSpec.from_json(spec["spec"]), role="worker", trust_pickle=spec["trust_pickle"],
+            callback=_print_progress)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -45,3 +45,14 @@ def run_cli(capsys, monkeypatch):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """A real (tiny) latency table of resnet20 at 1x3x16x16, measured on this machine and saved."""
+    from autoprune.latency_workflows import build_table
+
+    table = build_table("resnet20", (1, 3, 16, 16), threads=1, grid=2, warmup=1, repeats=3, e2e_repeats=3)
+    path = tmp_path_factory.mktemp("table") / "resnet20.csv"
+    table.save(path)
+    return path

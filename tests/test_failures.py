@@ -116,7 +116,7 @@ def test_unreachable_database_is_one_line_before_model_work(run_cli, tmp_path, m
     def no_model_work(*args, **kwargs):
         raise AssertionError("the model was loaded before the storage was checked")
 
-    monkeypatch.setattr("autoprune.api.load_model", no_model_work)
+    monkeypatch.setattr("autoprune.pipeline.setup.load_model", no_model_work)
     url = f"postgresql://autoprune:s3cret@127.0.0.1:{port}/autoprune"
     code, out, err = run_cli(
         "search",

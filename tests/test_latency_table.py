@@ -29,7 +29,6 @@ from autoprune.cost.latency_table import (
 from autoprune.cost.measure import Timing
 from autoprune.cost.probes import plan_layers
 from autoprune.errors import UserError
-from autoprune.latency_workflows import build_table
 from autoprune.layers import analyze
 from autoprune.models import build_model
 from autoprune.probe_transfer import export_probes, import_probes
@@ -142,15 +141,6 @@ def test_table_for_another_model_is_refused(graph):
     other_model, _ = build_model("resnet32", use_default_weights=False)
     with pytest.raises(UserError):
         table.predictor(analyze(other_model, SHAPE, "resnet32"))
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """A real (tiny) table measured on this machine and saved."""
-    table = build_table("resnet20", SHAPE, threads=1, grid=2, warmup=1, repeats=3, e2e_repeats=3)
-    path = tmp_path_factory.mktemp("table") / "resnet20.csv"
-    table.save(path)
-    return path
 
 
 def test_build_save_load_predict(built, graph):
@@ -345,167 +335,6 @@ def test_calibration_fit():
     assert (fixed, scale) == (pytest.approx(30), 1.0)
 
 
-def test_a_policy_over_budget_when_measured_is_replaced(built, tmp_path):
-    """The table says the searched policy fits; the device says it does not: the best evaluated policy under a limit
-    tightened by the table's error on it is taken instead, and the checks are recorded."""
-    from autoprune.api import meet_measured_latency
-    from autoprune.budget import parse_budget
-    from autoprune.cost.measure import measure_interleaved
-    from autoprune.cost.model import CostModel
-    from autoprune.problem import Problem
-    from autoprune.prune import ChannelPruner
-
-    csv = tmp_path / "optimistic.csv"
-    csv.write_text(built.read_text())
-    meta = json.loads(built.with_suffix(".json").read_text())
-    meta["scale"], meta["fixed_us"] = meta["scale"] / 4, meta["fixed_us"] / 4  # predicts a quarter of the truth
-    csv.with_suffix(".json").write_text(json.dumps(meta))
-    table = LatencyTable.load(csv)
-    model, _ = build_model("resnet20", use_default_weights=False)
-    graph = analyze(model, SHAPE, "resnet20")
-    pruner = ChannelPruner(model, SHAPE, graph=graph, model_name="resnet20")
-    probe = Problem(graph, CostModel(graph, latency=table.predictor(graph)), parse_budget("latency=100%"))
-    floor = probe.floor.tolist()
-    full, floor_now = (t.median_us for t in measure_interleaved([model, pruner.apply(floor)], SHAPE, "onnxruntime",
-                                                                 table.threads, 5, 30, 2))
-    # a limit halfway between the floor and the unpruned model, both as measured now and as the table sees them
-    # (the table's floor/full ratio at this tiny size depends on the CPU): the unpruned model is over it, the floor
-    # under it, and the floor is under the limit tightened by the table's error on the unpruned model
-    r = max(floor_now / full, probe.cost(floor)["latency"] / probe.cost(graph.channels)["latency"])
-    assert r < 0.9
-    budget = parse_budget(f"latency={full * (1 + r) / 2:.0f}us")
-    problem = Problem(graph, CostModel(graph, latency=table.predictor(graph)), budget)
-    history = pd.DataFrame([  # the search's best is the unpruned model (it "fits" the optimistic table)
-        {"kept": tuple(graph.channels.tolist()), "latency": problem.cost(graph.channels)["latency"],
-         "feasible": True, "reward": 0.9},
-        {"kept": tuple(floor), "latency": problem.cost(floor)["latency"], "feasible": True, "reward": 0.5},
-    ])
-    # settle=0: here the table is wrong, not the device (which the table's 4x slowdown would otherwise suggest)
-    kept, timings, checks = meet_measured_latency(problem, history, list(graph.channels), pruner, model, SHAPE, table,
-                                                  tries=2, settle=0)
-    assert kept == floor and len(checks) == 2
-    assert checks[0]["kept"] == graph.channels.tolist() and checks[1]["kept"] == floor
-    assert not checks[0]["met"] and checks[1]["met"]
-    assert checks[1]["measured_us"] == timings[1].median_us
-
-
-class _Device:
-    """A device whose every model runs exactly at its table's prediction, ``factor`` times slower for the first
-    ``slow_calls`` interleaved measurements (as a busy shared machine would show them). The logic under test is what
-    :func:`~autoprune.api.meet_measured_latency` does with the timings; timing noise on a shared CI machine must not
-    decide it (real timing is tested in :func:`test_a_policy_over_budget_when_measured_is_replaced`)."""
-
-    def __init__(self, monkeypatch, problem, pruner, net, slow_calls: int, factor: float = 3.0):
-        import autoprune.api as api
-
-        self.calls, self.slow_calls, self.factor, self.problem = 0, slow_calls, factor, problem
-        self.kept_of = {id(net): problem.channels.tolist()}
-        apply = pruner.apply
-
-        def tagged_apply(kept, **kwargs):
-            model = apply(kept, **kwargs)
-            self.kept_of[id(model)] = list(kept)
-            return model
-
-        monkeypatch.setattr(pruner, "apply", tagged_apply)
-        monkeypatch.setattr(api, "measure_interleaved", self.measure)
-
-    def measure(self, models, *args, **kwargs) -> list[Timing]:
-        self.calls += 1
-        factor = self.factor if self.calls <= self.slow_calls else 1.0
-        out = []
-        for m in models:
-            us = float(self.problem.cost(self.kept_of[id(m)])["latency"]) * factor
-            out.append(Timing(us, us, us, 100))
-        return out
-
-
-def _fitted_problem(built):
-    """resnet20, its table, and a latency budget of 1.6x the table's unpruned prediction: the unpruned model meets
-    it when the device runs at its table's speed, not when the device is 2-3x slower."""
-    from autoprune.budget import parse_budget
-    from autoprune.cost.model import CostModel
-    from autoprune.problem import Problem
-    from autoprune.prune import ChannelPruner
-
-    model, _ = build_model("resnet20", use_default_weights=False)
-    graph = analyze(model, SHAPE, "resnet20")
-    pruner = ChannelPruner(model, SHAPE, graph=graph, model_name="resnet20")
-    table = LatencyTable.load(built)
-    kept = graph.channels.tolist()
-    budget = parse_budget(f"latency={table.predictor(graph)(kept) * 1.6:.3f}us")
-    return Problem(graph, CostModel(graph, latency=table.predictor(graph)), budget), pruner, model, table, kept
-
-
-def test_a_measurement_in_a_slow_spell_is_repeated_before_it_rejects_the_policy(built, monkeypatch):
-    """The unpruned model measuring 3x its table's prediction says the device is busy, not that the policy is too
-    big: the pair is measured again after the pause, and the policy is kept once the device is back."""
-    from autoprune.api import meet_measured_latency
-    from autoprune.policy import Policy
-    from autoprune.report import budget_verdict
-
-    problem, pruner, model, table, kept = _fitted_problem(built)
-    device = _Device(monkeypatch, problem, pruner, model, slow_calls=1)
-    phases = []
-    history = pd.DataFrame([{"kept": tuple(kept), "latency": problem.cost(kept)["latency"], "feasible": True,
-                             "reward": 0.9}])
-    got, timings, checks = meet_measured_latency(problem, history, kept, pruner, model, SHAPE, table, pause_s=0,
-                                                 on_phase=phases.append)
-    assert got == kept and device.calls == 2 and len(checks) == 2
-    assert not checks[0]["met"] and checks[0]["unpruned_measured_us"] > 2 * checks[0]["unpruned_predicted_us"]
-    assert checks[1]["met"] and checks[1]["measured_us"] == timings[1].median_us
-    assert len(phases) == 1 and "busy or throttled" in phases[0]
-    policy = Policy.from_kept(problem.graph, got, budget=problem.budget.text,
-                              metrics={"latency_measured_us": timings[1].median_us, "latency_checks": checks})
-    verdict = budget_verdict(policy)
-    assert "**met**" in verdict and "1 of 2 measurements over the budget found the device slow" in verdict
-    assert "so they were repeated" in verdict
-
-
-def test_a_device_that_stays_slow_is_reported_with_what_to_do(built, monkeypatch):
-    """Slow in every attempt: the policy is not met, nothing smaller was evaluated, and the verdict says why and
-    which command re-checks or re-fits the table."""
-    from autoprune.api import meet_measured_latency
-    from autoprune.policy import Policy
-    from autoprune.report import budget_verdict
-
-    problem, pruner, model, table, kept = _fitted_problem(built)
-    device = _Device(monkeypatch, problem, pruner, model, slow_calls=99)
-    history = pd.DataFrame([{"kept": tuple(kept), "latency": problem.cost(kept)["latency"], "feasible": True,
-                             "reward": 0.9}])
-    got, timings, checks = meet_measured_latency(problem, history, kept, pruner, model, SHAPE, table, settle=2,
-                                                 pause_s=0)
-    assert got == kept and device.calls == 3 and not any(ch["met"] for ch in checks)
-    policy = Policy.from_kept(problem.graph, got, budget=problem.budget.text, search={"table": str(built)},
-                              metrics={"latency_measured_us": timings[1].median_us, "latency_checks": checks})
-    verdict = budget_verdict(policy)
-    assert "**NOT met**" in verdict and "3 of 3 measurements over the budget found the device slow" in verdict
-    assert f"latency-table anchor --table {built}" in verdict
-
-
-def test_after_the_device_stayed_slow_the_next_policy_is_timed_once(built, monkeypatch):
-    """Pauses are for a spell that passes. Once the device stayed slow through them, the smaller policy taken under
-    the tightened limit is measured once, without pausing again."""
-    from autoprune.api import meet_measured_latency
-
-    problem, pruner, model, table, kept = _fitted_problem(built)
-    floor = problem.floor.tolist()
-    # slow enough to count (> 15 % over the table) and to put the unpruned model over the 1.6x budget, yet the floor
-    # (its share f of the unpruned model's time depends on the CPU the table was built on) fits it when as slow:
-    # a factor between 1.6 and 1.6 / f
-    f = problem.cost(floor)["latency"] / problem.cost(kept)["latency"]
-    device = _Device(monkeypatch, problem, pruner, model, slow_calls=99, factor=1.6 * (1 + 1 / f) / 2)
-    history = pd.DataFrame([
-        {"kept": tuple(kept), "latency": problem.cost(kept)["latency"], "feasible": True, "reward": 0.9},
-        {"kept": tuple(floor), "latency": problem.cost(floor)["latency"], "feasible": True, "reward": 0.5},
-    ])
-    phases = []
-    got, _, checks = meet_measured_latency(problem, history, kept, pruner, model, SHAPE, table, settle=2,
-                                           pause_s=0, on_phase=phases.append)
-    assert [ch["kept"] for ch in checks] == [kept] * 3 + [floor] and device.calls == 4 and len(phases) == 2
-    assert got == floor and checks[-1]["met"]  # the floor runs well under 0.8x of the unpruned model's time
-
-
 def _copy_table(built, dest, **fingerprint) -> object:
     """A copy of the built table whose recorded device identity is changed by ``fingerprint``."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -544,11 +373,11 @@ def test_without_table_the_search_builds_one_of_this_device_and_passes_over_anot
                                                                                       run_cli):
     """A cached table of another ISA sits where the old code looked for one: the default path passes it over,
     builds a table here (once; cached by this device's id) and the budget is measured here."""
-    import autoprune.api as api
+    import autoprune.pipeline.setup as setup
     from autoprune.cost.device_identity import device_id as id_of
 
     cache = tmp_path / "cache"
-    monkeypatch.setattr(api, "CACHE_DIR", cache)
+    monkeypatch.setattr(setup, "CACHE_DIR", cache)
     ident = json.loads(built.with_suffix(".json").read_text())["fingerprint"]
     other = dict(ident, isa=_other_isa())
     _copy_table(built, cache / "latency_tables" / id_of(other) / "resnet20-1x3x16x16.csv", isa=other["isa"])

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from autoprune.budget import parse_budget
 from autoprune.errors import UserError
 from autoprune.layers import analyze
 from autoprune.models import build_model
@@ -16,13 +17,13 @@ def graph(tiny_model):
 
 def test_round_trip(tmp_path, graph):
     kept = [max(1, g.channels // 2) for g in graph.groups]
-    p = Policy.from_kept(graph, kept, budget="flops=50%", metrics={"flops": 1.0})
+    p = Policy.from_kept(graph, kept, budget=parse_budget("flops=50%"), metrics={"flops": 1.0})
     p.save(tmp_path / "policy.json")
     d = json.loads((tmp_path / "policy.json").read_text())
     assert d["format"] == FORMAT and d["model"]["fingerprint"] == graph.fingerprint
     q = Policy.load(tmp_path / "policy.json")
     assert q.check_fits(graph) == kept
-    assert q.budget == "flops=50%" and q.metrics == {"flops": 1.0}
+    assert q.budget.text == "flops=50%" and q.metrics == {"flops": 1.0}
 
 
 def test_policy_for_another_model_names_the_groups(graph):

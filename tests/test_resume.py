@@ -93,7 +93,7 @@ def test_ctrl_c_writes_the_best_policy_so_far(tmp_path, tiny_data):
 def test_ctrl_c_never_saves_a_policy_whose_reward_is_nan(tmp_path):
     """The best-so-far policy follows the search's own rule: a NaN reward (non-finite outputs) is never the best,
     even when it comes first."""
-    from autoprune.api import save_interrupted
+    from autoprune.pipeline.run_dir import save_interrupted
     from autoprune.policy import Policy
     from tests._search_tiny import tiny_problem
 
@@ -105,8 +105,8 @@ def test_ctrl_c_never_saves_a_policy_whose_reward_is_nan(tmp_path):
         {"kept": half, "feasible": True, "reward": 0.25, "accuracy": 0.25},
         {"kept": full, "feasible": False, "reward": 0.9, "accuracy": 0.9},
     ]
-    path = save_interrupted(tmp_path, problem, problem.budget, rows)
+    path = save_interrupted(tmp_path, problem, rows)
     policy = Policy.load(path)
     assert policy.kept == half and policy.search["reward"] == 0.25 and policy.search["evaluations"] == 3
     assert len(pd.read_csv(tmp_path / "history.csv")) == 3
-    assert save_interrupted(tmp_path / "none", problem, problem.budget, rows[:1]) is None  # nothing to save
+    assert save_interrupted(tmp_path / "none", problem, rows[:1]) is None  # nothing to save

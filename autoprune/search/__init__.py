@@ -22,11 +22,26 @@ from autoprune.search.baselines import RandomStrategy, SensitivityStrategy, Unif
 from autoprune.search.ddpg import DDPGStrategy
 from autoprune.search.netadapt import NetAdaptStrategy
 from autoprune.search.optuna_search import SAMPLERS, OptunaStrategy
+from autoprune.spec import RunSpec
 
+# The registry: the one list of strategies. The CLI's help, which strategies need data, and each strategy's options
+# (``Strategy.defaults``, with their types) come from here.
 _CLASSES: dict[str, type[Strategy]] = {c.name: c for c in (DDPGStrategy, OptunaStrategy, NetAdaptStrategy,
                                                             UniformStrategy, RandomStrategy, SensitivityStrategy)}
 STRATEGIES: tuple[str, ...] = tuple(_CLASSES)
+REWARD_OPTIONS = ("reward", "finetune_steps")  # options of the reward path, which every strategy shares
 JOURNAL = "evaluations.jsonl"  # in the run directory: every evaluation, for resuming
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    if name not in _CLASSES:
+        raise UserError(f"unknown strategy {name!r}: use one of {', '.join(STRATEGIES)}")
+    return _CLASSES[name]
+
+
+def needs_data(name: str) -> bool:
+    """Whether a strategy scores policies on data (all but ``uniform``, which only prices them)."""
+    return strategy_class(name).needs_reward
 
 
 def seed_everything(seed: int) -> None:
@@ -48,7 +63,8 @@ class SearchInterrupted(KeyboardInterrupt):
 def run_search(
     strategy: str, problem: Problem, evaluator: Evaluator | None, *, episodes: int, seed: int,
     options: dict | None = None, callback: Callable[[SearchEvent], None] | None = None,
-    workdir: Path | None = None, resume: bool = False,
+    workdir: Path | None = None, resume: bool = False, spec: RunSpec | None = None, role: str = "search",
+    trust_pickle: bool = False,
 ) -> SearchResult:
     """Run ``strategy`` on ``problem`` for at most ``episodes`` evaluations; the same seed gives the same policy.
 
@@ -56,10 +72,10 @@ def run_search(
     ``acc``) and ``finetune_steps`` (the ``acc-ft`` reward's fine-tune length, default 200).
     ``callback(SearchEvent)`` is called after every evaluation. ``workdir`` holds what a strategy persists (the
     Optuna study) and the evaluation journal; ``resume`` continues it: the journal seeds the reward cache and the
-    strategy replays with the same seed, so earlier evaluations are reused, not repeated.
+    strategy replays with the same seed, so earlier evaluations are reused, not repeated. ``spec``, ``role`` and
+    ``trust_pickle`` are how this process takes part in a search others may share (:class:`Strategy`).
     """
-    if strategy not in _CLASSES:
-        raise UserError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    cls = strategy_class(strategy)
     if episodes < 1:
         raise UserError(f"--episodes {episodes} must be at least 1")
     options = dict(options or {})
@@ -67,12 +83,12 @@ def run_search(
     finetune_steps = int(options.pop("finetune_steps", 200))
     if reward_name not in REWARDS:
         raise UserError(f"unknown reward {reward_name!r}: use one of {', '.join(REWARDS)}")
-    cls = _CLASSES[strategy]
     if evaluator is None and cls.needs_reward:
         raise UserError(f"strategy {strategy} needs an evaluator (model weights and --data); uniform does not")
     seed_everything(seed)
     reward = None if evaluator is None else Reward(reward_name, evaluator, problem.cost, finetune_steps=finetune_steps)
-    runner = cls(problem, seed=seed, options=options, workdir=Path(workdir) if workdir else None, resume=resume)
+    runner = cls(problem, seed=seed, options=options, workdir=Path(workdir) if workdir else None, resume=resume,
+                 spec=spec, role=role, trust_pickle=trust_pickle)
     journal = Journal(Path(workdir) / JOURNAL) if workdir else None
     if resume and journal is not None and reward is not None:
         for row in journal.read():  # replayed evaluations cost nothing
@@ -88,4 +104,5 @@ def run_search(
 
 
 __all__ = ["STRATEGIES", "SAMPLERS", "REWARDS", "SearchContext", "SearchEvent", "SearchResult", "Strategy",
-           "SearchInterrupted", "Journal", "JOURNAL", "run_search", "uniform_kept", "seed_everything"]
+           "SearchInterrupted", "Journal", "JOURNAL", "run_search", "uniform_kept", "seed_everything",
+           "strategy_class", "needs_data", "REWARD_OPTIONS"]

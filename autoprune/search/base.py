@@ -24,6 +24,9 @@ from autoprune.budget import format_cost
 from autoprune.errors import UserError
 from autoprune.pareto import pareto_front
 from autoprune.problem import Problem
+from autoprune.spec import RunSpec
+
+ROLES = ("search", "worker", "read")
 
 
 @dataclass
@@ -228,7 +231,10 @@ class Strategy(ABC):
     """A search strategy: proposes policies and spends at most ``ctx.episodes`` evaluations through ``ctx``.
 
     Subclasses declare ``name``, ``needs_reward`` and ``defaults`` (every option with its paper default); the
-    options a user passes are checked against ``defaults``.
+    options a user passes are checked against ``defaults``. How this process takes part in a search that others
+    may share: ``spec`` (the whole search, to describe it to them; None for a model or data given as objects),
+    ``role`` (``search``: the whole search; ``worker``: trials only, for a parent or another machine; ``read``: no
+    trial, the stored evaluations only) and ``trust_pickle`` (passed on to the workers it starts).
     """
 
     name: ClassVar[str]
@@ -243,7 +249,12 @@ class Strategy(ABC):
         options: dict | None = None,
         workdir: Path | None = None,
         resume: bool = False,
+        spec: RunSpec | None = None,
+        role: str = "search",
+        trust_pickle: bool = False,
     ) -> None:
+        if role not in ROLES:
+            raise UserError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
         unknown = sorted(set(options or {}) - set(self.defaults))
         if unknown:
             raise UserError(
@@ -251,6 +262,7 @@ class Strategy(ABC):
                 f"{', '.join(sorted(self.defaults)) or 'none'}"
             )
         self.problem, self.seed, self.workdir, self.resume = problem, seed, workdir, resume
+        self.spec, self.role, self.trust_pickle = spec, role, trust_pickle
         self.options = {**self.defaults, **(options or {})}
 
     @abstractmethod

@@ -30,8 +30,7 @@ class NetAdaptStrategy(Strategy):
     }
 
     def most_violated(self, kept: np.ndarray) -> str | None:
-        c = self.problem.cost(kept)
-        over = {m: c[m] / lim for m, lim in self.problem.limits.items() if c[m] > lim * (1 + 1e-9)}
+        over = self.problem.excess(kept)
         return max(over, key=over.__getitem__) if over else None
 
     def shrink_one(self, kept: np.ndarray, i: int, metric: str, target: float) -> np.ndarray | None:

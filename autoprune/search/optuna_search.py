@@ -74,10 +74,24 @@ from autoprune.search.optuna_study import (
 )
 from autoprune.search.workers import parent_gone, reap_dead_local_trials, run_local_workers
 
-SAMPLERS = ("tpe", "cmaes", "gp", "nsga2")
+
+def _gp(seed: int, startup: int, shared: bool) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():  # deterministic_objective is "experimental"; our rewards are cached
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, deterministic_objective=True)
+
+
+# The registry of samplers: name -> factory(seed, n_startup_trials, shared). A shared study's TPE lies about the
+# running trials (constant liar), so that workers sampling at the same time spread out.
+SAMPLERS: dict[str, Callable[[int, int, bool], optuna.samplers.BaseSampler]] = {
+    "tpe": lambda seed, startup, shared: optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, n_startup_trials=startup, constant_liar=shared),
+    "cmaes": lambda seed, startup, shared: optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup),
+    "gp": _gp,
+    "nsga2": lambda seed, startup, shared: optuna.samplers.NSGAIISampler(seed=seed),
+}
 _SAMPLER_DEPS = {"cmaes": "cmaes", "gp": "scipy"}
 JOURNAL_FILE = "optuna-journal.log"  # in the run directory, for --workers without --storage
-ROLES = ("search", "worker", "read")
 
 
 def file_sha256(path: str | Path | None) -> str | None:
@@ -105,8 +119,6 @@ class OptunaStrategy(Strategy):
         "max_failures": 10,  # a worker stops after this many of its trials fail in a row
         "max_repeats": None,  # the study ends early after this many proposals in a row of evaluated policies
         # (None: max(50, episodes); a repeat costs milliseconds)
-        "call": None,  # set by autoprune.api.search: {"args": its arguments, "trust_pickle": ...}
-        "role": "search",  # search | worker (a --workers child: no run dir) | read (report: no trials)
     }
 
     def __init__(self, *args, **kwargs) -> None:
@@ -122,8 +134,6 @@ class OptunaStrategy(Strategy):
             priced = ", ".join(self.problem.cost.metrics)
             raise UserError(f"objective cost {cost!r} cannot be priced: use one of {priced}")
         self.objective_cost = cost
-        if o["role"] not in ROLES:
-            raise UserError(f"unknown role {o['role']!r}: use one of {', '.join(ROLES)}")
         if not isinstance(o["workers"], int) or o["workers"] < 1:
             raise UserError(f"--workers {o['workers']} must be a whole number of at least 1")
         for key in ("heartbeat_interval", "grace_period", "max_failures"):
@@ -135,7 +145,7 @@ class OptunaStrategy(Strategy):
     @property
     def shared(self) -> bool:
         """Whether other processes may run trials of this study (then trials carry their worker, seeds differ)."""
-        return bool(self.options["storage"]) or self.options["workers"] > 1 or self.options["role"] == "worker"
+        return bool(self.options["storage"]) or self.options["workers"] > 1 or self.role == "worker"
 
     @property
     def owned(self) -> bool:
@@ -165,25 +175,14 @@ class OptunaStrategy(Strategy):
         return open_storage(url, heartbeat_interval=heartbeat, grace_period=o["grace_period"], max_retry=o["max_retry"])
 
     def make_sampler(self) -> optuna.samplers.BaseSampler:
-        s, startup = self.options["sampler"], self.options["n_startup_trials"]
         seed = self.seed
         if self.shared:  # one seed per worker: the same seed everywhere would propose the same start-up trials
             seed = int.from_bytes(hashlib.sha256(f"{self.seed}:{self.worker}".encode()).digest()[:4], "big") >> 1
-        if s == "tpe":
-            return optuna.samplers.TPESampler(
-                seed=seed, multivariate=True, n_startup_trials=startup, constant_liar=self.shared
-            )
-        if s == "cmaes":
-            return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup)
-        if s == "gp":
-            with warnings.catch_warnings():  # deterministic_objective is "experimental"; our rewards are cached
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, deterministic_objective=True)
-        return optuna.samplers.NSGAIISampler(seed=seed)
+        return SAMPLERS[self.options["sampler"]](seed, self.options["n_startup_trials"], self.shared)
 
     def identity(self) -> dict:
         """What every worker of one study must agree on: the problem, the reward and the budget."""
-        args = (self.options["call"] or {}).get("args") or {}
+        args = self.spec.described if self.spec is not None else {}
         opts = args.get("options") or {}
         ident = {
             k: args.get(k)
@@ -220,7 +219,7 @@ class OptunaStrategy(Strategy):
         multi = self.options["sampler"] == "nsga2"
         directions = ["maximize", "minimize"] if multi else ["maximize"]
         exists = storage is not None and name in optuna.study.get_all_study_names(storage)
-        role = self.options["role"]
+        role = self.role
         if role in ("worker", "read") and not exists:
             raise UserError(f"no Optuna study {name!r} in {where}: check --storage and --study")
         if self.owned and role == "search":
@@ -242,21 +241,14 @@ class OptunaStrategy(Strategy):
         mine = {**self.identity(), "episodes": episodes}
         attrs = study.user_attrs
         if "identity" not in attrs:
-            args = (self.options["call"] or {}).get("args")
-            if args is not None:
-                args = json.loads(json.dumps(args))
-                args["options"] = {
-                    k: v
-                    for k, v in (args.get("options") or {}).items()
-                    if k not in ("storage", "study_name", "workers", "call", "role")
-                }
-                study.set_user_attr("args", args)
+            if self.spec is not None:
+                study.set_user_attr("args", self.spec.described)
             study.set_user_attr("groups", [g.name for g in self.problem.graph.groups])
             study.set_user_attr("identity", mine)
             attrs = study.user_attrs  # a worker racing to describe it may have won: check against what is there
         theirs = attrs.get("identity") or {}
         for key, value in mine.items():
-            if key == "episodes" and (self.resume or self.options["role"] == "read"):
+            if key == "episodes" and (self.resume or self.role == "read"):
                 continue
             if theirs.get(key) != value:
                 raise UserError(
@@ -264,7 +256,7 @@ class OptunaStrategy(Strategy):
                     f"worker has {value!r}: start every worker of a study with the same arguments, or use another "
                     "--study"
                 )
-        if self.resume and theirs.get("episodes") != episodes and self.options["role"] == "search":
+        if self.resume and theirs.get("episodes") != episodes and self.role == "search":
             study.set_user_attr("identity", {**theirs, "episodes": episodes})
 
     # -- the search --------------------------------------------------------------------------------------------
@@ -272,7 +264,7 @@ class OptunaStrategy(Strategy):
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported below, one line each
         study = self.open_study(ctx.episodes)
         mirror = StudyMirror(study, ctx)
-        role = self.options["role"]
+        role = self.role
         if self.resume and self.owned and role == "search":
             # a process that owned this storage was killed: its RUNNING trial is re-run (local workers still
             # alive, from a --workers parent that died, finish theirs)
@@ -283,7 +275,7 @@ class OptunaStrategy(Strategy):
             if role == "read":
                 mirror.sync()
             elif self.options["workers"] > 1 and role == "search":
-                run_local_workers(self.options, self.workdir, self.storage_url(), study, ctx, mirror)
+                run_local_workers(self, study, ctx, mirror)
             else:
                 self.run_trials(study, ctx, mirror, stop=parent_gone if role == "worker" else lambda: False)
             mirror.sync()
@@ -320,54 +312,53 @@ class OptunaStrategy(Strategy):
             extra["pareto_front"] = front[["kept", self.objective_cost, "reward"]].to_dict("records")
         return extra
 
+    def objective(self, trial: optuna.Trial, study: optuna.Study, ctx: SearchContext, outcome: dict[str, Any]):
+        """One trial: suggest ratios, project them onto the budget, evaluate the policy through ``ctx``. A trial
+        over the study's budget or proposing a policy already evaluated is PRUNED and costs no evaluation;
+        ``outcome`` says which way it went."""
+        p, episodes = self.problem, ctx.episodes
+        outcome.clear()
+        trial.set_user_attr("worker", self.worker)
+        complete, running = trial_counts(study)
+        ahead = sum(t._trial_id < trial._trial_id for t in running)
+        if ahead >= episodes - complete:  # another worker's trial took the last slot at the same moment
+            outcome["surplus"] = True
+            trial.set_user_attr("surplus", True)
+            raise optuna.TrialPruned("the evaluation budget is taken by other workers' running trials")
+        names = [f"{i:03d}:{g.name}" for i, g in enumerate(p.graph.groups)]
+        kept = p.project(np.array([trial.suggest_float(n, p.min_keep, 1.0) for n in names]))
+        policy = [int(k) for k in kept]
+        seen = {tuple(r["kept"]) for r in ctx.rows} | {tuple(t.user_attrs.get("kept", ())) for t in running}
+        if tuple(policy) in seen:
+            # the cache would answer it and the budget would pay: a coarse space (a 16-channel block on a small
+            # model) makes a sampler repeat itself. PRUNED, it costs no evaluation, and TPE counts it among the
+            # poor trials, which steers it off policies it has seen (or another worker is scoring).
+            outcome["repeat"] = True
+            trial.set_user_attr("repeat", True)
+            raise optuna.TrialPruned("a policy this study has already evaluated")
+        trial.set_user_attr("kept", policy)  # what a running trial is evaluating, for the other workers
+        extra = {"trial": trial.number, "worker": self.worker} if self.shared else {"trial": trial.number}
+        try:
+            reward = ctx.evaluate(kept, **extra)
+        except Exception as e:
+            outcome["error"] = _reason(e)
+            trial.set_user_attr("error", outcome["error"])
+            raise
+        trial.set_user_attr("row", json.dumps(ctx.rows[-1], default=_json_default))
+        if reward is None or not math.isfinite(reward):
+            outcome["error"] = f"the reward is {reward} (the pruned model's outputs are not finite)"
+            trial.set_user_attr("error", outcome["error"])
+            raise NonFiniteReward(outcome["error"])
+        outcome["done"] = True
+        return (reward, p.cost_shares(kept)[self.objective_cost]) if self.options["sampler"] == "nsga2" else reward
+
     def run_trials(
         self, study: optuna.Study, ctx: SearchContext, mirror: StudyMirror, stop: Callable[[], bool] = lambda: False
     ) -> None:
         """Run trials until the study holds ``ctx.episodes`` complete ones (this worker's and everyone else's)."""
-        p, episodes, o = self.problem, ctx.episodes, self.options
-        multi = o["sampler"] == "nsga2"
-        names = [f"{i:03d}:{g.name}" for i, g in enumerate(p.graph.groups)]
+        episodes, o = ctx.episodes, self.options
         heartbeat = is_heartbeat_enabled(study._storage)
         outcome: dict[str, Any] = {}
-
-        def objective(trial: optuna.Trial):
-            outcome.clear()
-            trial.set_user_attr("worker", self.worker)
-            complete, running = trial_counts(study)
-            ahead = sum(t._trial_id < trial._trial_id for t in running)
-            if ahead >= episodes - complete:  # another worker's trial took the last slot at the same moment
-                outcome["surplus"] = True
-                trial.set_user_attr("surplus", True)
-                raise optuna.TrialPruned("the evaluation budget is taken by other workers' running trials")
-            ratios = np.array([trial.suggest_float(n, p.min_keep, 1.0) for n in names])
-            kept = p.project(ratios)
-            policy = [int(k) for k in kept]
-            seen = {tuple(r["kept"]) for r in ctx.rows} | {tuple(t.user_attrs.get("kept", ())) for t in running}
-            if tuple(policy) in seen:
-                # the cache would answer it and the budget would pay: a coarse space (a 16-channel block on a
-                # small model) makes a sampler repeat itself. PRUNED, it costs no evaluation, and TPE counts it
-                # among the poor trials, which steers it off policies it has seen (or another worker is scoring).
-                outcome["repeat"] = True
-                trial.set_user_attr("repeat", True)
-                raise optuna.TrialPruned("a policy this study has already evaluated")
-            trial.set_user_attr("kept", policy)  # what a running trial is evaluating, for the other workers
-            extra = {"trial": trial.number, "worker": self.worker} if self.shared else {"trial": trial.number}
-            try:
-                reward = ctx.evaluate(kept, **extra)
-            except Exception as e:
-                outcome["error"] = _reason(e)
-                trial.set_user_attr("error", outcome["error"])
-                raise
-            trial.set_user_attr("row", json.dumps(ctx.rows[-1], default=_json_default))
-            if reward is None or not math.isfinite(reward):
-                outcome["error"] = f"the reward is {reward} (the pruned model's outputs are not finite)"
-                trial.set_user_attr("error", outcome["error"])
-                raise NonFiniteReward(outcome["error"])
-            outcome["done"] = True
-            if multi:
-                return reward, p.cost_shares(kept)[self.objective_cost]
-            return reward
-
         failures, waiting, repeats = 0, False, 0
         max_repeats = o["max_repeats"] or max(50, episodes)
         while not stop() and not study.user_attrs.get(CONVERGED):
@@ -388,7 +379,8 @@ class OptunaStrategy(Strategy):
                 time.sleep(POLL_S)
                 continue
             waiting = False
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+            study.optimize(lambda t: self.objective(t, study, ctx, outcome), n_trials=1, catch=(Exception,),
+                           gc_after_trial=False)
             if "error" in outcome:
                 failures += 1
                 print(f"trial failed: {outcome['error']}", file=sys.stderr, flush=True)

@@ -10,10 +10,10 @@ heartbeat, so the parent does the heartbeat's job: when a child exits on a signa
 and queued again (:func:`autoprune.search.optuna_study.fail_and_retry`) for the children still alive. A child
 that fails with an error (exit code > 0) stops the search with that error. The parent itself evaluates nothing: it
 mirrors the study for the progress line and, when the study holds its budget of complete trials, returns, and
-``autoprune.api.search`` writes the run directory from the study.
+:func:`autoprune.pipeline.run` writes the run directory from the study.
 
-A child is ``python -m autoprune.worker_child SPEC.json`` (:data:`CHILD_MODULE`): SPEC holds the arguments of the
-parent's ``autoprune.api.search`` call and the shared storage. It is a process of its own, not a function called
+A child is ``python -m autoprune.worker_child SPEC.json`` (:data:`CHILD_MODULE`): SPEC holds the parent's
+:class:`~autoprune.spec.RunSpec` pointed at the shared storage. It is a process of its own, not a function called
 here, so this module (below the API) never imports the API that the child runs.
 """
 
@@ -93,14 +93,21 @@ def _last_error(log: Path) -> str:
     return text[:400]
 
 
-def run_local_workers(o: dict, run_dir: Path | None, storage_url: str | None, study: optuna.Study, ctx: SearchContext,
-                      mirror: StudyMirror) -> None:
-    """Start ``o['workers']`` children on the study, watch them, return when the budget is spent.
+def worker_spec(strategy, study: optuna.Study, storage_url: str | None, n: int) -> dict:
+    """What a child is started with: the search's :class:`~autoprune.spec.RunSpec` pointed at the shared study
+    (one process each), whether to trust pickles, and its torch threads."""
+    spec = strategy.spec.replace(options={**strategy.spec.options, "storage": storage_url,
+                                          "study_name": study.study_name, "workers": 1})
+    return {"spec": spec.to_json(), "trust_pickle": strategy.trust_pickle, "threads": worker_threads(n)}
 
-    ``o``, ``run_dir`` and ``storage_url``: the :class:`~autoprune.search.optuna_search.OptunaStrategy`'s options,
-    run directory and storage."""
-    call = o["call"]
-    if call is None or call.get("args") is None or run_dir is None:
+
+def run_local_workers(strategy, study: optuna.Study, ctx: SearchContext, mirror: StudyMirror) -> None:
+    """Start ``--workers`` children on the study, watch them, return when the budget is spent.
+
+    ``strategy``: the :class:`~autoprune.search.optuna_search.OptunaStrategy` of the parent (its options, run
+    directory, storage and spec)."""
+    o, run_dir = strategy.options, strategy.workdir
+    if strategy.spec is None or run_dir is None:
         raise UserError(
             "--workers needs a model and a dataset by name and a run directory (--out): the workers "
             "rebuild them in their own processes"
@@ -108,64 +115,20 @@ def run_local_workers(o: dict, run_dir: Path | None, storage_url: str | None, st
     n = o["workers"]
     logs = run_dir / LOG_DIR
     logs.mkdir(parents=True, exist_ok=True)
-    args = dict(call["args"])
-    options = {
-        **(args.get("options") or {}),
-        "storage": storage_url,
-        "study_name": study.study_name,
-        "workers": 1,
-        "role": "worker",
-    }
-    args["options"] = options
-    spec = {"args": args, "trust_pickle": bool(call.get("trust_pickle")), "threads": worker_threads(n)}
+    spec = worker_spec(strategy, study, strategy.storage_url(), n)
     spec_path = logs / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=2) + "\n")
     env = {**os.environ, PARENT_ENV: str(os.getpid()), "OMP_NUM_THREADS": str(spec["threads"])}
-    host = socket.gethostname()
     procs: list[subprocess.Popen] = []
     log_paths = [logs / f"worker-{k}.log" for k in range(n)]
     try:
         for path in log_paths:
             with open(path, "ab") as log:
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", CHILD_MODULE, str(spec_path)],
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                        env=env,
-                    )
-                )
-        exited: dict[int, int] = {}
-        while True:
-            for k, p in enumerate(procs):
-                if k in exited or p.poll() is None:
-                    continue
-                exited[k] = p.returncode
-                if p.returncode != 0:  # its RUNNING trial goes back to the others now, not after a grace period
-                    how = f"signal {-p.returncode}" if p.returncode < 0 else f"exit {p.returncode}"
-                    reap_dead_local_trials(study, o["max_retry"], f"worker {k} died ({how})", dead={f"{host}:{p.pid}"})
-                if p.returncode > 0:
-                    raise UserError(f"worker {k} failed: {_last_error(log_paths[k])} (log: {log_paths[k]})")
-            if mirror.sync() and ctx.callback is not None and ctx.rows:
-                ctx.callback(ctx.event(ctx.rows[-1].get("reward")))
-            if len(exited) == n:
-                break
-            time.sleep(POLL_S)
+                procs.append(subprocess.Popen([sys.executable, "-m", CHILD_MODULE, str(spec_path)], stdout=log,
+                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env))
+        _watch(procs, log_paths, study, o["max_retry"], ctx, mirror)
     finally:
-        alive = [p for p in procs if p.poll() is None]
-        for p in alive:
-            p.send_signal(signal.SIGTERM)
-        for p in alive:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        if alive:  # stopped by us (Ctrl-C, an error): their trials are re-run on --resume
-            reap_dead_local_trials(
-                study, o["max_retry"], "the search was stopped", dead={f"{host}:{p.pid}" for p in alive}
-            )
+        _stop(procs, study, o["max_retry"])
         mirror.sync()  # what the children finished last is the parent's too (Ctrl-C saves the best of it)
     complete = trial_counts(study)[0]
     if complete < ctx.episodes and not study.user_attrs.get(CONVERGED):
@@ -174,3 +137,41 @@ def run_local_workers(o: dict, run_dir: Path | None, storage_url: str | None, st
             f"every worker has stopped with {complete} of {ctx.episodes} trials complete ({failed} "
             f"failed; logs in {logs}): continue with autoprune search --resume {run_dir}"
         )
+
+
+def _watch(procs: list[subprocess.Popen], log_paths: list[Path], study: optuna.Study, max_retry: int | None,
+           ctx: SearchContext, mirror: StudyMirror) -> None:
+    """Until every child has exited: a child that died gives its RUNNING trial back at once (not after a grace
+    period), one that failed with an error stops the search with it, and the progress follows the study."""
+    host, exited = socket.gethostname(), set()
+    while len(exited) < len(procs):
+        for k, p in enumerate(procs):
+            if k in exited or p.poll() is None:
+                continue
+            exited.add(k)
+            if p.returncode != 0:
+                how = f"signal {-p.returncode}" if p.returncode < 0 else f"exit {p.returncode}"
+                reap_dead_local_trials(study, max_retry, f"worker {k} died ({how})", dead={f"{host}:{p.pid}"})
+            if p.returncode > 0:
+                raise UserError(f"worker {k} failed: {_last_error(log_paths[k])} (log: {log_paths[k]})")
+        if mirror.sync() and ctx.callback is not None and ctx.rows:
+            ctx.callback(ctx.event(ctx.rows[-1].get("reward")))
+        if len(exited) < len(procs):
+            time.sleep(POLL_S)
+
+
+def _stop(procs: list[subprocess.Popen], study: optuna.Study, max_retry: int | None) -> None:
+    """Stop the children still running (Ctrl-C, an error): SIGTERM, then a kill after 30 s; their trials are
+    re-run on --resume."""
+    alive = [p for p in procs if p.poll() is None]
+    for p in alive:
+        p.send_signal(signal.SIGTERM)
+    for p in alive:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    if alive:
+        host = socket.gethostname()
+        reap_dead_local_trials(study, max_retry, "the search was stopped", dead={f"{host}:{p.pid}" for p in alive})

@@ -1,0 +1,97 @@
+"""The search job as stages, each a module of its own, in the order the data flows:
+
+1. :mod:`~autoprune.pipeline.setup` — the spec becomes a model, data, a latency table, a problem and an evaluator;
+2. the search — a strategy of :mod:`autoprune.search` spends the evaluations (:func:`search_policy`);
+3. :mod:`~autoprune.pipeline.verify` — a latency budget is checked by measuring on this device;
+4. :mod:`~autoprune.pipeline.finish` — prune for real, score, fine-tune, measure, describe in a policy;
+5. :mod:`~autoprune.pipeline.run_dir` — the run directory, all or nothing.
+
+:func:`run` chains them; :mod:`autoprune.api` and a ``--workers`` child call it, the CLI through the API.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch.nn as nn
+
+from autoprune.data import DataBundle
+from autoprune.errors import UserError
+from autoprune.pipeline.finish import finish
+from autoprune.pipeline.run_dir import save_interrupted, write_run_dir
+from autoprune.pipeline.setup import Setup, prepare
+from autoprune.policy import Policy
+from autoprune.search import SearchResult, run_search
+from autoprune.search.optuna_study import check_storage
+from autoprune.spec import RunSpec, save_spec
+
+
+@dataclass
+class RunOutcome:
+    """What a run leaves behind: the search result, the policy (with every metric) and the pruned model."""
+
+    result: SearchResult
+    policy: Policy | None  # None when it only searched (a --workers child, whose parent finishes)
+    pruned: nn.Module | None
+    run_dir: Path | None
+
+
+def run(
+    spec: RunSpec, *, out: str | Path | None = None, resume: bool = False, role: str = "search",
+    module: nn.Module | None = None, bundle: DataBundle | None = None, trust_pickle: bool = False,
+    callback=None, on_phase: Callable[[str], None] | None = None, on_table_progress=None,
+) -> RunOutcome:
+    """Set up, search, verify, finish and write the run directory ``out``.
+
+    ``role``: ``search`` runs the whole job; ``worker`` (a ``--workers`` child, or a worker on another machine
+    with no ``out``) only runs trials of a shared study; ``read`` runs no trial and finishes from the study.
+    ``module``/``bundle`` stand in for the spec's model and data (a notebook's); such a run cannot be resumed.
+    """
+    started = time.perf_counter()
+    phase = on_phase or (lambda _text: None)
+    if spec.strategy == "optuna" and spec.options.get("storage"):
+        check_storage(spec.options["storage"])  # an unreachable database fails now, before any model work
+    run_dir = Path(out) if out is not None else None
+    if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {out} is a file, not a run directory: pass a new or existing directory")
+    setup = prepare(spec, module=module, bundle=bundle, trust_pickle=trust_pickle, on_phase=phase,
+                    on_table_progress=on_table_progress)
+    reproducible = module is None and bundle is None
+    if run_dir is not None and reproducible:  # the run directory appears only once every input has been checked
+        save_spec(run_dir, setup.spec, resume)
+    result = search_policy(setup, run_dir, resume=resume, role=role, trust_pickle=trust_pickle,
+                           reproducible=reproducible, callback=callback, phase=phase)
+    if role == "worker":
+        return RunOutcome(result, None, None, run_dir)
+    outcome = finish(setup, result, started, phase)
+    if run_dir is not None:
+        phase("writing the run directory")
+        write_run_dir(run_dir, result.history, outcome)
+    return RunOutcome(result, outcome.policy, outcome.pruned, run_dir)
+
+
+def search_policy(
+    setup: Setup, run_dir: Path | None, *, resume: bool, role: str, trust_pickle: bool, reproducible: bool,
+    callback, phase: Callable[[str], None],
+) -> SearchResult:
+    """Stage 2: the spec's strategy searches the problem; Ctrl-C keeps the best policy so far in the run
+    directory (the journal or the study resumes the rest)."""
+    spec = setup.spec
+    options = dict(spec.options) | ({"reward": spec.reward} if spec.reward is not None else {})
+    phase(f"searching with {spec.strategy}")
+    try:
+        return run_search(
+            spec.strategy, setup.problem, setup.evaluator, episodes=spec.episodes, seed=spec.seed, options=options,
+            callback=callback, workdir=run_dir, resume=resume, spec=spec if reproducible else None, role=role,
+            trust_pickle=trust_pickle,
+        )
+    except KeyboardInterrupt as e:
+        if run_dir is not None:
+            save_interrupted(run_dir, setup.problem, getattr(e, "rows", None))
+        raise
+
+
+__all__ = ["RunOutcome", "run", "search_policy", "Setup", "prepare"]

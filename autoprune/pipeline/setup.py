@@ -1,0 +1,151 @@
+"""Stage 1, setup: a :class:`~autoprune.spec.RunSpec` becomes what a search runs on — the model and its input, the
+data, the analysed groups, this device's latency table, the cost model, the problem and the evaluator."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from autoprune.cost.latency_table import LatencyTable
+from autoprune.cost.model import CostModel
+from autoprune.cost.speed_signature import SignatureCheck
+from autoprune.cost.table_choice import choose_table
+from autoprune.data import CACHE_DIR, DataBundle, check_compatible, load_data
+from autoprune.errors import UserError
+from autoprune.latency_workflows import build_table
+from autoprune.layers import LayerGraph, analyze
+from autoprune.models import CIFAR_RESNET_DEPTHS, DEMO_MODEL, build_model
+from autoprune.problem import Problem
+from autoprune.prune import ChannelPruner
+from autoprune.reward import Evaluator
+from autoprune.search import needs_data
+from autoprune.spec import RunSpec
+
+Phase = Callable[[str], None]
+
+
+def load_model(
+    model: str,
+    weights: str | Path | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    trust_pickle: bool = False,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+) -> tuple[nn.Module, tuple[int, ...]]:
+    """Build a named model with its weights; returns the module and the input shape to analyse it at."""
+    if input_shape is not None and in_channels is None and ":" not in model and model != DEMO_MODEL:
+        in_channels = input_shape[1] if model in CIFAR_RESNET_DEPTHS else None
+    net, spec = build_model(model, weights, num_classes=num_classes, in_channels=in_channels, trust_pickle=trust_pickle)
+    shape = tuple(input_shape) if input_shape is not None else spec.input_shape
+    check_runs(net, shape, model)
+    return net, shape
+
+
+def check_runs(net: nn.Module, shape: tuple[int, ...], name: str) -> None:
+    try:
+        with torch.no_grad():
+            net.eval()(torch.randn(*shape))
+    except Exception as e:  # wrong channels, too small an image, ...
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(
+            f"model {name} does not run on input {'x'.join(map(str, shape))} ({first[:160]}): "
+            "pass the --input-shape it expects"
+        ) from e
+
+
+def load_bundle(data: str | DataBundle, shape: tuple[int, ...], net: nn.Module) -> DataBundle:
+    bundle = data if isinstance(data, DataBundle) else load_data(data, tuple(shape[1:]))
+    with torch.no_grad():
+        n_out = net(torch.randn(1, *shape[1:])).shape[-1]
+    check_compatible(bundle, shape, n_out)
+    return bundle
+
+
+def check_table_speed(table: LatencyTable, path, on_phase: Phase | None = None) -> SignatureCheck | None:
+    """Re-time the table's reference probes (about a second) and say so when this machine now runs them off the
+    table's level by more than its noise: predictions are then off by about that ratio until the table is
+    re-anchored. Returns the check (None for a table without a signature)."""
+    check = table.check_speed()
+    if check is not None and check.off and on_phase is not None:
+        on_phase(f"WARNING: speed signature: this machine runs the table's reference probes at {check.ratio:.2f}x "
+                 f"their times when the table was built (its noise allows ±{check.tolerance:.0%}): its predictions are "
+                 f"off by about that much now; re-fit its level with `autoprune latency-table anchor --table {path}`")
+    return check
+
+
+@dataclass
+class Setup:
+    """What the search, the measured check and the finish work on."""
+
+    spec: RunSpec  # with the table actually used, when one was chosen or built for this device
+    net: nn.Module
+    shape: tuple[int, ...]
+    bundle: DataBundle | None
+    graph: LayerGraph
+    table: LatencyTable | None
+    problem: Problem
+    pruner: ChannelPruner
+    evaluator: Evaluator | None
+    elsewhere: bool = False  # the table is another device's: its latency is a prediction for that device
+    signature: SignatureCheck | None = None
+
+
+def prepare(
+    spec: RunSpec, *, module: nn.Module | None = None, bundle: DataBundle | None = None, trust_pickle: bool = False,
+    on_phase: Phase | None = None, on_table_progress: Callable[[int, int, str], None] | None = None,
+) -> Setup:
+    """Everything a search needs, checked before any of it runs: ``module`` (a model from a notebook) and ``bundle``
+    (data already loaded) stand in for the spec's model and data names."""
+    phase = on_phase or (lambda _text: None)
+    if module is not None:
+        if spec.input_shape is None:
+            raise UserError("searching an nn.Module needs input_shape=(N, C, H, W)")
+        net, shape = module.eval(), spec.input_shape
+        check_runs(net, shape, spec.model)
+    else:
+        torch.manual_seed(spec.seed)  # a model without weights starts from --seed: every worker builds the same
+        net, shape = load_model(spec.model, spec.weights, spec.input_shape, trust_pickle=trust_pickle)
+    data = bundle if bundle is not None else spec.data
+    if data is None and needs_data(spec.strategy):
+        raise UserError(f"strategy {spec.strategy} scores policies on data: pass --data (e.g. --data imagefolder:PATH)")
+    bundle = load_bundle(data, shape, net) if data is not None else None
+    graph = analyze(net, shape, spec.model)
+    path, table = _latency_table(spec, shape, phase, on_table_progress)
+    spec = spec.replace(table=path)
+    cost = CostModel(graph) if table is None else CostModel(graph, latency=table.predictor(graph))
+    # a table of another device predicts for that device: nothing measured here can confirm or refute it
+    elsewhere = table is not None and bool(table.device_differences())
+    signature = check_table_speed(table, path, phase) if table is not None and not elsewhere else None
+    round_to = spec.round_to
+    if round_to is None:  # a latency budget keeps whole blocks of the table's kernels: other widths run slower
+        round_to = max(1, table.block) if table is not None and "latency" in spec.budget.metrics else 1
+    problem = Problem(graph, cost, spec.budget, min_keep=spec.min_keep, round_to=round_to)
+    pruner = ChannelPruner(net, shape, graph=graph, criterion=spec.criterion,
+                           data=bundle.train if bundle else None, seed=spec.seed)
+    evaluator = (Evaluator(pruner, bundle, held_out=spec.held_out, seed=spec.seed, kd=spec.kd)
+                 if bundle is not None else None)
+    return Setup(spec, net, shape, bundle, graph, table, problem, pruner, evaluator, elsewhere, signature)
+
+
+def _latency_table(spec: RunSpec, shape: tuple[int, ...], phase: Phase,
+                   on_progress: Callable[[int, int, str], None] | None) -> tuple[str | None, LatencyTable | None]:
+    """The table the spec names; for a latency budget without one, this device's (shipped, cached, or built now)."""
+    path = spec.table
+    if path is None and "latency" in spec.budget.metrics:
+        path = choose_table(
+            spec.model, shape, CACHE_DIR / "latency_tables",
+            lambda: build_table(spec.model, shape, threads=spec.threads, weights=spec.weights,
+                                on_progress=on_progress),
+            threads=spec.threads, on_phase=phase,
+        ).path
+        phase(f"latency table of this device: {path}")
+    if path is None:
+        return None, None
+    table = LatencyTable.load(path)
+    table.check_device(force=spec.force)
+    return str(path), table

@@ -1,0 +1,69 @@
+"""Stage 3, verify: a latency budget is met when the pruned model *measures* within it, not when the table says so."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pandas as pd
+import torch.nn as nn
+
+from autoprune.budget import within
+from autoprune.cost.latency_table import LatencyTable
+from autoprune.cost.measure import Timing, device_slowdown, measure_interleaved
+from autoprune.problem import Problem
+from autoprune.prune import ChannelPruner
+
+
+def meet_measured_latency(
+    problem: Problem, history: pd.DataFrame, kept: list[int], pruner: ChannelPruner, net: nn.Module,
+    shape: tuple[int, ...], table: LatencyTable, tries: int = 3, settle: int = 2, pause_s: float = 20.0,
+    on_phase: Callable[[str], None] | None = None,
+) -> tuple[list[int], list[Timing], list[dict]]:
+    """Measure the chosen policy here and, when it is over the limit, take a smaller evaluated one.
+
+    A search ends at the edge of the predicted budget, where the table's few-percent error decides. So the chosen
+    policy is pruned and timed here (interleaved with the unpruned model: 3 rounds of 100 runs); if it measures
+    over the limit, the table's error on this very policy becomes the margin — the best evaluated policy predicted
+    under ``limit * predicted / measured`` is tried next — up to ``tries`` times. Returns the policy, the last
+    (unpruned, pruned) timings and every check made.
+
+    Before a measurement over an absolute limit counts, the device must be in its table's state: when the unpruned
+    model measured more than ``DEVICE_SLOWDOWN_TOLERANCE`` over the table's prediction in the same rounds
+    (:func:`~autoprune.cost.measure.device_slowdown`), the pair is measured again after ``pause_s`` seconds, up to
+    ``settle`` times (a slow spell of a shared machine passes; a device that stays slower is a device whose policy
+    must shrink, and then it does). Every measurement is recorded, with the unpruned model's time beside it.
+    """
+    c = next(c for c in problem.budget.constraints if c.metric == "latency")
+    reference = float(problem.cost(problem.channels)["latency"])
+    checks: list[dict] = []
+    for _ in range(tries):
+        predicted = float(problem.cost(kept)["latency"])
+        model = pruner.apply(kept)
+        for attempt in range(settle + 1):
+            with table.measuring():
+                timings = measure_interleaved([net, model], shape, table.backend, table.threads, 10, 100, 3)
+            unpruned, measured = timings[0].median_us, timings[1].median_us
+            # a relative budget (latency=50%) is a share of the unpruned model as measured in the same rounds
+            limit = c.limit(unpruned) if c.relative else problem.limits["latency"]
+            slowdown = device_slowdown(unpruned, reference)
+            met = within(measured, limit)
+            checks.append({"kept": list(kept), "predicted_us": predicted, "measured_us": measured,
+                           "unpruned_measured_us": unpruned, "unpruned_predicted_us": reference, "met": met})
+            if met or c.relative or slowdown is None or attempt >= settle:
+                break
+            if on_phase is not None:
+                on_phase(f"the unpruned model measured {unpruned / 1000:.2f} ms, {slowdown:.0%} over its table's "
+                         f"{reference / 1000:.2f} ms: the device is busy or throttled; measuring again in "
+                         f"{pause_s:.0f} s")
+            time.sleep(pause_s)
+        if met:
+            break
+        if slowdown is not None:  # it stayed slow through the pauses: time the next policy once
+            settle = 0
+        tighter = limit * predicted / measured
+        rows = history[history["feasible"].astype(bool) & history["reward"].notna() & (history["latency"] <= tighter)]
+        if rows.empty:
+            break
+        kept = [int(k) for k in rows.loc[rows["reward"].idxmax(), "kept"]]
+    return kept, timings, checks

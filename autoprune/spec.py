@@ -1,0 +1,127 @@
+"""The run spec: everything that decides what a search finds, in one frozen, typed value.
+
+The CLI builds a :class:`RunSpec` from its flags, the Python API from its arguments; it is what ``args.json`` in a
+run directory holds (so ``--resume RUN`` needs nothing else), what an Optuna study's ``args`` attribute holds (so any
+worker, or ``autoprune report --storage``, re-runs the same search), and what a ``--workers`` child is started with.
+The budget is parsed here, once, into a :class:`~autoprune.budget.Budget`; JSON carries its text.
+
+What a process does with a spec (own the run directory, run trials for a parent, finish from a study) and the
+callbacks it reports to are not part of the spec: two processes with equal specs run the same search.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from autoprune import atomic
+from autoprune.budget import Budget, parse_budget
+from autoprune.errors import UserError
+from autoprune.models import DEMO_MODEL
+
+DEMO_DATA = "fashion-mnist"
+# A batch of 64, served as one request. The demo's budget is relative (`make demo`: latency=70% of the unpruned model
+# as timed on the machine it runs on), so it means the same on a faster or slower CPU.
+DEMO_INPUT_SHAPE = (64, 1, 28, 28)
+SPEC_FILE = "args.json"  # in the run directory
+# Options that say where a shared Optuna study lives and how many local processes run it: they locate the search,
+# they do not change what it finds, so a study's description leaves them out.
+LOCATION_OPTIONS = ("storage", "study_name", "workers")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One search: the model and data, the budget, the strategy with its options, and the finishing steps."""
+
+    budget: Budget
+    model: str = DEMO_MODEL
+    data: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    weights: str | None = None
+    table: str | None = None  # a latency table; None: this device's (shipped, cached or built)
+    force: bool = False  # use a table measured on another device
+    strategy: str = "ddpg"
+    options: Mapping[str, Any] = field(default_factory=dict)  # the strategy's own (``Strategy.defaults``)
+    reward: str | None = None
+    episodes: int = 300
+    seed: int = 0
+    min_keep: float = 0.1
+    round_to: int | None = None  # None: the latency table's channel block for a latency budget, else 1
+    criterion: str = "l2"
+    held_out: int | None = 5000
+    finetune_epochs: float = 1.0
+    finetune_lr: float | None = None
+    kd: bool = True
+    measure: bool = True
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        if self.input_shape is not None:
+            object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
+        for name in ("weights", "table"):
+            value = getattr(self, name)
+            if isinstance(value, Path):
+                object.__setattr__(self, name, str(value))
+        if self.episodes < 1:
+            raise UserError(f"--episodes {self.episodes} must be at least 1")
+
+    @classmethod
+    def create(cls, budget: str | Budget, model: str | None = None, data: str | None = None, **settings) -> RunSpec:
+        """A spec from user input: the budget text is parsed (a malformed one fails naming its token), and no model
+        means the embedded default (the demo model and its checkpoint on Fashion-MNIST at batch 64)."""
+        if model is None:
+            model, data = DEMO_MODEL, data or DEMO_DATA
+            settings["input_shape"] = settings.get("input_shape") or DEMO_INPUT_SHAPE
+        unknown = sorted(set(settings) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown search setting(s): {', '.join(unknown)}")
+        bud = parse_budget(budget) if isinstance(budget, str) else budget
+        return cls(budget=bud, model=model, data=data, **settings)
+
+    def replace(self, **changes) -> RunSpec:
+        return replace(self, **changes)
+
+    @property
+    def described(self) -> dict:
+        """What decides the result, for a shared study's description: the spec without where the study lives."""
+        d = self.to_json()
+        d["options"] = {k: v for k, v in d["options"].items() if k not in LOCATION_OPTIONS}
+        return d
+
+    def to_json(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d.update(budget=self.budget.text, options=dict(self.options))
+        d["input_shape"] = list(self.input_shape) if self.input_shape is not None else None
+        return json.loads(json.dumps(d))
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> RunSpec:
+        """A spec from ``args.json`` or a study's description (written by :meth:`to_json`)."""
+        d = dict(d)
+        return cls.create(d.pop("budget"), d.pop("model"), d.pop("data", None), **d)
+
+
+def save_spec(run_dir: Path, spec: RunSpec, resume: bool) -> None:
+    """``args.json`` in a new run directory (or the one being resumed); a finished or running search is not
+    overwritten by another."""
+    path = run_dir / SPEC_FILE
+    if path.is_file() and not resume:
+        raise UserError(f"{run_dir} already holds a search: pass --resume {run_dir} to continue it, or another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, json.dumps(spec.to_json(), indent=2) + "\n")
+
+
+def load_spec(run_dir: str | Path) -> RunSpec:
+    """The spec an interrupted search in ``run_dir`` was started with."""
+    path = Path(run_dir) / SPEC_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir} holds no search to resume (no {SPEC_FILE}): start one with `autoprune search`")
+    try:
+        return RunSpec.from_json(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a search's arguments ({e}): start the search again with another --out") from e
