@@ -23,7 +23,7 @@ KIND_CODE = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
 FEATURES = ("index", "kind", "c_in", "c_out", "kernel", "stride", "in_hw", "flops", "params", "reduced", "rest",
             "previous_action")
 
-RewardFn = Callable[[np.ndarray], Any]  # kept -> float, or an object with a float ``reward`` attribute
+RewardFn = Callable[..., Any]  # (kept, **extra) -> float, or an object with a float ``reward`` attribute
 
 
 class ChannelPruningEnv(gym.Env):
@@ -31,7 +31,9 @@ class ChannelPruningEnv(gym.Env):
 
     ``reward_fn(kept)`` scores a finished policy (an :class:`autoprune.reward.Reward`, which caches evaluated
     policies by kept tuple, or any callable returning a float). ``info`` at the last step holds ``kept``, its
-    ``costs`` and the reward function's full result.
+    ``costs`` and the reward function's full result. ``reset(options={"extra": {...}})`` passes those fields to the
+    episode's evaluation, ``reward_fn(kept, **extra)``: a search's ``SearchContext.evaluate`` records them in the
+    episode's history row (e.g. the exploration phase and noise).
     """
 
     metadata = {"render_modes": []}
@@ -50,6 +52,7 @@ class ChannelPruningEnv(gym.Env):
         self.i = 0
         self.kept = problem.channels.copy()
         self.prev_action = 1.0
+        self.extra: dict[str, Any] = {}  # passed with this episode's evaluation
         self.worst_reward: float | None = None  # what a policy with a NaN reward (non-finite outputs) is worth
 
     def _static_features(self) -> np.ndarray:
@@ -86,6 +89,7 @@ class ChannelPruningEnv(gym.Env):
         self.i = 0
         self.kept = self.problem.channels.copy()
         self.prev_action = 1.0
+        self.extra = dict((options or {}).get("extra", {}))
         return self._obs(), {}
 
     def step(self, action) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -101,7 +105,7 @@ class ChannelPruningEnv(gym.Env):
         if self.i < self.n:
             return self._obs(), 0.0, False, False, info
         kept = self.kept.copy()
-        result = self.reward_fn(kept)
+        result = self.reward_fn(kept, **self.extra)
         reward = float(getattr(result, "reward", result))
         if np.isfinite(reward):
             self.worst_reward = reward if self.worst_reward is None else min(self.worst_reward, reward)
