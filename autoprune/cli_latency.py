@@ -85,6 +85,41 @@ def build(
                   f"scale {table.scale:.3f} -> {path}", soft_wrap=True)
 
 
+def _validation_table(name: str, s: dict) -> Table:
+    """The summary of `validate` (``s``, from ``validate_table``) as a table titled with ``name``
+    (model and input shape)."""
+    t = Table(title=f"{name}: predicted vs measured ({s['policies']} policies)")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("MAPE", f"{s['mape']:.2%}")
+    t.add_row("policies within ±5 % / ±10 %", f"{s['within_5pct']:.0%} / {s['within_10pct']:.0%}")
+    t.add_row("median APE", f"{s['median_ape']:.2%}")
+    t.add_row("bias (mean signed error)", f"{s['bias']:+.2%}")
+    t.add_row("worst error", f"{s['worst_error']:+.2%} (policy {s['worst_policy']})")
+    t.add_row("Spearman rank correlation", f"{s['spearman']:.4f}")
+    if "mape_reanchored" in s:
+        t.add_row("MAPE, table re-anchored just before (as `anchor` does)", f"{s['mape_reanchored']:.2%}")
+        t.add_row("bias, re-anchored", f"{s['bias_reanchored']:+.2%}")
+    t.add_row("machine now vs at build (calibration networks)", f"{s['speed_vs_build']:.3f}x the build's times")
+    t.add_row("MAPE, calibration re-fitted on today's timings", f"{s['mape_recalibrated']:.2%}")
+    t.add_row("re-fitted: within ±5 % / ±10 %", f"{s['within_5pct_recalibrated']:.0%} / "
+                                                f"{s['within_10pct_recalibrated']:.0%}")
+    t.add_row("worst error, re-fitted", f"{s['worst_recalibrated']:+.2%}")
+    if s.get("speed_signature"):
+        sig = s["speed_signature"]
+        t.add_row("speed signature: reference probes now vs the table's level",
+                  f"{sig['ratio']:.3f}x (noise allows ±{sig['tolerance']:.0%}{'; OFF' if sig['off'] else ''})")
+    t.add_row("measurement noise: retest MAPE", f"{s['retest_mape']:.2%}")
+    t.add_row("retest within ±5 % / ±10 %", f"{s['retest_within_5pct']:.0%} / {s['retest_within_10pct']:.0%}")
+    t.add_row("measurement noise: retest worst", f"{s['retest_worst']:.2%}")
+    t.add_row("measurement noise: retest Spearman", f"{s['retest_spearman']:.4f}")
+    t.add_row("measurement spread (p90-p10)/median", f"{s['spread_p90_p10']:.2%}")
+    lo, hi = s["measured_range_us"]
+    t.add_row("measured range", f"{lo / 1000:.3f} – {hi / 1000:.3f} ms")
+    t.add_row("load average (1/5/15 min) at the end", str(s.get("load_average", "-")))
+    return t
+
+
 @latency_app.command("validate")
 def validate(
     model: str | None = typer.Option(None, help="model (default: the table's)"),
@@ -123,36 +158,7 @@ def validate(
     csv.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(csv, index=False, float_format="%.2f")
     scatter_plot(df, s, plot, f"{tab.model} {shape_text(tab.input_shape)} · {tab.backend} {tab.threads}t")
-    t = Table(title=f"{tab.model} {shape_text(tab.input_shape)}: predicted vs measured ({s['policies']} policies)")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    t.add_row("MAPE", f"{s['mape']:.2%}")
-    t.add_row("policies within ±5 % / ±10 %", f"{s['within_5pct']:.0%} / {s['within_10pct']:.0%}")
-    t.add_row("median APE", f"{s['median_ape']:.2%}")
-    t.add_row("bias (mean signed error)", f"{s['bias']:+.2%}")
-    t.add_row("worst error", f"{s['worst_error']:+.2%} (policy {s['worst_policy']})")
-    t.add_row("Spearman rank correlation", f"{s['spearman']:.4f}")
-    if "mape_reanchored" in s:
-        t.add_row("MAPE, table re-anchored just before (as `anchor` does)", f"{s['mape_reanchored']:.2%}")
-        t.add_row("bias, re-anchored", f"{s['bias_reanchored']:+.2%}")
-    t.add_row("machine now vs at build (calibration networks)", f"{s['speed_vs_build']:.3f}x the build's times")
-    t.add_row("MAPE, calibration re-fitted on today's timings", f"{s['mape_recalibrated']:.2%}")
-    t.add_row("re-fitted: within ±5 % / ±10 %", f"{s['within_5pct_recalibrated']:.0%} / "
-                                                f"{s['within_10pct_recalibrated']:.0%}")
-    t.add_row("worst error, re-fitted", f"{s['worst_recalibrated']:+.2%}")
-    if s.get("speed_signature"):
-        sig = s["speed_signature"]
-        t.add_row("speed signature: reference probes now vs the table's level",
-                  f"{sig['ratio']:.3f}x (noise allows ±{sig['tolerance']:.0%}{'; OFF' if sig['off'] else ''})")
-    t.add_row("measurement noise: retest MAPE", f"{s['retest_mape']:.2%}")
-    t.add_row("retest within ±5 % / ±10 %", f"{s['retest_within_5pct']:.0%} / {s['retest_within_10pct']:.0%}")
-    t.add_row("measurement noise: retest worst", f"{s['retest_worst']:.2%}")
-    t.add_row("measurement noise: retest Spearman", f"{s['retest_spearman']:.4f}")
-    t.add_row("measurement spread (p90-p10)/median", f"{s['spread_p90_p10']:.2%}")
-    lo, hi = s["measured_range_us"]
-    t.add_row("measured range", f"{lo / 1000:.3f} – {hi / 1000:.3f} ms")
-    t.add_row("load average (1/5/15 min) at the end", str(s.get("load_average", "-")))
-    console.print(t)
+    console.print(_validation_table(f"{tab.model} {shape_text(tab.input_shape)}", s))
     if (s.get("speed_signature") or {}).get("off"):
         err_console.print(f"the reference probes ran at {s['speed_signature']['ratio']:.2f}x the table's level: re-fit "
                           f"it with `autoprune latency-table anchor --table {table}`", highlight=False, soft_wrap=True)

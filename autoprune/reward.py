@@ -154,17 +154,6 @@ class Evaluator:
         """Seed the cache with an evaluation made earlier (a resumed search replays it for free)."""
         self._cache[(tuple(int(k) for k in kept), int(finetune_steps))] = Evaluation(accuracy, dict(phases or {}))
 
-    def evaluate_model(self, model: nn.Module, recalibrate: bool = True) -> float:
-        """Held-out accuracy of any model (e.g. pruned by another tool), through the same recalibration."""
-        import copy
-
-        model = copy.deepcopy(model)
-        if self.fast:
-            model = model.to(memory_format=torch.channels_last)
-        if recalibrate:
-            self.recalibrate(model)
-        return self.score(model)
-
 
 def _fold_bn(model: nn.Module) -> nn.Module:
     """Conv+BN folding through torch.fx; a model fx cannot trace is scored unfused."""

@@ -46,8 +46,11 @@ from autoprune.prune import ChannelPruner  # noqa: E402
 from autoprune.report import read_history  # noqa: E402
 from autoprune.reward import Evaluator  # noqa: E402
 from autoprune.search import STRATEGIES, run_search  # noqa: E402
-from autoprune.search.reference import global_magnitude_at_flops  # noqa: E402
 from autoprune.training import TrainConfig, train  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark's own modules beside it
+
+from reference_pruning import evaluate_model, global_magnitude_at_flops  # noqa: E402
 
 SHAPE = (1, 1, 28, 28)
 COLUMNS = ["strategy", "budget", "reward", "episodes", "evaluations", "seed", "search_held_out", "flops_share",
@@ -77,7 +80,7 @@ def finetune_and_test(model, data, test_eval: Evaluator, epochs: float, seed: in
     ``teacher``'s logits when given)."""
     model = copy.deepcopy(model)
     train(model, data.train, TrainConfig(epochs=epochs, lr=0.01, seed=seed), teacher=teacher)
-    return test_eval.evaluate_model(model, recalibrate=False)
+    return evaluate_model(test_eval, model, recalibrate=False)
 
 
 def refinetune(args) -> None:
@@ -256,7 +259,7 @@ def main() -> None:
             pruned, ratio, flops = global_magnitude_at_flops(model, SHAPE, limit, ignored=[model.fc])
             row.update(evaluations=0, wall_s=time.perf_counter() - t0,
                        flops_share=flops / problem.cost.baseline["flops"],
-                       held_out_acc=final_held.evaluate_model(pruned), test_acc=final_test.evaluate_model(pruned),
+                       held_out_acc=evaluate_model(final_held, pruned), test_acc=evaluate_model(final_test, pruned),
                        kept=json.dumps({"tp_pruning_ratio": round(ratio, 4)}))
             if args.finetune_epochs:
                 final_test.recalibrate(pruned)

@@ -2,8 +2,8 @@
 
 A table's per-layer probes are summed and mapped to end-to-end latency by an affine fit on whole pruned networks
 timed on the device. Fitted on uniform prunes alone, the map is right for uniform prunes and biased for the
-irregular policies a search actually proposes (measured on mobilenet_v2: +15-20 % on 20 %-FLOPs policies, whose
-narrow layers cost less in the served graph than their isolated probes say). So the calibration set is both: the
+irregular policies a search actually proposes (their narrow layers cost less in the served graph than their isolated
+probes say). So the calibration set is both: the
 uniform prunes (:data:`CALIBRATION_RATIOS`) and :data:`CALIBRATION_RANDOM` random non-uniform policies drawn with
 their own seed, which :func:`random_policies` spreads over the FLOPs range the way ``validate`` draws its own
 (different) policies.

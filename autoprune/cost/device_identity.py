@@ -1,8 +1,8 @@
 """Which device a latency table belongs to: the facts that decide kernel speed, and plain words for a difference.
 
 A table predicts latency for the device it was measured on and for no other. Two CPUs sold under one name ("AMD
-EPYC", 2 cores) can differ in the instruction set onnxruntime's kernels dispatch on: the same model ran 2.2x apart
-on an AVX2 and an AVX-512 machine of that name, with different channel blocks (8 vs 16). So the identity names the
+EPYC", 2 cores) can differ in the instruction set onnxruntime's kernels dispatch on, and with it in speed and in
+the kernels' channel blocks (8 with AVX2, 16 with AVX-512). So the identity names the
 CPU (vendor, family/model/stepping, model name), the ISA features the kernels dispatch on, the cores, and the
 backend (major.minor version, execution provider); for CUDA the GPU, its compute capability, the driver and the
 CUDA/cuDNN versions. A patch release of the backend is a note, not another device.

@@ -295,7 +295,7 @@ class LatencyTable:
         """``fn(kept) -> microseconds`` for ``graph`` (the analysed model the table was built for).
 
         Everything that does not depend on the policy (which terms row each layer is, its grid, its regime
-        curves) is resolved here, so a call is a few vectorised numpy operations (~10 µs).
+        curves) is resolved here, so a call is a few vectorised numpy operations.
         """
         L = self._layers
         rows, hi_in, hi_out = [], L["hi_in"], L["hi_out"]
@@ -356,8 +356,9 @@ class LatencyTable:
         taken now): the probe grid, the expensive part, is kept; the map from it to end-to-end latency is today's.
 
         For a machine whose state has changed since the build (the probes' relative costs hold, the level moved):
-        re-timing the 13 calibration networks takes seconds. A level that moves within minutes (this 2-core VM)
-        is not followed: the anchor is the moment's level (``latency_tables/README.md``, "Re-anchoring")."""
+        re-timing the 13 calibration networks is cheap next to the probe grid. A level that moves within minutes (a
+        busy shared VM) is not followed: the anchor is the moment's level (``latency_tables/README.md``,
+        "Re-anchoring")."""
         layer_us = self.predictor(graph).layer_us
         kept_of = calibration_networks(graph, self.block)
         names = [n for n in kept_of if n in networks]

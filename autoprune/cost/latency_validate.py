@@ -8,7 +8,7 @@ the even rounds an independent retest whose disagreement with it is the measurem
 the prediction error so a reader can tell how much of the error is the table's.
 
 The table's own calibration networks are measured in the same rounds. Their timings today against those at build
-time give the machine's drift since the build (this VM's speed wanders by 10-20 % over minutes), and
+time give the machine's drift since the build (a shared VM's speed can wander over minutes), and
 re-fitting the calibration on today's timings of those same networks gives the error that is the table's per-layer
 model's, with the drift removed.
 

@@ -4,7 +4,7 @@ onnxruntime: a session with full graph optimisation (so conv + BN + activation f
 number of intra-op threads, warm-up runs, then the median of timed repeats with the 10th/90th percentiles as the
 spread. torch: the eager model under ``inference_mode`` with the same protocol.
 
-On a shared or virtual machine one session's median can be off by 20-30 % for a while (another tenant, a
+On a shared or virtual machine one session's median can be far off for a while (another tenant, a
 frequency change) and the same network re-measured a minute later is back to normal. Comparisons between networks
 (calibration, validation, unpruned vs pruned) therefore use :func:`measure_interleaved`: every network is measured
 in several rounds, a fresh session each, the rounds interleaved across networks, and the median of the per-round
@@ -52,7 +52,7 @@ def pinned(threads: int, enabled: bool = True) -> Iterator[None]:
     (its ``session.intra_op_thread_affinities``), for the sessions made inside the block; a no-op where the OS
     offers no affinity (``os.sched_setaffinity``) or ``enabled`` is False.
 
-    Why: on a shared 2-core VM an unpinned pair of threads now and then lands on one core and the run takes the
+    Why: on a shared VM with few cores an unpinned pair of threads now and then lands on one core and the run takes the
     one-thread time; pinning is the protocol a table may be built and served with (``--affinity``)."""
     global _pinned_cpus
     if not enabled or not hasattr(os, "sched_setaffinity") or _pinned_cpus is not None:  # (already pinned)

@@ -1,8 +1,12 @@
-"""A reference row: Torch-Pruning's own global magnitude pruning at the same FLOPs.
+"""The benchmark's reference row: Torch-Pruning's own global magnitude pruning at the same FLOPs.
 
 Torch-Pruning ranks every channel group of the network together by its L2 magnitude
 (``GroupMagnitudeImportance(p=2)``, ``global_pruning=True``) and removes the lowest ``pruning_ratio`` share of all
 channels. The ratio that meets a FLOPs limit is found by bisection; the classifier is left whole, as autoprune does.
+:func:`evaluate_model` scores such a model (pruned by another tool) through an :class:`~autoprune.reward.Evaluator`'s
+recalibration and held-out pass, so the reference row compares with the search strategies' rows.
+
+Benchmark code only (``scripts/bench_search.py`` imports it); it is no part of the ``autoprune`` package.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import copy
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+
+from autoprune.reward import Evaluator
 
 
 def prune_global_magnitude(model: nn.Module, input_shape: tuple[int, ...], ratio: float,
@@ -47,3 +53,13 @@ def global_magnitude_at_flops(model: nn.Module, input_shape: tuple[int, ...], fl
         else:
             lo = mid
     return best, hi, float(best_flops)
+
+
+def evaluate_model(evaluator: Evaluator, model: nn.Module, recalibrate: bool = True) -> float:
+    """Held-out accuracy of any model (e.g. pruned by another tool), through ``evaluator``'s recalibration."""
+    model = copy.deepcopy(model)
+    if evaluator.fast:
+        model = model.to(memory_format=torch.channels_last)
+    if recalibrate:
+        evaluator.recalibrate(model)
+    return evaluator.score(model)
