@@ -140,10 +140,12 @@ def validate(
                                               "(the re-anchored table's error is reported too; 0: skip)"),
 ) -> None:
     """Prune random policies for real, measure them end to end, and compare with the table's prediction."""
+    from autoprune.budget import parse_budget
     from autoprune.cost.latency_table import LatencyTable, shape_text
     from autoprune.cost.latency_validate import scatter_plot
     from autoprune.latency_workflows import budget_check, validate_table
 
+    check = parse_budget(budget) if budget else None  # a malformed budget fails before the minutes of timing
     tab = LatencyTable.load(table)
     tab.check_device(force=force, refuse=True)
     stem = f"latency_{tab.model}-{shape_text(tab.input_shape)}"
@@ -164,9 +166,9 @@ def validate(
                           f"it with `autoprune latency-table anchor --table {table}`", highlight=False, soft_wrap=True)
     console.print(f"plot -> {plot}   per-policy results -> {csv}")
     summary = {"table": str(table), **s}
-    if budget:
+    if check is not None:
         with console.status(f"checking budget {budget}"):
-            b = budget_check(tab, budget, weights=weights, round_to=round_to)
+            b = budget_check(tab, check, weights=weights, round_to=round_to)
         summary["budget_check"] = b
         console.print(f"budget {budget}: limit {b['limit_us'] / 1000:.3f} ms, uniform keep ratio {b['keep_ratio']:.3f}"
                       f", predicted {b['predicted_us'] / 1000:.3f} ms, measured {b['measured_us'] / 1000:.3f} ms "
