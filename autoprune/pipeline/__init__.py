@@ -25,7 +25,7 @@ from autoprune.pipeline.run_dir import save_interrupted, write_run_dir
 from autoprune.pipeline.setup import Setup, prepare
 from autoprune.policy import Policy
 from autoprune.search import SearchResult, run_search
-from autoprune.search.optuna_study import check_storage
+from autoprune.search.optuna_storage import check_storage
 from autoprune.spec import RunSpec, save_spec
 
 

@@ -34,7 +34,7 @@ same whichever worker computes it.
 Failures: a trial whose evaluation raises, or whose reward is not finite (a pruned model with NaN/inf outputs), is
 FAIL with the reason in its user attribute ``error``; the study goes on, until ``max_failures`` trials of one
 worker fail in a row. A worker that dies leaves a RUNNING trial: on an RDB storage Optuna's heartbeat marks it FAIL
-after ``grace_period`` seconds without a heartbeat, and :class:`~autoprune.search.optuna_study.RetryStaleTrial`
+after ``grace_period`` seconds without a heartbeat, and :class:`~autoprune.search.optuna_storage.RetryStaleTrial`
 puts its parameters back as a WAITING trial that the next worker to ask runs again (``max_retry`` times at most); a
 journal storage has no heartbeat, so the parent of ``--workers`` does the same for a child it sees die.
 """
@@ -61,17 +61,8 @@ from optuna.trial import TrialState
 from autoprune.errors import UserError
 from autoprune.pareto import pareto_front
 from autoprune.search.base import SearchContext, Strategy
-from autoprune.search.optuna_study import (
-    CONVERGED,
-    JOURNAL,
-    POLL_S,
-    StudyMirror,
-    open_storage,
-    redact,
-    storage_failure,
-    trial_counts,
-    worker_id,
-)
+from autoprune.search.optuna_storage import JOURNAL, open_storage, redact, storage_failure
+from autoprune.search.optuna_study import CONVERGED, POLL_S, StudyMirror, trial_counts, worker_id
 from autoprune.search.workers import parent_gone, reap_dead_local_trials, run_local_workers
 
 
