@@ -20,22 +20,20 @@ from autoprune.budget import Budget, within
 from autoprune.cost.calibration_set import calibration_networks, entry_name, random_policies
 from autoprune.cost.device_identity import identify
 from autoprune.cost.flops import costs
-from autoprune.cost.latency_table import (
-    LatencyTable,
-    ProgressFn,
+from autoprune.cost.latency_table import LatencyTable, ProgressFn, calibrate
+from autoprune.cost.latency_validate import measure_and_retest, summarize
+from autoprune.cost.measure import BACKENDS, Timing, combine_rounds, measure_interleaved, pinned
+from autoprune.cost.model import CostModel
+from autoprune.cost.probes import plan_layers
+from autoprune.cost.speed_signature import time_signature
+from autoprune.cost.table_build import (
     assemble_table,
-    calibrate,
     detect_blocking,
     load_average,
     measure_spec,
     plan_rows,
     time_calibration,
 )
-from autoprune.cost.latency_validate import measure_and_retest, summarize
-from autoprune.cost.measure import BACKENDS, Timing, combine_rounds, measure_interleaved, pinned
-from autoprune.cost.model import CostModel
-from autoprune.cost.probes import plan_layers
-from autoprune.cost.speed_signature import time_signature
 from autoprune.errors import UserError
 from autoprune.layers import analyze
 from autoprune.models import build_model

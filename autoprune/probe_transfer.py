@@ -1,6 +1,6 @@
 """Probes for another device: a model's probes and calibration networks as ONNX files, with a stand-alone timing
 script (``scripts/measure_probes.py``: onnxruntime and numpy only), and what that device measured read back as a
-calibrated table, made exactly as a table built here (:func:`autoprune.cost.latency_table.assemble_table`).
+calibrated table, made exactly as a table built here (:func:`autoprune.cost.table_build.assemble_table`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import pandas as pd
 from autoprune import atomic
 from autoprune.cost import device_identity
 from autoprune.cost.calibration_set import calibration_networks, uniform_ratio
-from autoprune.cost.latency_table import LatencyTable, assemble_table, plan_rows, shape_text
+from autoprune.cost.latency_table import LatencyTable, shape_text
 from autoprune.cost.measure import Timing
 from autoprune.cost.probes import REFERENCE_PROBES, plan_layers
+from autoprune.cost.table_build import assemble_table, plan_rows
 from autoprune.errors import UserError
 from autoprune.layers import analyze
 from autoprune.models import build_model

@@ -21,13 +21,10 @@ from autoprune.cost.calibration_set import (
 )
 from autoprune.cost.device_identity import device_id, identify
 from autoprune.cost.flops import costs
-from autoprune.cost.latency_table import (
-    LatencyTable,
-    plan_rows,
-    table_from_measurements,
-)
+from autoprune.cost.latency_table import LatencyTable
 from autoprune.cost.measure import Timing
 from autoprune.cost.probes import plan_layers
+from autoprune.cost.table_build import plan_rows, table_from_measurements
 from autoprune.errors import UserError
 from autoprune.layers import analyze
 from autoprune.models import build_model

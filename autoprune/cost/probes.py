@@ -16,7 +16,7 @@ channel counts fall back to im2col + GEMM, which is markedly slower. Latency as 
 smooth curves, not one, so the grid measures both ("aligned" c_in values and "unaligned" ones) and prediction picks
 the curve that the queried c_in is on. Measured on onnxruntime 1.31 with AVX-512: input channels that are a multiple
 of 4 (``align``) or fewer than 16 are blocked, and blocked widths are padded up to 16 (``block``); both are detected
-per device (:func:`autoprune.cost.latency_table.detect_blocking`), and are 1 where the backend has no such layout.
+per device (:func:`autoprune.cost.table_build.detect_blocking`), and are 1 where the backend has no such layout.
 """
 
 from __future__ import annotations
