@@ -50,3 +50,13 @@ def test_format_cost():
     assert format_cost("flops", 1.82e9) == "1.82G"
     assert format_cost("latency", 9840) == "9.84 ms"
     assert format_cost("latency", 800) == "800 us"
+
+
+def test_within_and_excess_are_the_one_budget_test():
+    """The search's clip, NetAdapt, the measured check and the report all ask these: a cost at its limit (up to the
+    rounding of a sum) is within; over it, the excess says by how much, per broken limit."""
+    from autoprune.budget import excess, within
+
+    assert within(10.0, 10.0) and within(10.0 + 1e-12, 10.0) and not within(10.01, 10.0)
+    assert excess({"flops": 60.0, "latency": 9.0}, {"flops": 50.0, "latency": 10.0}) == {"flops": 1.2}
+    assert excess({"flops": 50.0}, {"flops": 50.0}) == {}
