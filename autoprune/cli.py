@@ -203,10 +203,7 @@ def _strategy_options(strategy: str, items: list[str], **optuna_flags) -> dict:
     if optuna_flags.get("workers", 1) < 1:
         raise UserError(f"--workers {optuna_flags['workers']} must be at least 1")
     options.update(given)
-    known = set(cls.defaults) | set(REWARD_OPTIONS)
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise UserError(f"strategy {strategy} has no option {', '.join(unknown)}: use {', '.join(sorted(known))}")
+    cls.checked_options({k: v for k, v in options.items() if k not in REWARD_OPTIONS})
     return options
 
 

@@ -156,3 +156,17 @@ def test_optuna_repeats_cost_no_evaluation_and_a_converged_study_stops(evaluator
     assert result.extra["repeats"] >= 10 and result.extra["trials"] == result.evaluations + result.extra["repeats"]
     assert result.extra["converged"].startswith("the last 10 proposals were all policies already evaluated")
     assert all(problem.feasible(np.array(k)) for k in kept)
+
+
+def test_strategy_options_are_typed_by_their_defaults():
+    """An option is checked against its registered default: unknown names and values of the wrong kind are one
+    line naming the option; an int stands for a float and a list for a tuple."""
+    from autoprune.search import strategy_class
+
+    ddpg = strategy_class("ddpg")
+    assert ddpg.checked_options({"noise_sigma": 1, "hidden": [16, 16]}) == {"noise_sigma": 1, "hidden": (16, 16)}
+    with pytest.raises(UserError, match="option batch_size='64' of strategy ddpg must be a whole number"):
+        ddpg.checked_options({"batch_size": "64"})
+    with pytest.raises(UserError, match="strategy ddpg has no option sigma"):
+        ddpg.checked_options({"sigma": 0.3})
+    assert ddpg.checked_options({"warmup": 5}) == {"warmup": 5}  # a None default takes any value

@@ -27,6 +27,8 @@ from autoprune.problem import Problem
 from autoprune.spec import RunSpec
 
 ROLES = ("search", "worker", "read")
+_ACCEPTS = {float: (float, int), tuple: (tuple, list), int: (int,), str: (str,), bool: (bool,)}
+_KIND_NAMES = {float: "a number", int: "a whole number", tuple: "a list", str: "a string", bool: "true or false"}
 
 
 @dataclass
@@ -255,15 +257,28 @@ class Strategy(ABC):
     ) -> None:
         if role not in ROLES:
             raise UserError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
-        unknown = sorted(set(options or {}) - set(self.defaults))
-        if unknown:
-            raise UserError(
-                f"strategy {self.name} has no option {', '.join(unknown)}: use "
-                f"{', '.join(sorted(self.defaults)) or 'none'}"
-            )
+        self.options = {**self.defaults, **self.checked_options(options or {})}
         self.problem, self.seed, self.workdir, self.resume = problem, seed, workdir, resume
         self.spec, self.role, self.trust_pickle = spec, role, trust_pickle
-        self.options = {**self.defaults, **(options or {})}
+
+    @classmethod
+    def checked_options(cls, options: dict) -> dict:
+        """``options`` checked against ``defaults``: every name known, every value of its default's type (an int
+        where a float is expected, a list for a tuple; an option whose default is None takes any value)."""
+        unknown = sorted(set(options) - set(cls.defaults))
+        if unknown:
+            raise UserError(f"strategy {cls.name} has no option {', '.join(unknown)}: use "
+                            f"{', '.join(sorted(cls.defaults)) or 'none'}")
+        for key, value in options.items():
+            want = cls.defaults[key]
+            if want is None:
+                continue
+            kinds = _ACCEPTS.get(type(want), (type(want),))
+            if not isinstance(value, kinds) or (isinstance(value, bool) and not isinstance(want, bool)):
+                kind = _KIND_NAMES.get(kinds[0], kinds[0].__name__)
+                raise UserError(f"option {key}={value!r} of strategy {cls.name} must be {kind}, like its default "
+                                f"{want!r}")
+        return {k: tuple(v) if isinstance(cls.defaults[k], tuple) else v for k, v in options.items()}
 
     @abstractmethod
     def run(self, ctx: SearchContext) -> dict:
