@@ -49,7 +49,6 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -62,7 +61,15 @@ from autoprune.errors import UserError
 from autoprune.pareto import pareto_front
 from autoprune.search.base import SearchContext, Strategy
 from autoprune.search.optuna_storage import JOURNAL, open_storage, redact, storage_failure
-from autoprune.search.optuna_study import CONVERGED, POLL_S, StudyMirror, trial_counts, worker_id
+from autoprune.search.optuna_study import (
+    CONVERGED,
+    POLL_S,
+    StudyMirror,
+    describe_study,
+    study_identity,
+    trial_counts,
+    worker_id,
+)
 from autoprune.search.workers import parent_gone, reap_dead_local_trials, run_local_workers
 
 
@@ -83,16 +90,6 @@ SAMPLERS: dict[str, Callable[[int, int, bool], optuna.samplers.BaseSampler]] = {
 }
 _SAMPLER_DEPS = {"cmaes": "cmaes", "gp": "scipy"}
 JOURNAL_FILE = "optuna-journal.log"  # in the run directory, for --workers without --storage
-
-
-def file_sha256(path: str | Path | None) -> str | None:
-    if path is None or not Path(path).expanduser().is_file():
-        return None
-    h = hashlib.sha256()
-    with open(Path(path).expanduser(), "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class OptunaStrategy(Strategy):
@@ -173,35 +170,8 @@ class OptunaStrategy(Strategy):
 
     def identity(self) -> dict:
         """What every worker of one study must agree on: the problem, the reward and the budget."""
-        args = self.spec.described if self.spec is not None else {}
-        opts = args.get("options") or {}
-        ident = {
-            k: args.get(k)
-            for k in (
-                "model",
-                "input_shape",
-                "data",
-                "budget",
-                "min_keep",
-                "round_to",
-                "criterion",
-                "held_out",
-                "reward",
-                "seed",
-                "table",
-            )
-        }
-        ident.update(
-            sampler=self.options["sampler"],
-            objective_cost=self.objective_cost,
-            finetune_steps=opts.get("finetune_steps"),
-            episodes=None,
-            fingerprint=self.problem.graph.fingerprint,
-            weights_sha256=file_sha256(args.get("weights")),
-        )
-        if ident["table"] is not None:  # a latency table is compared by content, not by where it lies
-            ident["table"] = file_sha256(ident["table"]) or ident["table"]
-        return json.loads(json.dumps(ident))
+        return study_identity(self.spec.described if self.spec is not None else {}, sampler=self.options["sampler"],
+                              objective_cost=self.objective_cost, fingerprint=self.problem.graph.fingerprint)
 
     def open_study(self, episodes: int) -> optuna.Study:
         name, url = self.study_name(), self.storage_url()
@@ -224,31 +194,11 @@ class OptunaStrategy(Strategy):
         study = optuna.create_study(
             storage=storage, sampler=self.make_sampler(), study_name=name, directions=directions, load_if_exists=True
         )
-        self._describe(study, where, episodes)
+        describe_study(study, {**self.identity(), "episodes": episodes},
+                       args=self.spec.described if self.spec is not None else None,
+                       groups=[g.name for g in self.problem.graph.groups], where=where, resume=self.resume,
+                       role=self.role)
         return study
-
-    def _describe(self, study: optuna.Study, where: str, episodes: int) -> None:
-        """Write the study's self-description, or check this worker against the one already there."""
-        mine = {**self.identity(), "episodes": episodes}
-        attrs = study.user_attrs
-        if "identity" not in attrs:
-            if self.spec is not None:
-                study.set_user_attr("args", self.spec.described)
-            study.set_user_attr("groups", [g.name for g in self.problem.graph.groups])
-            study.set_user_attr("identity", mine)
-            attrs = study.user_attrs  # a worker racing to describe it may have won: check against what is there
-        theirs = attrs.get("identity") or {}
-        for key, value in mine.items():
-            if key == "episodes" and (self.resume or self.role == "read"):
-                continue
-            if theirs.get(key) != value:
-                raise UserError(
-                    f"study {study.study_name!r} in {where} was started with {key}={theirs.get(key)!r} but this "
-                    f"worker has {value!r}: start every worker of a study with the same arguments, or use another "
-                    "--study"
-                )
-        if self.resume and theirs.get("episodes") != episodes and self.role == "search":
-            study.set_user_attr("identity", {**theirs, "episodes": episodes})
 
     # -- the search --------------------------------------------------------------------------------------------
     def run(self, ctx: SearchContext) -> dict:

@@ -8,10 +8,12 @@ the strategy's docstring.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import socket
+from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -100,3 +102,60 @@ class StudyMirror:
                 evaluator.remember(row["kept"], ctx.reward.finetune_steps, acc)
         self.synced = numbers
         return changed
+
+
+def file_sha256(path: str | Path | None) -> str | None:
+    if path is None or not Path(path).expanduser().is_file():
+        return None
+    h = hashlib.sha256()
+    with open(Path(path).expanduser(), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+IDENTITY_KEYS = ("model", "input_shape", "data", "budget", "min_keep", "round_to", "criterion", "held_out", "reward",
+                 "seed", "table")
+
+
+def study_identity(described: dict, *, sampler: str, objective_cost: str, fingerprint: str) -> dict:
+    """What every worker of one study must agree on (``described``: the search's
+    :attr:`~autoprune.spec.RunSpec.described`): the problem, the reward and the budget; weights and a latency table
+    are compared by content, not by where they lie."""
+    ident = {k: described.get(k) for k in IDENTITY_KEYS}
+    ident.update(
+        sampler=sampler,
+        objective_cost=objective_cost,
+        finetune_steps=(described.get("options") or {}).get("finetune_steps"),
+        episodes=None,
+        fingerprint=fingerprint,
+        weights_sha256=file_sha256(described.get("weights")),
+    )
+    if ident["table"] is not None:
+        ident["table"] = file_sha256(ident["table"]) or ident["table"]
+    return json.loads(json.dumps(ident))
+
+
+def describe_study(study: optuna.Study, mine: dict, *, args: dict | None, groups: list[str], where: str,
+                   resume: bool, role: str) -> None:
+    """Write the study's self-description (``args``: the spec that re-runs it; the group names; ``mine``: its
+    identity), or check this worker against the one already there."""
+    attrs = study.user_attrs
+    if "identity" not in attrs:
+        if args is not None:
+            study.set_user_attr("args", args)
+        study.set_user_attr("groups", groups)
+        study.set_user_attr("identity", mine)
+        attrs = study.user_attrs  # a worker racing to describe it may have won: check against what is there
+    theirs = attrs.get("identity") or {}
+    for key, value in mine.items():
+        if key == "episodes" and (resume or role == "read"):
+            continue
+        if theirs.get(key) != value:
+            raise UserError(
+                f"study {study.study_name!r} in {where} was started with {key}={theirs.get(key)!r} but this "
+                f"worker has {value!r}: start every worker of a study with the same arguments, or use another "
+                "--study"
+            )
+    if resume and theirs.get("episodes") != mine["episodes"] and role == "search":
+        study.set_user_attr("identity", {**theirs, "episodes": mine["episodes"]})
