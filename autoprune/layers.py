@@ -19,7 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from torch_pruning.utils.op_counter import MODULES_MAPPING
 from autoprune.errors import UserError
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+_WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)  # the layers whose output channels can root a group
 
 
 @dataclass(frozen=True)
@@ -157,14 +159,16 @@ def _is_depthwise(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels
 
 
+_Call = tuple[torch.Size, torch.Size, object]  # one call of a layer: input shape, output shape, grad_fn of the output
+
+
 class _Recorder:
     """Forward hooks on every counted layer, run inside Torch-Pruning's tracing pass."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.order: dict[nn.Module, int] = {}
-        # per call: (input shape, output shape, grad_fn of the output)
-        self.calls: dict[nn.Module, list[tuple[torch.Size, torch.Size, object]]] = defaultdict(list)
+        self.calls: dict[nn.Module, list[_Call]] = defaultdict(list)
         self.output = None
 
     def _hook(self, module: nn.Module, inputs, output) -> None:
@@ -178,7 +182,7 @@ class _Recorder:
         hooks = [
             m.register_forward_hook(self._hook)
             for m in model.modules()
-            if type(m) in MODULES_MAPPING or isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+            if type(m) in MODULES_MAPPING or isinstance(m, _WEIGHTED)
         ]
         try:
             self.output = model(example_inputs)
@@ -202,11 +206,7 @@ def output_layers(dg: tp.DependencyGraph, recorder: _Recorder) -> list[nn.Module
     """Modules whose output channels are the network's output (the classifier): never pruned."""
     outs = recorder.output if isinstance(recorder.output, (tuple, list)) else [recorder.output]
     roots = {o.grad_fn for o in outs if isinstance(o, torch.Tensor)}
-    found = [
-        n.module
-        for n in dg.module2node.values()
-        if n.grad_fn in roots and isinstance(n.module, (nn.modules.conv._ConvNd, nn.Linear))
-    ]
+    found = [n.module for n in dg.module2node.values() if n.grad_fn in roots and isinstance(n.module, _WEIGHTED)]
     return found
 
 
@@ -225,11 +225,62 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "m
     dg, rec = build_dependency_graph(model, example)
     name_of = {m: n for n, m in model.named_modules()}
     ignored = output_layers(dg, rec)
-    batch = input_shape[0]
+    rooted = _prunable_groups(dg, rec, ignored)
+    groups, own = _describe_groups(dg, rec, rooted, name_of)
+    terms = _cost_terms(model, rec, groups, own, name_of, input_shape[0])
+    base_flops, base_params = tp.utils.count_ops_and_params(model, example)
+    graph = LayerGraph(
+        model_name,
+        tuple(input_shape),
+        _with_group_shares(groups, terms),
+        terms,
+        float(base_flops),
+        int(base_params),
+        [name_of[m] for m in ignored],
+        model=model,
+        tp_groups=[g for _, g in rooted],
+        recipes=[_recipe(g) for _, g in rooted],
+    )
+    _check_reproduces_count(graph, base_flops, base_params)
+    return graph
 
-    # Groups, in forward order of their root.
-    raw = []
-    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.modules.conv._ConvNd, nn.Linear)):
+
+# --- Groups -----------------------------------------------------------------------------------------------------
+
+_Owned = dict[int, int]  # group index -> how many of that group's channels a layer holds
+
+
+@dataclass
+class _Ownership:
+    """Which groups' channels every layer holds, read off the groups' dependencies.
+
+    Input and output channels are kept apart (a conv's differ). A parameter-free layer (relu, pooling) may run
+    several times on different groups' channels, so its operation nodes are held per call of the module.
+    """
+
+    inputs: defaultdict[nn.Module, _Owned] = field(default_factory=lambda: defaultdict(dict))
+    outputs: defaultdict[nn.Module, _Owned] = field(default_factory=lambda: defaultdict(dict))
+    params: defaultdict[nn.Parameter, _Owned] = field(default_factory=lambda: defaultdict(dict))
+    calls: defaultdict[tuple[nn.Module, int], _Owned] = field(default_factory=lambda: defaultdict(dict))
+
+    def of_module(self, m: nn.Module) -> _Owned:
+        """Input and output channels together, for a layer whose outputs are its inputs' channels."""
+        return {**self.inputs.get(m, {}), **self.outputs.get(m, {})}
+
+
+def _claim(table: defaultdict[Any, _Owned], key: object, gi: int, n: int) -> None:
+    table[key][gi] = max(table[key].get(gi, 0), n)
+
+
+def _prunable_groups(
+    dg: tp.DependencyGraph, rec: _Recorder, ignored: list[nn.Module]
+) -> list[tuple[nn.Module, tp.dependency.Group]]:
+    """Torch-Pruning's groups that autoprune prunes, each with its root, in forward order of the roots.
+
+    A group's root is the first layer to run of the conv/linear layers whose output channels it prunes.
+    """
+    rooted = []
+    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=_WEIGHTED):
         if any(dep.target.type == tp.ops.OPTYPE.OUTPUT for dep, _ in group):
             continue
         if any(_is_grouped(dep.target.module) for dep, _ in group):
@@ -239,227 +290,312 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "m
             for dep, _ in group
             if dg.is_out_channel_pruning_fn(dep.handler)
             and dep.target.module in rec.order
-            and isinstance(dep.target.module, (nn.modules.conv._ConvNd, nn.Linear))
+            and isinstance(dep.target.module, _WEIGHTED)
         ]
-        if not executed:
+        if executed:
+            rooted.append((min(executed, key=rec.order.__getitem__), group))
+    rooted.sort(key=lambda rg: rec.order[rg[0]])
+    return rooted
+
+
+def _describe_groups(
+    dg: tp.DependencyGraph,
+    rec: _Recorder,
+    rooted: list[tuple[nn.Module, tp.dependency.Group]],
+    name_of: dict[nn.Module, str],
+) -> tuple[list[LayerGroup], _Ownership]:
+    """The groups as :class:`LayerGroup` (costs still zero) and which of their channels every layer holds."""
+    call_of = {call[2]: (m, i) for m, calls in rec.calls.items() for i, call in enumerate(calls) if call[2] is not None}
+    own = _Ownership()
+    groups = []
+    for gi, (root, group) in enumerate(rooted):
+        members, consumers = _claim_channels(dg, group, gi, own, name_of, call_of)
+        groups.append(_layer_group(gi, root, group, members, consumers, rec.calls[root][0][0], name_of))
+    return groups, own
+
+
+def _claim_channels(
+    dg: tp.DependencyGraph,
+    group: tp.dependency.Group,
+    gi: int,
+    own: _Ownership,
+    name_of: dict[nn.Module, str],
+    call_of: dict[object, tuple[nn.Module, int]],
+) -> tuple[list[str], list[str]]:
+    """Record in ``own`` how many of group ``gi``'s channels each layer holds.
+
+    Returns the names of the group's conv/linear layers whose output channels it prunes (members; a depthwise
+    conv's are its inputs too) and of those whose input channels only (consumers).
+    """
+    members, consumers = [], []
+    for dep, idxs in group:
+        m, n = dep.target.module, len(idxs)
+        if isinstance(m, nn.Parameter):
+            _claim(own.params, m, gi, n)
             continue
-        raw.append((min(executed, key=rec.order.__getitem__), group))
-    raw.sort(key=lambda rg: rec.order[rg[0]])
+        if not isinstance(m, nn.Module) or m not in name_of:
+            # an operation node (relu, pooling, add, ...): attribute it to the counted module call it came from
+            call = call_of.get(dep.target.grad_fn)
+            if call is not None:
+                _claim(own.calls, call, gi, n)
+            continue
+        is_out = dg.is_out_channel_pruning_fn(dep.handler)
+        is_in = dg.is_in_channel_pruning_fn(dep.handler)
+        if not (is_out or is_in):  # a handler Torch-Pruning did not register as either (e.g. depthwise)
+            is_out = is_in = True
+        if is_out:
+            _claim(own.outputs, m, gi, n)
+        if is_in:
+            _claim(own.inputs, m, gi, n)
+        if isinstance(m, _WEIGHTED):
+            if is_out or _is_depthwise(m):
+                members.append(name_of[m])
+            if is_in and not is_out:
+                consumers.append(name_of[m])
+    return members, consumers
 
-    # a parameter-free layer (relu, pooling) may run several times on different groups' channels: one term per call
-    gradfn_to_call = {
-        call[2]: (m, i) for m, calls in rec.calls.items() for i, call in enumerate(calls) if call[2] is not None
-    }
-    # ownership[module] -> {group index: channels}, separately for input and output channels
-    own_in: dict[nn.Module, dict[int, int]] = defaultdict(dict)
-    own_out: dict[nn.Module, dict[int, int]] = defaultdict(dict)
-    own_param: dict[nn.Parameter, dict[int, int]] = defaultdict(dict)
-    own_call: dict[tuple[nn.Module, int], dict[int, int]] = defaultdict(dict)
-    groups: list[LayerGroup] = []
-    recipes: list[list[PruneStep]] = []
-    for gi, (root, group) in enumerate(raw):
-        channels = len(group[0].idxs)
-        members, consumers = [], []
-        recipe = []
-        for item in group:
-            dep, idxs = item.dep, item.idxs
-            recipe.append(
-                PruneStep(dep.target.module, dep.handler, list(idxs), list(item.root_idxs), dep.target.pruning_dim)
-            )
-            target = dep.target
-            m = target.module
-            n = len(idxs)
-            if isinstance(m, nn.Parameter):
-                own_param[m][gi] = max(own_param[m].get(gi, 0), n)
-                continue
-            if not isinstance(m, nn.Module) or m not in name_of:
-                # an operation node (relu, pooling, add, ...): attribute it to the counted module it came from
-                call = gradfn_to_call.get(target.grad_fn)
-                if call is not None:
-                    own_call[call][gi] = max(own_call[call].get(gi, 0), n)
-                continue
-            is_out = dg.is_out_channel_pruning_fn(dep.handler)
-            is_in = dg.is_in_channel_pruning_fn(dep.handler)
-            if not (is_out or is_in):  # a handler Torch-Pruning did not register as either (e.g. depthwise)
-                is_out = is_in = True
-            if is_out:
-                own_out[m][gi] = max(own_out[m].get(gi, 0), n)
-            if is_in:
-                own_in[m][gi] = max(own_in[m].get(gi, 0), n)
-            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
-                if is_out or _is_depthwise(m):
-                    members.append(name_of[m])
-                if is_in and not is_out:
-                    consumers.append(name_of[m])
-        in_shape = rec.calls[root][0][0]
-        if isinstance(root, nn.modules.conv._ConvNd):
-            kind = "conv"
-            kernel, stride = tuple(root.kernel_size), tuple(root.stride)
-            c_in, in_hw = root.in_channels, tuple(in_shape[2:])
-        else:
-            kind, kernel, stride, c_in, in_hw = "linear", (1,), (1,), root.in_features, ()
-        if any(_is_depthwise(dep.target.module) for dep, _ in group if isinstance(dep.target.module, nn.Module)):
-            kind = "depthwise"
-        groups.append(
-            LayerGroup(
-                gi,
-                name_of[root],
-                kind,
-                channels,
-                tuple(dict.fromkeys(members)),
-                tuple(dict.fromkeys(consumers)),
-                c_in,
-                kernel,
-                stride,
-                in_hw,
-                0.0,
-                0,
-            )
-        )
-        recipes.append(recipe)
 
-    terms = _cost_terms(model, rec, groups, own_in, own_out, own_param, own_call, name_of, batch)
-    base_flops, base_params = tp.utils.count_ops_and_params(model, example)
-    flops_by_group, params_by_group = _group_shares(terms, np.array([g.channels for g in groups], dtype=np.float64))
-    groups = [
-        LayerGroup(**{**g.__dict__, "flops": float(flops_by_group[i]), "params": int(params_by_group[i])})
-        for i, g in enumerate(groups)
-    ]
-    lg = LayerGraph(
-        model_name,
-        tuple(input_shape),
-        groups,
-        terms,
-        float(base_flops),
-        int(base_params),
-        [name_of[m] for m in ignored],
-        model=model,
-        tp_groups=[g for _, g in raw],
-        recipes=recipes,
+def _layer_group(
+    gi: int,
+    root: nn.Module,
+    group: tp.dependency.Group,
+    members: list[str],
+    consumers: list[str],
+    in_shape: torch.Size,
+    name_of: dict[nn.Module, str],
+) -> LayerGroup:
+    """Group ``gi`` described by its root layer (which ran first on an input of ``in_shape``)."""
+    if isinstance(root, nn.modules.conv._ConvNd):
+        kind, kernel, stride = "conv", tuple(root.kernel_size), tuple(root.stride)
+        c_in, in_hw = root.in_channels, tuple(in_shape[2:])
+    else:
+        kind, kernel, stride, c_in, in_hw = "linear", (1,), (1,), root.in_features, ()
+    if any(_is_depthwise(dep.target.module) for dep, _ in group if isinstance(dep.target.module, nn.Module)):
+        kind = "depthwise"
+    return LayerGroup(
+        gi,
+        name_of[root],
+        kind,
+        len(group[0].idxs),
+        tuple(dict.fromkeys(members)),
+        tuple(dict.fromkeys(consumers)),
+        c_in,
+        kernel,
+        stride,
+        in_hw,
+        flops=0.0,  # filled in by _with_group_shares once the cost terms are known
+        params=0,
     )
-    c = terms.totals(lg.channels.astype(np.float64))
+
+
+def _recipe(group: tp.dependency.Group) -> list[PruneStep]:
+    return [
+        PruneStep(
+            item.dep.target.module, item.dep.handler, list(item.idxs), list(item.root_idxs), item.dep.target.pruning_dim
+        )
+        for item in group
+    ]
+
+
+def _with_group_shares(groups: list[LayerGroup], terms: CostTerms) -> list[LayerGroup]:
+    flops, params = _group_shares(terms, np.array([g.channels for g in groups], dtype=np.float64))
+    return [replace(g, flops=float(flops[i]), params=int(params[i])) for i, g in enumerate(groups)]
+
+
+def _check_reproduces_count(graph: LayerGraph, base_flops: float, base_params: int) -> None:
+    """The analytic model must reproduce the unpruned model's count exactly, or it cannot be trusted."""
+    c = graph.terms.totals(graph.channels.astype(np.float64))
     if abs(c["flops"] - base_flops) > 1e-6 * max(base_flops, 1) or abs(c["params"] - base_params) > 0.5:
-        raise UserError(  # the analytic model must reproduce the unpruned model exactly, or it cannot be trusted
-            f"autoprune cannot account for the cost of {model_name}: analytic {c['flops']:.0f} FLOPs / "
+        raise UserError(
+            f"autoprune cannot account for the cost of {graph.model_name}: analytic {c['flops']:.0f} FLOPs / "
             f"{c['params']:.0f} params vs counted {base_flops:.0f} / {base_params}"
         )
-    return lg
 
 
-def _cost_terms(model, rec, groups, own_in, own_out, own_param, own_call, name_of, batch) -> CostTerms:
-    n_groups = len(groups)
+# --- Cost terms -------------------------------------------------------------------------------------------------
+
+_Affine = tuple[np.ndarray, float]  # a layer's channel count as ``w @ kept + c``
+
+# The op counter's hooks that count the elements of a layer's input rather than of its output.
+_INPUT_COUNTING_HOOKS = ("pool_flops_counter_hook", "bn_flops_counter_hook", "ln_flops_counter_hook")
+
+
+class _Row(NamedTuple):
+    """One cost term: ``flops_a*IN*OUT + flops_b*OUT`` FLOPs (params alike), IN and OUT affine in kept counts."""
+
+    name: str
+    c_in: _Affine
+    c_out: _Affine
+    flops_a: float
+    flops_b: float
+    params_a: float
+    params_b: float
+
+
+def _cost_terms(
+    model: nn.Module,
+    rec: _Recorder,
+    groups: list[LayerGroup],
+    own: _Ownership,
+    name_of: dict[nn.Module, str],
+    batch: int,
+) -> CostTerms:
+    """The cost model: a term for every layer the recorder saw, every loose parameter and every pruned module the
+    op counter does not hook; the parameters of none of them are a constant."""
     channels = np.array([g.channels for g in groups], dtype=np.float64)
-    names, rows_in, rows_out, fa, fb, pa, pb = [], [], [], [], [], [], []
-    counted_params = 0
-
-    def affine(owned: dict[int, int], total: int) -> tuple[np.ndarray, float]:
-        w = np.zeros(n_groups)
-        for gi, n in owned.items():
-            w[gi] = n / channels[gi]
-        return w, float(total - sum(owned.values()))
-
-    def emit(name, in_aff, out_aff, f_a, f_b, p_a, p_b) -> None:
-        names.append(name)
-        rows_in.append(in_aff)
-        rows_out.append(out_aff)
-        fa.append(f_a)
-        fb.append(f_b)
-        pa.append(p_a)
-        pb.append(p_b)
-
+    rows: list[_Row] = []
     for m, calls in rec.calls.items():
-        if type(m) not in MODULES_MAPPING and not isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
-            continue
-        counted = type(m) in MODULES_MAPPING
-        f_a = f_b = 0.0
-        p_a = p_b = 0.0
-        has_bias = getattr(m, "bias", None) is not None
-        if isinstance(m, nn.modules.conv._ConvNd):
-            c_in, c_out, k = m.in_channels, m.out_channels, float(np.prod(m.kernel_size))
-            if _is_depthwise(m):  # after pruning groups == channels: cost is linear in the channels
-                for _, out_shape, _ in calls:
-                    hw = float(np.prod(out_shape[2:])) * out_shape[0] / batch
-                    f_b += hw * k * m.weight.shape[1] + hw * has_bias
-                p_b = k * m.weight.shape[1] + has_bias
-                owned = {**own_in.get(m, {}), **own_out.get(m, {})}
-                in_w, in_c = affine(owned, c_out)
-                out_w, out_c = in_w, in_c
-            else:
-                for _, out_shape, _ in calls:
-                    hw = float(np.prod(out_shape[2:])) * out_shape[0] / batch
-                    f_a += hw * k / m.groups
-                    f_b += hw * has_bias
-                p_a, p_b = k / m.groups, float(has_bias)
-                in_w, in_c = affine(own_in.get(m, {}), c_in)
-                out_w, out_c = affine(own_out.get(m, {}), c_out)
-        elif isinstance(m, nn.Linear):
-            for in_shape, _, _ in calls:
-                rows = float(np.prod(in_shape)) / m.in_features / batch
-                f_a += rows
-            f_b = float(has_bias) * len(calls) / batch
-            p_a, p_b = 1.0, float(has_bias)
-            in_w, in_c = affine(own_in.get(m, {}), m.in_features)
-            out_w, out_c = affine(own_out.get(m, {}), m.out_features)
-        else:  # cost proportional to the channels of the tensor it sees, call by call
-            module_owned = {**own_in.get(m, {}), **own_out.get(m, {})}
-            per_elem = (
-                2.0
-                if (
-                    isinstance(m, _NORM_TYPES)
-                    and (getattr(m, "affine", False) or getattr(m, "elementwise_affine", False))
-                )
-                else 1.0
-            )
-            on_input = MODULES_MAPPING[type(m)].__name__ in (
-                "pool_flops_counter_hook",
-                "bn_flops_counter_hook",
-                "ln_flops_counter_hook",
-            )
-            n_params = sum(p.numel() for p in m.parameters(recurse=False))
-            for i, (in_shape, out_shape, _) in enumerate(calls):
-                owned = module_owned or own_call.get((m, i), {})
-                shape = in_shape if on_input else out_shape
-                c = _channel_dim_size(shape, sum(owned.values()))
-                w, const = affine(owned, c)
-                f = float(np.prod(shape)) / c / batch * per_elem if counted else 0.0
-                emit(name_of.get(m, "?"), (w, const), (w, const), 0.0, f, 0.0, n_params / c if i == 0 else 0.0)
-            counted_params += n_params
-            continue
-        if not counted:
-            f_a = f_b = 0.0
-        counted_params += sum(p.numel() for p in m.parameters(recurse=False))
-        emit(name_of.get(m, "?"), (in_w, in_c), (out_w, out_c), f_a, f_b, p_a, p_b)
-
-    # Unwrapped parameters (e.g. ConvNeXt's layer scale) scale with the group that owns their channels.
+        rows += _hooked_layer_rows(m, calls, own, name_of.get(m, "?"), channels, batch)
     counted_ids = {id(p) for m in rec.calls for p in m.parameters(recurse=False)}
-    for p, owned in own_param.items():
+    rows += _loose_parameter_rows(own, counted_ids, channels)
+    rows += _unhooked_module_rows(own, counted_ids, name_of, channels)
+    params_const = float(sum(p.numel() for p in model.parameters() if id(p) not in counted_ids))
+    return _stack_rows(rows, len(groups), params_const)
+
+
+def _affine(owned: _Owned, total: int, channels: np.ndarray) -> _Affine:
+    """``total`` channels of which ``owned[g]`` follow group g's kept count (out of its ``channels[g]``)."""
+    w = np.zeros(len(channels))
+    for gi, n in owned.items():
+        w[gi] = n / channels[gi]
+    return w, float(total - sum(owned.values()))
+
+
+def _hooked_layer_rows(
+    m: nn.Module, calls: list[_Call], own: _Ownership, name: str, channels: np.ndarray, batch: int
+) -> list[_Row]:
+    """The terms of one layer the recorder saw: one for a conv or linear layer (over all its calls), one per call for
+    any other (its calls may see different groups)."""
+    if isinstance(m, nn.modules.conv._ConvNd):
+        row = (_depthwise_row if _is_depthwise(m) else _conv_row)(m, calls, own, name, channels, batch)
+    elif isinstance(m, nn.Linear):
+        row = _linear_row(m, calls, own, name, channels, batch)
+    else:
+        return _elementwise_rows(m, calls, own, name, channels, batch)
+    if type(m) not in MODULES_MAPPING:  # a subclass the op counter does not hook: its params count, not its FLOPs
+        row = row._replace(flops_a=0.0, flops_b=0.0)
+    return [row]
+
+
+def _positions(out_shape: torch.Size, batch: int) -> float:
+    """Output positions of a conv call per example (a layer may run on a folded batch)."""
+    return float(np.prod(out_shape[2:])) * out_shape[0] / batch
+
+
+def _conv_row(
+    m: nn.modules.conv._ConvNd, calls: list[_Call], own: _Ownership, name: str, channels: np.ndarray, batch: int
+) -> _Row:
+    k, has_bias = float(np.prod(m.kernel_size)), getattr(m, "bias", None) is not None
+    f_a = f_b = 0.0
+    for _, out_shape, _ in calls:
+        hw = _positions(out_shape, batch)
+        f_a += hw * k / m.groups
+        f_b += hw * has_bias
+    c_in = _affine(own.inputs.get(m, {}), m.in_channels, channels)
+    c_out = _affine(own.outputs.get(m, {}), m.out_channels, channels)
+    return _Row(name, c_in, c_out, f_a, f_b, k / m.groups, float(has_bias))
+
+
+def _depthwise_row(
+    m: nn.modules.conv._ConvNd, calls: list[_Call], own: _Ownership, name: str, channels: np.ndarray, batch: int
+) -> _Row:
+    # after pruning groups == channels: cost is linear in the channels
+    k, has_bias = float(np.prod(m.kernel_size)), getattr(m, "bias", None) is not None
+    f_b = 0.0
+    for _, out_shape, _ in calls:
+        hw = _positions(out_shape, batch)
+        f_b += hw * k * m.weight.shape[1] + hw * has_bias
+    c = _affine(own.of_module(m), m.out_channels, channels)
+    return _Row(name, c, c, 0.0, f_b, 0.0, k * m.weight.shape[1] + has_bias)
+
+
+def _linear_row(m: nn.Linear, calls: list[_Call], own: _Ownership, name: str, channels: np.ndarray, batch: int) -> _Row:
+    has_bias = getattr(m, "bias", None) is not None
+    f_a = 0.0
+    for in_shape, _, _ in calls:
+        f_a += float(np.prod(in_shape)) / m.in_features / batch  # rows of the input per example
+    c_in = _affine(own.inputs.get(m, {}), m.in_features, channels)
+    c_out = _affine(own.outputs.get(m, {}), m.out_features, channels)
+    return _Row(name, c_in, c_out, f_a, float(has_bias) * len(calls) / batch, 1.0, float(has_bias))
+
+
+def _elementwise_rows(
+    m: nn.Module, calls: list[_Call], own: _Ownership, name: str, channels: np.ndarray, batch: int
+) -> list[_Row]:
+    """A layer whose cost is proportional to the channels of the tensor it sees, call by call (norm, activation,
+    pooling); its parameters count once, in its first call's term."""
+    affine = getattr(m, "affine", False) or getattr(m, "elementwise_affine", False)
+    per_elem = 2.0 if isinstance(m, _NORM_TYPES) and affine else 1.0
+    on_input = MODULES_MAPPING[type(m)].__name__ in _INPUT_COUNTING_HOOKS
+    n_params = sum(p.numel() for p in m.parameters(recurse=False))
+    module_owned = own.of_module(m)
+    rows = []
+    for i, (in_shape, out_shape, _) in enumerate(calls):
+        owned = module_owned or own.calls.get((m, i), {})
+        shape = in_shape if on_input else out_shape
+        c = _channel_dim_size(shape, sum(owned.values()))
+        aff = _affine(owned, c, channels)
+        f = float(np.prod(shape)) / c / batch * per_elem
+        rows.append(_Row(name, aff, aff, 0.0, f, 0.0, n_params / c if i == 0 else 0.0))
+    return rows
+
+
+def _loose_parameter_rows(own: _Ownership, counted_ids: set[int], channels: np.ndarray) -> list[_Row]:
+    """Unwrapped parameters (e.g. ConvNeXt's layer scale) scale with the group that owns their channels.
+
+    Adds the parameters it prices to ``counted_ids``.
+    """
+    rows = []
+    for p, owned in own.params.items():
         if id(p) in counted_ids:
             continue
         counted_ids.add(id(p))
         total = sum(owned.values())
-        w, c = affine(owned, total)
-        emit("<parameter>", (w, c), (w, c), 0.0, 0.0, 0.0, p.numel() / total)
-        counted_params += p.numel()
-    # A pruned module the op counter does not hook (e.g. torchvision's LayerNorm2d, a LayerNorm subclass, in
-    # ConvNeXt) costs no FLOPs but loses parameters with its channels: per-channel (1-D) ones scale with the groups.
-    for m in {**own_in, **own_out}:
+        aff = _affine(owned, total, channels)
+        rows.append(_Row("<parameter>", aff, aff, 0.0, 0.0, 0.0, p.numel() / total))
+    return rows
+
+
+def _unhooked_module_rows(
+    own: _Ownership, counted_ids: set[int], name_of: dict[nn.Module, str], channels: np.ndarray
+) -> list[_Row]:
+    """A pruned module the op counter does not hook (e.g. torchvision's LayerNorm2d, a LayerNorm subclass, in
+    ConvNeXt) costs no FLOPs but loses parameters with its channels: per-channel (1-D) ones scale with the groups.
+
+    Adds the parameters it prices to ``counted_ids``.
+    """
+    rows = []
+    for m in {**own.inputs, **own.outputs}:
         ps = list(m.parameters(recurse=False))
         if not ps or any(id(p) in counted_ids for p in ps) or any(p.dim() != 1 or len(p) != len(ps[0]) for p in ps):
             continue
-        w, c = affine({**own_in.get(m, {}), **own_out.get(m, {})}, len(ps[0]))
-        emit(name_of.get(m, "?"), (w, c), (w, c), 0.0, 0.0, 0.0, sum(p.numel() for p in ps) / len(ps[0]))
+        aff = _affine(own.of_module(m), len(ps[0]), channels)
+        rows.append(_Row(name_of.get(m, "?"), aff, aff, 0.0, 0.0, 0.0, sum(p.numel() for p in ps) / len(ps[0])))
         counted_ids.update(id(p) for p in ps)
-    params_const = float(sum(p.numel() for p in model.parameters() if id(p) not in counted_ids))
+    return rows
 
-    def stack(rows):
-        if not rows:
-            return np.zeros((0, n_groups)), np.zeros(0)
-        return np.stack([r[0] for r in rows]), np.array([r[1] for r in rows])
 
-    in_w, in_c = stack(rows_in)
-    out_w, out_c = stack(rows_out)
+def _stack_affine(affines: list[_Affine], n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    if not affines:
+        return np.zeros((0, n_groups)), np.zeros(0)
+    return np.stack([w for w, _ in affines]), np.array([c for _, c in affines])
+
+
+def _stack_rows(rows: list[_Row], n_groups: int, params_const: float) -> CostTerms:
+    in_w, in_c = _stack_affine([r.c_in for r in rows], n_groups)
+    out_w, out_c = _stack_affine([r.c_out for r in rows], n_groups)
     return CostTerms(
-        names, in_w, in_c, out_w, out_c, np.array(fa), np.array(fb), np.array(pa), np.array(pb), 0.0, params_const
+        [r.name for r in rows],
+        in_w,
+        in_c,
+        out_w,
+        out_c,
+        np.array([r.flops_a for r in rows]),
+        np.array([r.flops_b for r in rows]),
+        np.array([r.params_a for r in rows]),
+        np.array([r.params_b for r in rows]),
+        0.0,
+        params_const,
     )
 
 
