@@ -45,8 +45,10 @@ demo: setup data
 test: setup data
 	$(BIN)/python -m pytest
 
+# ruff's lint rules and its formatter (check only: `ruff format autoprune tests scripts` applies it), then the layering
 lint: setup
 	$(BIN)/ruff check autoprune tests scripts
+	$(BIN)/ruff format --check autoprune tests scripts
 	$(BIN)/lint-imports
 
 clean:

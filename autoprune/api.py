@@ -118,9 +118,17 @@ def make_cost_model(graph: LayerGraph, table=None, force: bool = False) -> CostM
 
 
 def search(
-    model: str | nn.Module | None = None, data: str | DataBundle | None = None, budget: str | Budget = "flops=50%", *,
-    out: str | Path | None = None, resume: bool = False, trust_pickle: bool = False, callback=None, on_phase=None,
-    on_table_progress=None, **settings,
+    model: str | nn.Module | None = None,
+    data: str | DataBundle | None = None,
+    budget: str | Budget = "flops=50%",
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    trust_pickle: bool = False,
+    callback=None,
+    on_phase=None,
+    on_table_progress=None,
+    **settings,
 ) -> RunOutcome:
     """Search a policy under ``budget``, prune, fine-tune, export, measure and write the run directory ``out``.
 
@@ -132,18 +140,39 @@ def search(
     """
     module = model if isinstance(model, nn.Module) else None
     bundle = data if isinstance(data, DataBundle) else None
-    spec = RunSpec.create(budget, type(model).__name__ if module is not None else model,
-                          bundle.name if bundle is not None else data, **settings)
-    return run(spec, out=out, resume=resume, module=module, bundle=bundle, trust_pickle=trust_pickle,
-               callback=callback, on_phase=on_phase, on_table_progress=on_table_progress)
+    spec = RunSpec.create(
+        budget,
+        type(model).__name__ if module is not None else model,
+        bundle.name if bundle is not None else data,
+        **settings,
+    )
+    return run(
+        spec,
+        out=out,
+        resume=resume,
+        module=module,
+        bundle=bundle,
+        trust_pickle=trust_pickle,
+        callback=callback,
+        on_phase=on_phase,
+        on_table_progress=on_table_progress,
+    )
 
 
-def resume(run_dir: str | Path, *, trust_pickle: bool = False, callback=None, on_phase=None,
-           on_table_progress=None) -> RunOutcome:
+def resume(
+    run_dir: str | Path, *, trust_pickle: bool = False, callback=None, on_phase=None, on_table_progress=None
+) -> RunOutcome:
     """Continue the interrupted search in ``run_dir`` from its ``args.json``: every evaluation already made (in the
     journal, or the Optuna study) is reused, not repeated."""
-    return run(load_spec(run_dir), out=run_dir, resume=True, trust_pickle=trust_pickle, callback=callback,
-               on_phase=on_phase, on_table_progress=on_table_progress)
+    return run(
+        load_spec(run_dir),
+        out=run_dir,
+        resume=True,
+        trust_pickle=trust_pickle,
+        callback=callback,
+        on_phase=on_phase,
+        on_table_progress=on_table_progress,
+    )
 
 
 def search_from_study(
@@ -157,12 +186,25 @@ def search_from_study(
     spec = RunSpec.from_json(study_args(storage, study))
     require_trusted_factory(spec.model, f"study {study!r}", trust=trust_pickle)
     spec = spec.replace(options={**spec.options, "storage": storage, "study_name": study})
-    return run(spec, out=out, resume=True, role="read", trust_pickle=trust_pickle, callback=callback,
-               on_phase=on_phase)
+    return run(spec, out=out, resume=True, role="read", trust_pickle=trust_pickle, callback=callback, on_phase=on_phase)
 
 
 __all__ = [
-    "PolicyOutcome", "RunOutcome", "analyze_model", "apply_policy", "evaluate_pruned", "export_policy",
-    "finetune_policy", "load_model", "load_pruned", "make_cost_model", "prune_with_policy", "resume", "save_outcome",
-    "search", "search_from_study", "train_model", "versions",
+    "PolicyOutcome",
+    "RunOutcome",
+    "analyze_model",
+    "apply_policy",
+    "evaluate_pruned",
+    "export_policy",
+    "finetune_policy",
+    "load_model",
+    "load_pruned",
+    "make_cost_model",
+    "prune_with_policy",
+    "resume",
+    "save_outcome",
+    "search",
+    "search_from_study",
+    "train_model",
+    "versions",
 ]

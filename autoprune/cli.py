@@ -144,8 +144,9 @@ def search(
     force: bool = typer.Option(False, help="use a latency table measured on another device"),
     min_keep: float = typer.Option(0.1, help="smallest keep ratio of any group"),
     round_to: int | None = typer.Option(
-        None, help="kept channels rounded to a multiple of this (default: the latency table's channel block for a "
-        "latency budget, else 1)"
+        None,
+        help="kept channels rounded to a multiple of this (default: the latency table's channel block for a "
+        "latency budget, else 1)",
     ),
     criterion: str = typer.Option("l2", help="channel importance: l1 | l2 | bn-scale | taylor | apoz | random"),
     held_out: int = typer.Option(5000, help="held-out training images each reward is measured on"),
@@ -178,16 +179,32 @@ def search(
         return
     if budget is None:
         raise UserError("missing --budget: give e.g. --budget flops=50% or --budget latency=10ms")
-    options = _strategy_options(strategy, option, sampler=sampler, storage=storage, study_name=study,
-                                workers=workers)
-    settings = dict(weights=weights, input_shape=_shape(input_shape), table=table, force=force, strategy=strategy,
-                    options=options, reward=reward, episodes=episodes, seed=seed, min_keep=min_keep,
-                    round_to=round_to, criterion=criterion, held_out=held_out, finetune_epochs=finetune_epochs,
-                    finetune_lr=finetune_lr, kd=kd, measure=measure, threads=threads)
+    options = _strategy_options(strategy, option, sampler=sampler, storage=storage, study_name=study, workers=workers)
+    settings = dict(
+        weights=weights,
+        input_shape=_shape(input_shape),
+        table=table,
+        force=force,
+        strategy=strategy,
+        options=options,
+        reward=reward,
+        episodes=episodes,
+        seed=seed,
+        min_keep=min_keep,
+        round_to=round_to,
+        criterion=criterion,
+        held_out=held_out,
+        finetune_epochs=finetune_epochs,
+        finetune_lr=finetune_lr,
+        kd=kd,
+        measure=measure,
+        threads=threads,
+    )
     spec = RunSpec.create(budget, model, data, **settings)  # a malformed budget fails here, before any loading
     run_dir = out or Path("runs") / f"{(model or DEMO_MODEL).replace(':', '_').replace('.', '_')}-{_slug(budget)}"
-    _search_with_progress(partial(api.search, model, data, spec.budget, out=run_dir, **settings), spec, run_dir,
-                          trust_pickle)
+    _search_with_progress(
+        partial(api.search, model, data, spec.budget, out=run_dir, **settings), spec, run_dir, trust_pickle
+    )
 
 
 def _strategy_options(strategy: str, items: list[str], **optuna_flags) -> dict:
@@ -235,8 +252,9 @@ def _search_with_progress(run, spec, run_dir: Path, trust_pickle: bool) -> None:
                 _plain_progress("latency table", done, total, f": {text}", time.perf_counter() - table_t0)
 
         try:
-            outcome = run(trust_pickle=trust_pickle, callback=on_event, on_phase=on_phase,
-                          on_table_progress=on_table_progress)
+            outcome = run(
+                trust_pickle=trust_pickle, callback=on_event, on_phase=on_phase, on_table_progress=on_table_progress
+            )
         except KeyboardInterrupt:
             progress.stop()
             saved = (run_dir / "policy.json").is_file()
@@ -275,8 +293,11 @@ def _print_outcome(outcome, run_dir: Path) -> None:
         "(policy.json, history.csv, pruned.pt, pruned.onnx, report.md)"
     )
     if budget_met(outcome.policy) is False:
-        err_console.print(f"the pruned model is over its budget {outcome.policy.budget} (see the verdict above and "
-                          f"{run_dir}/report.md); exit {BUDGET_NOT_MET_EXIT}", highlight=False)
+        err_console.print(
+            f"the pruned model is over its budget {outcome.policy.budget} (see the verdict above and "
+            f"{run_dir}/report.md); exit {BUDGET_NOT_MET_EXIT}",
+            highlight=False,
+        )
         raise typer.Exit(BUDGET_NOT_MET_EXIT)
 
 

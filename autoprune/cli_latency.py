@@ -17,15 +17,26 @@ from rich.table import Table
 
 from autoprune.errors import UserError
 
-latency_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                          help="Device latency look-up tables: build on the device, validate, show, ship probes.")
+latency_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Device latency look-up tables: build on the device, validate, show, ship probes.",
+)
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=err_console, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    )
 
 
 def _shape(text: str | None) -> tuple[int, ...] | None:
@@ -60,9 +71,12 @@ def build(
     e2e_repeats: int = typer.Option(50, help="timed runs per end-to-end calibration network and round"),
     rounds: int = typer.Option(3, help="interleaved rounds of end-to-end calibration (median of round medians)"),
     passes: int = typer.Option(2, help="passes over the probe grid (each probe keeps its fastest pass)"),
-    affinity: bool = typer.Option(False, "--affinity/--no-affinity",
-                                  help="pin the measuring threads to cores (onnxruntime's intra-op thread "
-                                       "affinities); recorded in the table and used whenever it is measured against"),
+    affinity: bool = typer.Option(
+        False,
+        "--affinity/--no-affinity",
+        help="pin the measuring threads to cores (onnxruntime's intra-op thread "
+        "affinities); recorded in the table and used whenever it is measured against",
+    ),
 ) -> None:
     """Measure every prunable layer on a (c_in, c_out) grid on this device, calibrate end to end, save CSV + JSON."""
     from autoprune.cost.device_identity import identify
@@ -73,16 +87,31 @@ def build(
     shape = _shape(input_shape)
     with _progress() as progress:
         task = progress.add_task(f"{model} probes", total=None)
-        table = build_table(model, shape, backend=backend, threads=threads, device=device, weights=weights,
-                            grid=grid, warmup=warmup, repeats=repeats, e2e_repeats=e2e_repeats, rounds=rounds,
-                            passes=passes, affinity=affinity,
-                            on_progress=lambda d, n, s: progress.update(task, completed=d, total=n, description=s))
+        table = build_table(
+            model,
+            shape,
+            backend=backend,
+            threads=threads,
+            device=device,
+            weights=weights,
+            grid=grid,
+            warmup=warmup,
+            repeats=repeats,
+            e2e_repeats=e2e_repeats,
+            rounds=rounds,
+            passes=passes,
+            affinity=affinity,
+            on_progress=lambda d, n, s: progress.update(task, completed=d, total=n, description=s),
+        )
     path = out or default_table_path(model, table.input_shape, identify(backend, threads, device))
     table.save(path)
     m = table.meta
-    console.print(f"{len(table.df)} rows ({m['probes']} probes) in {m['build_seconds']} s; unpruned "
-                  f"{m['unpruned_us']['median_us'] / 1000:.3f} ms measured, fixed part {table.fixed_us / 1000:.3f} ms, "
-                  f"scale {table.scale:.3f} -> {path}", soft_wrap=True)
+    console.print(
+        f"{len(table.df)} rows ({m['probes']} probes) in {m['build_seconds']} s; unpruned "
+        f"{m['unpruned_us']['median_us'] / 1000:.3f} ms measured, fixed part {table.fixed_us / 1000:.3f} ms, "
+        f"scale {table.scale:.3f} -> {path}",
+        soft_wrap=True,
+    )
 
 
 def _validation_table(name: str, s: dict) -> Table:
@@ -102,13 +131,16 @@ def _validation_table(name: str, s: dict) -> Table:
         t.add_row("bias, re-anchored", f"{s['bias_reanchored']:+.2%}")
     t.add_row("machine now vs at build (calibration networks)", f"{s['speed_vs_build']:.3f}x the build's times")
     t.add_row("MAPE, calibration re-fitted on today's timings", f"{s['mape_recalibrated']:.2%}")
-    t.add_row("re-fitted: within ±5 % / ±10 %", f"{s['within_5pct_recalibrated']:.0%} / "
-                                                f"{s['within_10pct_recalibrated']:.0%}")
+    t.add_row(
+        "re-fitted: within ±5 % / ±10 %", f"{s['within_5pct_recalibrated']:.0%} / {s['within_10pct_recalibrated']:.0%}"
+    )
     t.add_row("worst error, re-fitted", f"{s['worst_recalibrated']:+.2%}")
     if s.get("speed_signature"):
         sig = s["speed_signature"]
-        t.add_row("speed signature: reference probes now vs the table's level",
-                  f"{sig['ratio']:.3f}x (noise allows ±{sig['tolerance']:.0%}{'; OFF' if sig['off'] else ''})")
+        t.add_row(
+            "speed signature: reference probes now vs the table's level",
+            f"{sig['ratio']:.3f}x (noise allows ±{sig['tolerance']:.0%}{'; OFF' if sig['off'] else ''})",
+        )
     t.add_row("measurement noise: retest MAPE", f"{s['retest_mape']:.2%}")
     t.add_row("retest within ±5 % / ±10 %", f"{s['retest_within_5pct']:.0%} / {s['retest_within_10pct']:.0%}")
     t.add_row("measurement noise: retest worst", f"{s['retest_worst']:.2%}")
@@ -133,11 +165,15 @@ def validate(
     weights: Path | None = typer.Option(None),
     plot: Path | None = typer.Option(None, help="scatter plot PNG (default benchmarks/latency_<model>-<shape>.png)"),
     csv: Path | None = typer.Option(None, help="per-policy results CSV (default beside the plot)"),
-    budget: str | None = typer.Option(None, help="also check a budget, e.g. latency=10ms: uniform search on the "
-                                                 "table, prune, measure (median of 100)"),
+    budget: str | None = typer.Option(
+        None, help="also check a budget, e.g. latency=10ms: uniform search on the table, prune, measure (median of 100)"
+    ),
     force: bool = typer.Option(False, help="validate a table from another device anyway"),
-    anchor_rounds: int = typer.Option(2, help="rounds of re-timing the calibration networks before the measurement "
-                                              "(the re-anchored table's error is reported too; 0: skip)"),
+    anchor_rounds: int = typer.Option(
+        2,
+        help="rounds of re-timing the calibration networks before the measurement "
+        "(the re-anchored table's error is reported too; 0: skip)",
+    ),
 ) -> None:
     """Prune random policies for real, measure them end to end, and compare with the table's prediction."""
     from autoprune.budget import parse_budget
@@ -153,28 +189,43 @@ def validate(
     csv = csv or plot.with_suffix(".csv")
     with _progress() as progress:
         task = progress.add_task("validate", total=samples)
-        df, s = validate_table(tab, model, weights=weights, samples=samples, seed=seed, warmup=warmup,
-                               repeats=repeats, rounds=rounds, round_to=round_to, anchor_rounds=anchor_rounds,
-                               on_progress=lambda d, n, d2: progress.update(task, completed=d, total=n,
-                                                                             description=d2))
+        df, s = validate_table(
+            tab,
+            model,
+            weights=weights,
+            samples=samples,
+            seed=seed,
+            warmup=warmup,
+            repeats=repeats,
+            rounds=rounds,
+            round_to=round_to,
+            anchor_rounds=anchor_rounds,
+            on_progress=lambda d, n, d2: progress.update(task, completed=d, total=n, description=d2),
+        )
     csv.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(csv, index=False, float_format="%.2f")
     scatter_plot(df, s, plot, f"{tab.model} {shape_text(tab.input_shape)} · {tab.backend} {tab.threads}t")
     console.print(_validation_table(f"{tab.model} {shape_text(tab.input_shape)}", s))
     if (s.get("speed_signature") or {}).get("off"):
-        err_console.print(f"the reference probes ran at {s['speed_signature']['ratio']:.2f}x the table's level: re-fit "
-                          f"it with `autoprune latency-table anchor --table {table}`", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"the reference probes ran at {s['speed_signature']['ratio']:.2f}x the table's level: re-fit "
+            f"it with `autoprune latency-table anchor --table {table}`",
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(f"plot -> {plot}   per-policy results -> {csv}")
     summary = {"table": str(table), **s}
     if check is not None:
         with console.status(f"checking budget {budget}"):
             b = budget_check(tab, check, weights=weights, round_to=round_to)
         summary["budget_check"] = b
-        console.print(f"budget {budget}: limit {b['limit_us'] / 1000:.3f} ms, uniform keep ratio {b['keep_ratio']:.3f}"
-                      f", predicted {b['predicted_us'] / 1000:.3f} ms, measured {b['measured_us'] / 1000:.3f} ms "
-                      f"(median of {b['repeats']} runs in each of {len(b['rounds'])} rounds, "
-                      f"p10 {b['p10_us'] / 1000:.3f}, p90 {b['p90_us'] / 1000:.3f}); "
-                      f"measured/limit {b['measured_over_limit']:.3f}; unpruned {b['unpruned_us'] / 1000:.3f} ms")
+        console.print(
+            f"budget {budget}: limit {b['limit_us'] / 1000:.3f} ms, uniform keep ratio {b['keep_ratio']:.3f}"
+            f", predicted {b['predicted_us'] / 1000:.3f} ms, measured {b['measured_us'] / 1000:.3f} ms "
+            f"(median of {b['repeats']} runs in each of {len(b['rounds'])} rounds, "
+            f"p10 {b['p10_us'] / 1000:.3f}, p90 {b['p90_us'] / 1000:.3f}); "
+            f"measured/limit {b['measured_over_limit']:.3f}; unpruned {b['unpruned_us'] / 1000:.3f} ms"
+        )
     csv.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
@@ -200,12 +251,16 @@ def anchor(
     stored = tab.meta.get("anchor", {}).get("speed_signature") or tab.meta.get("speed_signature")
     if stored:
         sig = compare_signature(stored, a["speed_signature"])
-        console.print(f"speed signature: the reference probes ran at {sig.ratio:.3f}x the table's level "
-                      f"(noise allows ±{sig.tolerance:.0%}); the re-anchored table keeps today's")
+        console.print(
+            f"speed signature: the reference probes ran at {sig.ratio:.3f}x the table's level "
+            f"(noise allows ±{sig.tolerance:.0%}); the re-anchored table keeps today's"
+        )
     speed = f"{a['speed_vs_build']:.3f}x the build's times" if a["speed_vs_build"] else "no build timings to compare"
-    console.print(f"machine now: {speed}; fixed part {tab.fixed_us / 1000:.3f} -> {new.fixed_us / 1000:.3f} ms, "
-                  f"scale {tab.scale:.3f} -> {new.scale:.3f}; unpruned model now "
-                  f"{a['measured_us'].get('keep-1.00', float('nan')) / 1000:.3f} ms -> {dest}")
+    console.print(
+        f"machine now: {speed}; fixed part {tab.fixed_us / 1000:.3f} -> {new.fixed_us / 1000:.3f} ms, "
+        f"scale {tab.scale:.3f} -> {new.scale:.3f}; unpruned model now "
+        f"{a['measured_us'].get('keep-1.00', float('nan')) / 1000:.3f} ms -> {dest}"
+    )
 
 
 @latency_app.command("show")
@@ -225,11 +280,14 @@ def show(table: Path = typer.Argument(..., help="table .csv")) -> None:
         cal.add_column(c, justify="right")
     for c in tab.meta.get("calibration", []):
         pred = tab.fixed_us + tab.scale * c["sum_layers_us"]
-        cal.add_row(entry_name(c), *(f"{v / 1000:.3f} ms" for v in (c["sum_layers_us"], c["median_us"], c["p10_us"],
-                                                                    c["p90_us"], pred)))
+        cal.add_row(
+            entry_name(c),
+            *(f"{v / 1000:.3f} ms" for v in (c["sum_layers_us"], c["median_us"], c["p10_us"], c["p90_us"], pred)),
+        )
     console.print(cal)
-    per_layer = tab.df.groupby("layer", sort=False).agg(op=("op", "first"), group=("group", "first"),
-                                                         points=("median_us", "size"), max_us=("median_us", "max"))
+    per_layer = tab.df.groupby("layer", sort=False).agg(
+        op=("op", "first"), group=("group", "first"), points=("median_us", "size"), max_us=("median_us", "max")
+    )
     lt = Table(title="layers (max_us: the full-width probe)")
     for c in ("layer", "op", "group", "grid points", "full width"):
         lt.add_column(c)
@@ -257,8 +315,12 @@ def _print_identity(tab) -> None:
     for d in tab.identity_differences(here):
         console.print(f"{'note' if d.note else 'another device'}: {d.text}", highlight=False)
     sig = tab.meta.get("speed_signature")
-    console.print(f"speed signature: {len(sig['probes'])} reference probes, noise {sig['noise']:.1%}" if sig else
-                  "speed signature: none (a table built before autoprune recorded one)", highlight=False)
+    console.print(
+        f"speed signature: {len(sig['probes'])} reference probes, noise {sig['noise']:.1%}"
+        if sig
+        else "speed signature: none (a table built before autoprune recorded one)",
+        highlight=False,
+    )
 
 
 @latency_app.command("probes")
@@ -275,11 +337,14 @@ def probes(
     """Write ONNX probe models + measure_probes.py to time them on another device (onnxruntime + numpy only)."""
     from autoprune.probe_transfer import export_probes
 
-    n = export_probes(model, _shape(input_shape), out, threads=threads, grid=grid, block=block, align=align,
-                      weights=weights)
-    console.print(f"{n['probes']} probe models + {n['networks']} calibration networks -> {out}\n"
-                  f"on the device: python {out / 'measure_probes.py'} {out}\n"
-                  f"then here: autoprune latency-table import {out}")
+    n = export_probes(
+        model, _shape(input_shape), out, threads=threads, grid=grid, block=block, align=align, weights=weights
+    )
+    console.print(
+        f"{n['probes']} probe models + {n['networks']} calibration networks -> {out}\n"
+        f"on the device: python {out / 'measure_probes.py'} {out}\n"
+        f"then here: autoprune latency-table import {out}"
+    )
 
 
 @latency_app.command("import")

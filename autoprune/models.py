@@ -120,8 +120,10 @@ def require_trusted_factory(name: str, source: str, *, named_by_user: str | None
     if ":" not in name or trust or named_by_user == name:
         return
     module = name.partition(":")[0]
-    raise UserError(f"{source} names the model factory {name!r}: importing it would run code from the module "
-                    f"{module!r}; pass --model {name} if you trust that module (or --trust-pickle to trust the file)")
+    raise UserError(
+        f"{source} names the model factory {name!r}: importing it would run code from the module "
+        f"{module!r}; pass --model {name} if you trust that module (or --trust-pickle to trust the file)"
+    )
 
 
 def _build_architecture(spec: ModelSpec, in_channels: int | None) -> nn.Module:

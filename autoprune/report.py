@@ -40,8 +40,10 @@ def comparison_rows(metrics: dict) -> list[tuple[str, str, object]]:
     device = metrics.get("latency_predicted_for")
     if not device:
         return METRIC_ROWS
-    labels = {"latency_predicted_us": f"latency, predicted for {device}, not measured there",
-              "latency_measured_us": "latency, measured end to end on this machine (another device than the budget's)"}
+    labels = {
+        "latency_predicted_us": f"latency, predicted for {device}, not measured there",
+        "latency_measured_us": "latency, measured end to end on this machine (another device than the budget's)",
+    }
     return [(labels.get(key, label), key, fmt) for label, key, fmt in METRIC_ROWS]
 
 
@@ -110,9 +112,7 @@ def plot_pareto(history: pd.DataFrame, policy: Policy, cost: str, path: Path) ->
     ax.scatter(h[share], h["accuracy"], s=8, alpha=0.5, label="evaluated policies")
     front = pareto_front(h, share, "accuracy")
     ax.plot(front[share], front["accuracy"], "r-o", ms=3, label="Pareto front")
-    limit = (
-        next((c for c in policy.budget.constraints if c.metric == cost), None) if policy.budget else None
-    )
+    limit = next((c for c in policy.budget.constraints if c.metric == cost), None) if policy.budget else None
     if limit is not None:
         base = policy.metrics.get("unpruned", {}).get(cost if cost != "latency" else "latency_predicted_us")
         x = limit.value if limit.relative else (limit.value / base if base else None)
@@ -210,7 +210,7 @@ def render(run_dir: str | Path, policy: Policy | None = None, history: pd.DataFr
 
 
 def evaluations_text(search: dict) -> str:
-    """"150 evaluations", and how many distinct policies they were when the sampler repeated itself."""
+    """ "150 evaluations", and how many distinct policies they were when the sampler repeated itself."""
     n, distinct = search.get("evaluations", 0), search.get("distinct_policies")
     repeats = f" ({distinct} distinct policies; the repeats came from the cache)" if distinct and distinct < n else ""
     early = f" (stopped early: {search['converged']})" if search.get("converged") else ""
@@ -236,15 +236,21 @@ def budget_checks(policy: Policy) -> list[tuple[str, float, float, str]]:
         limit = c.limit(ref) if c.relative and ref else (None if c.relative else c.value)
         if limit is None:
             continue
-        how = "measured" if key == "latency_measured_us" else ("counted" if c.metric != "latency" else
-                                                              f"{predicted_for(policy)}, not measured" +
-                                                              (" there" if elsewhere else ""))
+        how = (
+            "measured"
+            if key == "latency_measured_us"
+            else (
+                "counted"
+                if c.metric != "latency"
+                else f"{predicted_for(policy)}, not measured" + (" there" if elsewhere else "")
+            )
+        )
         out.append((c.metric, float(m[key]), float(limit), how))
     return out
 
 
 def predicted_for(policy: Policy) -> str:
-    """"predicted for <device>": the device whose table priced the policy."""
+    """ "predicted for <device>": the device whose table priced the policy."""
     device = policy.metrics.get("latency_predicted_for") or (policy.search or {}).get("table_device")
     return f"predicted for {device}" if device else "predicted by the table"
 
@@ -255,33 +261,45 @@ def budget_met(policy: Policy) -> bool | None:
     return all(within(value, limit) for _, value, limit, _ in checks) if checks else None
 
 
+_PREDICTED = {True: "**within the budget as predicted**", False: "**over the budget as predicted**"}
+
+
 def budget_verdict(policy: Policy) -> str | None:
     """One sentence: does the pruned model meet its budget, measured where the budget is latency? "met" is said
     only of what was measured on this machine (or counted); a prediction is called one, with its device."""
     m = policy.metrics
     parts = [
         f"{metric} {format_cost(metric, value)} {how} vs budget {format_cost(metric, limit)}: "
-        + (f"{'**met**' if within(value, limit) else '**NOT met**'}" if how in ("measured", "counted") else
-           f"{'**within the budget as predicted**' if within(value, limit) else '**over the budget as predicted**'} "
-           "(a prediction, not a measurement)")
+        + (
+            f"{'**met**' if within(value, limit) else '**NOT met**'}"
+            if how in ("measured", "counted")
+            else f"{_PREDICTED[within(value, limit)]} (a prediction, not a measurement)"
+        )
         for metric, value, limit, how in budget_checks(policy)
     ]
     checks = m.get("latency_checks") or []
     measured_policies = len({tuple(ch["kept"]) for ch in checks})
     if measured_policies > 1:
-        parts.append(f"the searched policy measured {format_cost('latency', checks[0]['measured_us'])} (over the "
-                     f"budget), so the best evaluated policy under a limit tightened by the table's error on it was "
-                     f"taken ({measured_policies} policies measured)")
-    slow = [device_slowdown(ch["unpruned_measured_us"], ch["unpruned_predicted_us"]) for ch in checks
-            if "unpruned_measured_us" in ch and not ch["met"]]
+        parts.append(
+            f"the searched policy measured {format_cost('latency', checks[0]['measured_us'])} (over the "
+            f"budget), so the best evaluated policy under a limit tightened by the table's error on it was "
+            f"taken ({measured_policies} policies measured)"
+        )
+    slow = [
+        device_slowdown(ch["unpruned_measured_us"], ch["unpruned_predicted_us"])
+        for ch in checks
+        if "unpruned_measured_us" in ch and not ch["met"]
+    ]
     slow = [1 + r for r in slow if r is not None]
     if slow:
         table = (policy.search or {}).get("table") or "TABLE"
         parts.append(
             f"{len(slow)} of {len(checks)} measurements over the budget found the device slow (the unpruned model "
-            f"up to {max(slow):.2f}x its table's prediction)" + (
-                ", so they were repeated" if checks[-1]["met"] else
-                f" and it stayed so: re-check when it is quiet (`autoprune latency-table validate --table {table} "
+            f"up to {max(slow):.2f}x its table's prediction)"
+            + (
+                ", so they were repeated"
+                if checks[-1]["met"]
+                else f" and it stayed so: re-check when it is quiet (`autoprune latency-table validate --table {table} "
                 f"--budget {policy.budget}`), or re-fit the table to it (`autoprune latency-table anchor --table "
                 f"{table}`) and search again"
             )

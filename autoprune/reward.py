@@ -52,8 +52,9 @@ class Evaluation:
         return float(sum(self.phases.values()))
 
 
-def _materialise(split: Split, batch_size: int, limit: int | None = None, *, shuffle: bool = False,
-                 seed: int = 0) -> list[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+def _materialise(
+    split: Split, batch_size: int, limit: int | None = None, *, shuffle: bool = False, seed: int = 0
+) -> list[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
     out = []
     for i, (x, y) in enumerate(split.batches(batch_size, shuffle=shuffle, seed=seed)):
         if limit is not None and i >= limit:
@@ -73,9 +74,19 @@ class Evaluator:
     """
 
     def __init__(
-        self, pruner: ChannelPruner, data: DataBundle, *, held_out: int | None = 5000, calib_batches: int = 10,
-        calib_batch_size: int = 128, eval_batch_size: int = 1000, fast: bool = True, seed: int = 0,
-        finetune_steps: int = 0, finetune_lr: float = 0.01, kd: bool = False,
+        self,
+        pruner: ChannelPruner,
+        data: DataBundle,
+        *,
+        held_out: int | None = 5000,
+        calib_batches: int = 10,
+        calib_batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        fast: bool = True,
+        seed: int = 0,
+        finetune_steps: int = 0,
+        finetune_lr: float = 0.01,
+        kd: bool = False,
     ) -> None:
         if held_out is not None and held_out < 1:
             raise UserError(f"held-out size {held_out} must be at least 1")
@@ -84,8 +95,7 @@ class Evaluator:
         split = data.held_out if held_out is None else data.held_out.subset(min(held_out, len(data.held_out)))
         self.held_out_size = len(split)
         self._eval_batches = _materialise(split, eval_batch_size)
-        self._calib = [x for x, _ in _materialise(data.train, calib_batch_size, calib_batches, shuffle=True,
-                                                  seed=seed)]
+        self._calib = [x for x, _ in _materialise(data.train, calib_batch_size, calib_batches, shuffle=True, seed=seed)]
         self._cache: dict[tuple[tuple[int, ...], int], Evaluation] = {}
         self.calls = 0
 
@@ -113,8 +123,9 @@ class Evaluator:
     def finetune(self, model: nn.Module, steps: int) -> nn.Module:
         """A short SGD fine-tune (constant small lr, no augmentation), distilled from the unpruned model if ``kd``."""
         teacher = self.pruner.model if self.kd else None
-        cfg = TrainConfig(epochs=1.0, lr=self.finetune_lr, max_steps=steps, schedule="cosine", augment=False,
-                          seed=self.seed)
+        cfg = TrainConfig(
+            epochs=1.0, lr=self.finetune_lr, max_steps=steps, schedule="cosine", augment=False, seed=self.seed
+        )
         model = model.to(memory_format=torch.contiguous_format)
         with torch.enable_grad():
             train(model, self.data.train, cfg, teacher=teacher)
@@ -192,4 +203,3 @@ class Reward:
         else:
             reward = ev.accuracy
         return RewardResult(reward, ev.accuracy, ev.phases, ev.cached)
-

@@ -38,8 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(int(spec["threads"]))
     print(f"worker {socket.gethostname()}:{os.getpid()} with {spec['threads']} torch thread(s)", flush=True)
     try:
-        run(RunSpec.from_json(spec["spec"]), role="worker", trust_pickle=spec["trust_pickle"],
-            callback=_print_progress)
+        run(RunSpec.from_json(spec["spec"]), role="worker", trust_pickle=spec["trust_pickle"], callback=_print_progress)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -53,10 +53,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark's own 
 from reference_pruning import evaluate_model, global_magnitude_at_flops  # noqa: E402
 
 SHAPE = (1, 1, 28, 28)
-COLUMNS = ["strategy", "budget", "reward", "episodes", "evaluations", "seed", "search_held_out", "flops_share",
-           "best_reward", "held_out_acc", "test_acc", "test_acc_ft", "finetune_epochs", "wall_s", "mean_episode_s",
-           "mean_apply_s", "mean_finetune_s", "mean_recalibrate_s", "mean_evaluate_s", "mean_update_s", "mean_eval_s",
-           "warmup", "warmup_mean_reward", "last50_mean_reward", "tolerance", "iterations", "kept", "command"]
+COLUMNS = [
+    "strategy",
+    "budget",
+    "reward",
+    "episodes",
+    "evaluations",
+    "seed",
+    "search_held_out",
+    "flops_share",
+    "best_reward",
+    "held_out_acc",
+    "test_acc",
+    "test_acc_ft",
+    "finetune_epochs",
+    "wall_s",
+    "mean_episode_s",
+    "mean_apply_s",
+    "mean_finetune_s",
+    "mean_recalibrate_s",
+    "mean_evaluate_s",
+    "mean_update_s",
+    "mean_eval_s",
+    "warmup",
+    "warmup_mean_reward",
+    "last50_mean_reward",
+    "tolerance",
+    "iterations",
+    "kept",
+    "command",
+]
 
 
 def setup(args):
@@ -112,11 +138,20 @@ def refinetune(args) -> None:
         final_test.recalibrate(pruned)
         for seed in (int(x) for x in args.ft_seeds.split(",")):
             t0 = time.perf_counter()
-            acc = finetune_and_test(pruned, data, final_test, args.finetune_epochs, seed,
-                                    teacher=model if args.kd else None)
-            row = {"strategy": name, "reward": label, "budget": args.budget, "test_acc": r["test_acc"],
-                   "kd": args.kd, "ft_seed": seed, "finetune_epochs": args.finetune_epochs, "test_acc_ft": acc,
-                   "seconds": round(time.perf_counter() - t0, 1)}
+            acc = finetune_and_test(
+                pruned, data, final_test, args.finetune_epochs, seed, teacher=model if args.kd else None
+            )
+            row = {
+                "strategy": name,
+                "reward": label,
+                "budget": args.budget,
+                "test_acc": r["test_acc"],
+                "kd": args.kd,
+                "ft_seed": seed,
+                "finetune_epochs": args.finetune_epochs,
+                "test_acc_ft": acc,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
             print(row, flush=True)
             pd.DataFrame([row]).to_csv(out, mode="a", header=not out.is_file(), index=False)
 
@@ -133,14 +168,22 @@ def rerank(args, name: str, reward: str, pruner, data) -> list[int]:
     hist = ROOT / "benchmarks" / "search_history" / history_name(name, reward, args.seed, args.held_out)
     h = read_history(hist)
     h = h[h["feasible"].astype(bool) & h["reward"].notna()].drop_duplicates("kept").nlargest(args.rerank, "reward")
-    ev = Evaluator(pruner, data, held_out=args.held_out, calib_batches=args.calib_batches, seed=0,
-                   finetune_steps=args.rerank_steps, kd=args.kd)
+    ev = Evaluator(
+        pruner,
+        data,
+        held_out=args.held_out,
+        calib_batches=args.calib_batches,
+        seed=0,
+        finetune_steps=args.rerank_steps,
+        kd=args.kd,
+    )
     scored = []
     for kept_tuple, rew in zip(h["kept"], h["reward"], strict=True):
         kept = list(kept_tuple)
         acc = ev.evaluate(kept).accuracy
-        print(f"rerank {name}@{reward}: reward {rew:.4f} -> {acc:.4f} after {args.rerank_steps} steps {kept}",
-              flush=True)
+        print(
+            f"rerank {name}@{reward}: reward {rew:.4f} -> {acc:.4f} after {args.rerank_steps} steps {kept}", flush=True
+        )
         scored.append((acc, kept))
     return max(scored, key=lambda t: t[0])[1]
 
@@ -160,16 +203,23 @@ def measure_evaluator(args) -> None:
         for p in ("apply", "recalibrate", "evaluate"):
             row[p + "_s"] = float(np.mean([ph[p] for ph in phases]))
         row["total_s"] = row["apply_s"] + row["recalibrate_s"] + row["evaluate_s"]
-        row["accuracy_mean"] = float(np.mean([ev._cache[(tuple(int(x) for x in k), 0)].accuracy
-                                              for k in policies]))
+        row["accuracy_mean"] = float(np.mean([ev._cache[(tuple(int(x) for x in k), 0)].accuracy for k in policies]))
         rows.append(row)
         print(row, flush=True)
     ft = Evaluator(pruner, data, held_out=args.held_out, finetune_steps=args.finetune_steps)
     t = time.perf_counter()
     e = ft.evaluate(policies[0])
-    rows.append({"fast": True, "held_out": args.held_out, "calib_batches": 0, "threads": torch.get_num_threads(),
-                 "reward": f"acc-ft ({args.finetune_steps} steps)", "total_s": time.perf_counter() - t,
-                 **{k + "_s": v for k, v in e.phases.items()}})
+    rows.append(
+        {
+            "fast": True,
+            "held_out": args.held_out,
+            "calib_batches": 0,
+            "threads": torch.get_num_threads(),
+            "reward": f"acc-ft ({args.finetune_steps} steps)",
+            "total_s": time.perf_counter() - t,
+            **{k + "_s": v for k, v in e.phases.items()},
+        }
+    )
     print(rows[-1], flush=True)
     out = ROOT / "benchmarks" / "search_evaluator_timing.csv"
     pd.DataFrame(rows).to_csv(out, index=False)
@@ -179,8 +229,18 @@ def measure_evaluator(args) -> None:
 def print_table(path: Path) -> None:
     """The comparison table of README's "Search strategies" section, from the CSV (latest row per strategy)."""
     df = pd.read_csv(path).drop_duplicates(["strategy", "reward", "budget", "search_held_out"], keep="last")
-    cols = ["strategy", "reward", "evaluations", "flops_share", "held_out_acc", "test_acc", "test_acc_ft", "wall_s",
-            "warmup_mean_reward", "last50_mean_reward"]
+    cols = [
+        "strategy",
+        "reward",
+        "evaluations",
+        "flops_share",
+        "held_out_acc",
+        "test_acc",
+        "test_acc_ft",
+        "wall_s",
+        "warmup_mean_reward",
+        "last50_mean_reward",
+    ]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for _, r in df.iterrows():
@@ -200,8 +260,11 @@ def print_table(path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--strategies", default="uniform,reference",
-                    help=f"comma-separated: {', '.join(STRATEGIES)}, reference, optuna:<sampler>")
+    ap.add_argument(
+        "--strategies",
+        default="uniform,reference",
+        help=f"comma-separated: {', '.join(STRATEGIES)}, reference, optuna:<sampler>",
+    )
     ap.add_argument("--episodes", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--budget", default="flops=50%")
@@ -219,12 +282,19 @@ def main() -> None:
     ap.add_argument("--table", action="store_true", help="print --out as a markdown table and exit")
     ap.add_argument("--random-weights", action="store_true", help="the demo architecture untrained (timing only)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    ap.add_argument("--refinetune", default="", help="comma-separated rows of --out (strategy or strategy@reward) "
-                                                     "whose best policy is fine-tuned again")
+    ap.add_argument(
+        "--refinetune",
+        default="",
+        help="comma-separated rows of --out (strategy or strategy@reward) whose best policy is fine-tuned again",
+    )
     ap.add_argument("--ft-seeds", default="0", help="fine-tune seeds for --refinetune")
     ap.add_argument("--kd", action="store_true", help="--refinetune distils from the unpruned model")
-    ap.add_argument("--rerank", type=int, default=0, help="--refinetune: pick among this many best policies of the "
-                                                          "run's history by a short fine-tune first")
+    ap.add_argument(
+        "--rerank",
+        type=int,
+        default=0,
+        help="--refinetune: pick among this many best policies of the run's history by a short fine-tune first",
+    )
     ap.add_argument("--rerank-steps", type=int, default=200)
     args = ap.parse_args()
     if args.threads:
@@ -251,16 +321,25 @@ def main() -> None:
     for spec in args.strategies.split(","):
         name, _, sampler = spec.partition(":")
         t0 = time.perf_counter()
-        row: dict = {"strategy": spec, "budget": args.budget, "episodes": args.episodes, "seed": args.seed,
-                     "reward": args.reward if name not in ("uniform", "reference") else None,
-                     "search_held_out": args.held_out}
+        row: dict = {
+            "strategy": spec,
+            "budget": args.budget,
+            "episodes": args.episodes,
+            "seed": args.seed,
+            "reward": args.reward if name not in ("uniform", "reference") else None,
+            "search_held_out": args.held_out,
+        }
         if name == "reference":
             limit = problem.limits["flops"]
             pruned, ratio, flops = global_magnitude_at_flops(model, SHAPE, limit, ignored=[model.fc])
-            row.update(evaluations=0, wall_s=time.perf_counter() - t0,
-                       flops_share=flops / problem.cost.baseline["flops"],
-                       held_out_acc=evaluate_model(final_held, pruned), test_acc=evaluate_model(final_test, pruned),
-                       kept=json.dumps({"tp_pruning_ratio": round(ratio, 4)}))
+            row.update(
+                evaluations=0,
+                wall_s=time.perf_counter() - t0,
+                flops_share=flops / problem.cost.baseline["flops"],
+                held_out_acc=evaluate_model(final_held, pruned),
+                test_acc=evaluate_model(final_test, pruned),
+                kept=json.dumps({"tp_pruning_ratio": round(ratio, 4)}),
+            )
             if args.finetune_epochs:
                 final_test.recalibrate(pruned)
                 row["test_acc_ft"] = finetune_and_test(pruned, data, final_test, args.finetune_epochs, args.seed)
@@ -274,18 +353,33 @@ def main() -> None:
 
             def progress(ev, _every=max(1, args.episodes // 20), _spec=spec):
                 if ev.evaluation % _every == 0 or ev.evaluation == ev.episodes:
-                    print(f"  {_spec} {ev.evaluation}/{ev.episodes} best={ev.best_reward} "
-                          f"flops={ev.best_costs.get('flops', float('nan')):.3f} t={ev.seconds:.0f}s", flush=True)
+                    print(
+                        f"  {_spec} {ev.evaluation}/{ev.episodes} best={ev.best_reward} "
+                        f"flops={ev.best_costs.get('flops', float('nan')):.3f} t={ev.seconds:.0f}s",
+                        flush=True,
+                    )
 
-            result = run_search(name, problem, search_eval if name != "uniform" else None, episodes=args.episodes,
-                                seed=args.seed, options=options, callback=progress,
-                                workdir=Path(tempfile.mkdtemp(prefix="bench-search-")))
+            result = run_search(
+                name,
+                problem,
+                search_eval if name != "uniform" else None,
+                episodes=args.episodes,
+                seed=args.seed,
+                options=options,
+                callback=progress,
+                workdir=Path(tempfile.mkdtemp(prefix="bench-search-")),
+            )
             h = result.history
             kept = result.best_kept
-            row.update(evaluations=result.evaluations, wall_s=result.seconds,
-                       flops_share=problem.cost_shares(kept)["flops"], best_reward=result.best_reward,
-                       held_out_acc=final_held.evaluate(kept).accuracy, test_acc=final_test.evaluate(kept).accuracy,
-                       kept=json.dumps([int(k) for k in kept]))
+            row.update(
+                evaluations=result.evaluations,
+                wall_s=result.seconds,
+                flops_share=problem.cost_shares(kept)["flops"],
+                best_reward=result.best_reward,
+                held_out_acc=final_held.evaluate(kept).accuracy,
+                test_acc=final_test.evaluate(kept).accuracy,
+                kept=json.dumps([int(k) for k in kept]),
+            )
             for phase in ("apply_s", "finetune_s", "recalibrate_s", "evaluate_s", "update_s", "eval_s"):
                 if phase in h:
                     row["mean_" + phase] = float(h[phase].mean())

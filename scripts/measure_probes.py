@@ -65,11 +65,16 @@ LAYOUT_OPS = ("ReorderInput", "ReorderOutput")
 def kernel_times(events: list, warmup: int) -> list:
     """Per run (profiler ``model_run`` span), the summed kernel time of its nodes except layout reorders, which
     a stand-alone probe needs and a served network of blocked convs does not run between them."""
-    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session"
-                  and e.get("name") == "model_run")
-    nodes = sorted((e["ts"], e["dur"]) for e in events if e.get("cat") == "Node"
-                   and e.get("name", "").endswith("_kernel_time")
-                   and e.get("args", {}).get("op_name") not in LAYOUT_OPS)
+    runs = sorted(
+        (e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )
+    nodes = sorted(
+        (e["ts"], e["dur"])
+        for e in events
+        if e.get("cat") == "Node"
+        and e.get("name", "").endswith("_kernel_time")
+        and e.get("args", {}).get("op_name") not in LAYOUT_OPS
+    )
     out, j = [], 0
     for start, end in runs:
         total = 0.0
@@ -98,8 +103,12 @@ def measure(path: Path, shape: list, threads: int, device: str, warmup: int, rep
         if kernels:
             samples = kernel_times(json.loads(Path(sess.end_profiling()).read_text()), warmup)
     s = np.asarray(samples)
-    return {"median_us": float(np.median(s)), "p10_us": float(np.percentile(s, 10)),
-            "p90_us": float(np.percentile(s, 90)), "repeats": len(s)}
+    return {
+        "median_us": float(np.median(s)),
+        "p10_us": float(np.percentile(s, 10)),
+        "p90_us": float(np.percentile(s, 90)),
+        "repeats": len(s),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,13 +139,21 @@ def main(argv: list[str] | None = None) -> int:
     best: dict = {}
     rounds_of: dict = {}
     t_start = time.perf_counter()
-    schedule = [(p, item) for p in range(passes) for item in listing if item["kind"] != "network"] + \
-        [(r, item) for r in range(rounds) for item in listing if item["kind"] == "network"]
+    schedule = [(p, item) for p in range(passes) for item in listing if item["kind"] != "network"] + [
+        (r, item) for r in range(rounds) for item in listing if item["kind"] == "network"
+    ]
     for i, (_, item) in enumerate(schedule):
         shape = [int(v) for v in item["input_shape"].split("x")]
         network = item["kind"] == "network"
-        t = measure(d / item["file"], shape, threads, args.device, int(meta.get("e2e_warmup", 10)) if network
-                    else warmup, e2e_repeats if network else repeats, kernels=not network)
+        t = measure(
+            d / item["file"],
+            shape,
+            threads,
+            args.device,
+            int(meta.get("e2e_warmup", 10)) if network else warmup,
+            e2e_repeats if network else repeats,
+            kernels=not network,
+        )
         if network:
             rounds_of.setdefault(item["file"], []).append(t)
         elif item["file"] not in best or t["median_us"] < best[item["file"]]["median_us"]:
@@ -144,11 +161,16 @@ def main(argv: list[str] | None = None) -> int:
         if (i + 1) % 25 == 0 or i + 1 == len(schedule):
             print(f"{i + 1}/{len(schedule)} measured ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
     for f, ts in rounds_of.items():
-        best[f] = {"median_us": float(np.median([t["median_us"] for t in ts])),
-                   "p10_us": float(np.median([t["p10_us"] for t in ts])),
-                   "p90_us": float(np.median([t["p90_us"] for t in ts])), "repeats": sum(t["repeats"] for t in ts)}
-    rows = [{"file": item["file"], "kind": item["kind"], "keep_ratio": item["keep_ratio"], **best[item["file"]]}
-            for item in listing]
+        best[f] = {
+            "median_us": float(np.median([t["median_us"] for t in ts])),
+            "p10_us": float(np.median([t["p10_us"] for t in ts])),
+            "p90_us": float(np.median([t["p90_us"] for t in ts])),
+            "repeats": sum(t["repeats"] for t in ts),
+        }
+    rows = [
+        {"file": item["file"], "kind": item["kind"], "keep_ratio": item["keep_ratio"], **best[item["file"]]}
+        for item in listing
+    ]
     tmp = d / "measured.csv.tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["file", "kind", "keep_ratio", "median_us", "p10_us", "p90_us", "repeats"])

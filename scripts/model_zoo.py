@@ -35,12 +35,37 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CSV_PATH = ROOT / "benchmarks" / "model_zoo.csv"
-FIELDS = ["model", "input_shape", "groups", "status", "stage", "reason", "seconds",
-          "flops", "pruned_flops", "params", "pruned_params"]
+FIELDS = [
+    "model",
+    "input_shape",
+    "groups",
+    "status",
+    "stage",
+    "reason",
+    "seconds",
+    "flops",
+    "pruned_flops",
+    "params",
+    "pruned_params",
+]
 NUM_CLASSES = 10
 SEED = 0
-LARGEST = {"regnet_y_128gf", "vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_32gf", "regnet_x_32gf", "efficientnet_b7",
-           "efficientnet_v2_l", "convnext_large", "swin_v2_b", "swin_b", "vit_b_16", "maxvit_t", "swin_v2_s"}
+LARGEST = {
+    "regnet_y_128gf",
+    "vit_h_14",
+    "vit_l_16",
+    "vit_l_32",
+    "regnet_y_32gf",
+    "regnet_x_32gf",
+    "efficientnet_b7",
+    "efficientnet_v2_l",
+    "convnext_large",
+    "swin_v2_b",
+    "swin_b",
+    "vit_b_16",
+    "maxvit_t",
+    "swin_v2_s",
+}
 
 
 def input_shape(name: str) -> tuple[int, int, int, int]:
@@ -86,8 +111,15 @@ def check(name: str, shape: tuple[int, ...] | None = None, seed: int = SEED) -> 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     shape = tuple(shape or input_shape(name))
-    row = {"model": name, "input_shape": "x".join(map(str, shape)), "groups": "", "status": "fail", "stage": "",
-           "reason": "", "seconds": 0.0}
+    row = {
+        "model": name,
+        "input_shape": "x".join(map(str, shape)),
+        "groups": "",
+        "status": "fail",
+        "stage": "",
+        "reason": "",
+        "seconds": 0.0,
+    }
     t0 = time.perf_counter()
     stage = "build"
     try:
@@ -115,8 +147,9 @@ def check(name: str, shape: tuple[int, ...] | None = None, seed: int = SEED) -> 
         flops, params = tp.utils.count_ops_and_params(pruned, torch.randn(*shape))
         row["pruned_flops"], row["pruned_params"] = int(flops), int(params)
         if abs(analytic["flops"] - flops) > 1e-9 * max(flops, 1):
-            raise RuntimeError(f"analytic FLOPs {analytic['flops']:.0f} != measured {flops:.0f} "
-                               f"({analytic['flops'] / flops - 1:+.3e})")
+            raise RuntimeError(
+                f"analytic FLOPs {analytic['flops']:.0f} != measured {flops:.0f} ({analytic['flops'] / flops - 1:+.3e})"
+            )
         if round(analytic["params"]) != params:
             raise RuntimeError(f"analytic params {analytic['params']:.0f} != measured {params}")
         if params >= pruner.graph.base_params:
@@ -131,8 +164,9 @@ def check(name: str, shape: tuple[int, ...] | None = None, seed: int = SEED) -> 
         if tuple(onnx_out.shape) != ref_shape:
             raise RuntimeError(f"onnxruntime output shape {tuple(onnx_out.shape)} != unpruned {ref_shape}")
         if not np.allclose(onnx_out, out.numpy(), atol=1e-3, rtol=1e-3):
-            raise RuntimeError(f"onnxruntime output differs from PyTorch by up to "
-                               f"{float(np.abs(onnx_out - out.numpy()).max()):.3g}")
+            raise RuntimeError(
+                f"onnxruntime output differs from PyTorch by up to {float(np.abs(onnx_out - out.numpy()).max()):.3g}"
+            )
         row.update(status="ok", stage="")
     except BaseException as e:  # noqa: BLE001 - every failure is a result, recorded with its stage
         if isinstance(e, KeyboardInterrupt):
@@ -149,11 +183,16 @@ def run_subprocess(name: str, timeout: float) -> dict:
     shape = input_shape(name)
     base = {"model": name, "input_shape": "x".join(map(str, shape)), "groups": "", "status": "fail"}
     try:
-        proc = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True,
-                              timeout=timeout, cwd=ROOT)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--one", name], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        )
     except subprocess.TimeoutExpired:
-        return {**base, "stage": "timeout", "reason": f"did not finish in {timeout:.0f} s",
-                "seconds": round(time.perf_counter() - t0, 1)}
+        return {
+            **base,
+            "stage": "timeout",
+            "reason": f"did not finish in {timeout:.0f} s",
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode == 0 and lines:
         return json.loads(lines[-1])
@@ -181,8 +220,9 @@ def main() -> None:
     ap.add_argument("--one", help="check one model in this process and print its row as JSON")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per model")
     ap.add_argument("--csv", type=Path, default=CSV_PATH)
-    ap.add_argument("--update", action="store_true",
-                    help="re-run only the given models and replace their rows in the existing CSV")
+    ap.add_argument(
+        "--update", action="store_true", help="re-run only the given models and replace their rows in the existing CSV"
+    )
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
     if args.one:
@@ -206,8 +246,10 @@ def main() -> None:
         # rewritten after every model, so an interrupted run keeps what it finished
         write_csv(args.csv, list(previous.values()) if args.update else rows)
         where = "" if row["status"] == "ok" else f" [{row['stage']}] {row['reason']}"
-        print(f"{name:22s} {row['status']:4s} {float(row['seconds']):7.1f}s groups={row.get('groups', '')}{where}",
-              flush=True)
+        print(
+            f"{name:22s} {row['status']:4s} {float(row['seconds']):7.1f}s groups={row.get('groups', '')}{where}",
+            flush=True,
+        )
     ok = [r["model"] for r in rows if r["status"] == "ok"]
     print(f"\n{len(ok)}/{len(rows)} models pass")
     for r in rows:

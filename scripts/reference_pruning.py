@@ -20,23 +20,34 @@ import torch_pruning as tp
 from autoprune.reward import Evaluator
 
 
-def prune_global_magnitude(model: nn.Module, input_shape: tuple[int, ...], ratio: float,
-                           ignored: list[nn.Module] | None = None) -> nn.Module:
+def prune_global_magnitude(
+    model: nn.Module, input_shape: tuple[int, ...], ratio: float, ignored: list[nn.Module] | None = None
+) -> nn.Module:
     """A copy of ``model`` with Torch-Pruning's global L2 magnitude pruning at channel ratio ``ratio``."""
     m = copy.deepcopy(model).eval()
     example = torch.randn(*input_shape)
     names = {id(mod): n for n, mod in model.named_modules()}
     copies = dict(m.named_modules())
     ignored_copy = [copies[names[id(x)]] for x in (ignored or [])]
-    pruner = tp.pruner.BasePruner(m, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  pruning_ratio=ratio, global_pruning=True, ignored_layers=ignored_copy)
+    pruner = tp.pruner.BasePruner(
+        m,
+        example,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=ratio,
+        global_pruning=True,
+        ignored_layers=ignored_copy,
+    )
     pruner.step()
     return m.eval()
 
 
-def global_magnitude_at_flops(model: nn.Module, input_shape: tuple[int, ...], flops_limit: float,
-                              ignored: list[nn.Module] | None = None, iterations: int = 14
-                              ) -> tuple[nn.Module, float, float]:
+def global_magnitude_at_flops(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    flops_limit: float,
+    ignored: list[nn.Module] | None = None,
+    iterations: int = 14,
+) -> tuple[nn.Module, float, float]:
     """The largest-FLOPs global-magnitude pruning whose FLOPs meet ``flops_limit``: (model, ratio, flops)."""
     example = torch.randn(*input_shape)
     lo, hi = 0.0, 0.95  # ratio hi meets the limit (checked), lo does not

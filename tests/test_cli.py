@@ -201,9 +201,14 @@ def test_a_latency_budget_not_met_when_measured_exits_3(measured_ms, code, capsy
     model, _ = build_model("resnet20", use_default_weights=False)
     graph = analyze(model, (1, 3, 16, 16), "resnet20")
     policy = Policy.from_kept(
-        graph, graph.channels.tolist(), budget=parse_budget("latency=10ms"),
-        metrics={"latency_predicted_us": 9900.0, "latency_measured_us": measured_ms * 1000,
-                 "unpruned": {"latency_predicted_us": 14000.0, "latency_measured_us": 14100.0}},
+        graph,
+        graph.channels.tolist(),
+        budget=parse_budget("latency=10ms"),
+        metrics={
+            "latency_predicted_us": 9900.0,
+            "latency_measured_us": measured_ms * 1000,
+            "unpruned": {"latency_predicted_us": 14000.0, "latency_measured_us": 14100.0},
+        },
         search={"evaluations": 5, "search_seconds": 1.0},
     )
     if code is None:
@@ -219,14 +224,27 @@ def test_a_latency_budget_not_met_when_measured_exits_3(measured_ms, code, capsy
 @pytest.fixture
 def uniform_run(run_cli, tmp_path):
     run = tmp_path / "run"
-    code, _, err = run_cli("search", "--model", "resnet20", "--input-shape", "1x3x16x16", "--budget", "flops=50%",
-                           "--strategy", "uniform", "--no-measure", "--out", run)
+    code, _, err = run_cli(
+        "search",
+        "--model",
+        "resnet20",
+        "--input-shape",
+        "1x3x16x16",
+        "--budget",
+        "flops=50%",
+        "--strategy",
+        "uniform",
+        "--no-measure",
+        "--out",
+        run,
+    )
     assert code == 0, err
     return run
 
 
-def test_a_policy_naming_a_model_factory_runs_no_code_unless_the_user_names_it(uniform_run, run_cli, tmp_path,
-                                                                               monkeypatch):
+def test_a_policy_naming_a_model_factory_runs_no_code_unless_the_user_names_it(
+    uniform_run, run_cli, tmp_path, monkeypatch
+):
     """A received policy.json whose model is `pkg.mod:fn` would import that module on export: it is refused in one
     line until the user names the same factory with --model (or trusts the file)."""
     marker = tmp_path / "imported"
@@ -245,8 +263,9 @@ def test_a_policy_naming_a_model_factory_runs_no_code_unless_the_user_names_it(u
     line = one_line_error(*run_cli("export", policy, "--format", "onnx")[::2])
     assert "sent_factory:net" in line and "--model sent_factory:net" in line and "run code" in line
     assert not marker.exists()
-    code, out, err = run_cli("export", policy, "--format", "onnx", "--model", "sent_factory:net", "--out",
-                             tmp_path / "x.onnx")
+    code, out, err = run_cli(
+        "export", policy, "--format", "onnx", "--model", "sent_factory:net", "--out", tmp_path / "x.onnx"
+    )
     assert code == 0, err
     assert marker.exists() and (tmp_path / "x.onnx").is_file()  # named by the user: imported
 
@@ -254,19 +273,54 @@ def test_a_policy_naming_a_model_factory_runs_no_code_unless_the_user_names_it(u
 def test_search_out_naming_a_file_is_one_line(run_cli, tmp_path):
     f = tmp_path / "notes.txt"
     f.write_text("mine")
-    line = one_line_error(*run_cli("search", "--model", "resnet20", "--input-shape", "1x3x16x16", "--budget",
-                                   "flops=50%", "--strategy", "uniform", "--out", f)[::2])
+    line = one_line_error(
+        *run_cli(
+            "search",
+            "--model",
+            "resnet20",
+            "--input-shape",
+            "1x3x16x16",
+            "--budget",
+            "flops=50%",
+            "--strategy",
+            "uniform",
+            "--out",
+            f,
+        )[::2]
+    )
     assert "is a file" in line and f.read_text() == "mine"
 
 
 def test_prune_takes_an_input_shape_of_another_batch_only(uniform_run, run_cli, tmp_path):
     import onnx
 
-    code, _, err = run_cli("prune", "--model", "resnet20", "--policy", uniform_run / "policy.json", "--input-shape",
-                           "4x3x16x16", "--out", tmp_path / "p.pt", "--onnx", tmp_path / "p.onnx")
+    code, _, err = run_cli(
+        "prune",
+        "--model",
+        "resnet20",
+        "--policy",
+        uniform_run / "policy.json",
+        "--input-shape",
+        "4x3x16x16",
+        "--out",
+        tmp_path / "p.pt",
+        "--onnx",
+        tmp_path / "p.onnx",
+    )
     assert code == 0, err
     dims = onnx.load(str(tmp_path / "p.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value or d.dim_param for d in dims][1:] == [3, 16, 16]
-    line = one_line_error(*run_cli("prune", "--model", "resnet20", "--policy", uniform_run / "policy.json",
-                                   "--input-shape", "1x3x32x32", "--out", tmp_path / "q.pt")[::2])
+    line = one_line_error(
+        *run_cli(
+            "prune",
+            "--model",
+            "resnet20",
+            "--policy",
+            uniform_run / "policy.json",
+            "--input-shape",
+            "1x3x32x32",
+            "--out",
+            tmp_path / "q.pt",
+        )[::2]
+    )
     assert "1x3x32x32" in line and "1x3x16x16" in line and "only the batch" in line

@@ -89,8 +89,21 @@ def test_missing_cpuinfo_fields_are_notes_not_errors(tmp_path):
 
 def test_a_table_recorded_before_identities_is_never_taken_for_this_device(tmp_path):
     here = _ident(tmp_path, AVX2_CPUINFO)
-    legacy = {k: here[k] for k in ("cpu", "cores", "os", "machine", "backend", "backend_version", "providers",
-                                  "device", "gpu", "threads")}
+    legacy = {
+        k: here[k]
+        for k in (
+            "cpu",
+            "cores",
+            "os",
+            "machine",
+            "backend",
+            "backend_version",
+            "providers",
+            "device",
+            "gpu",
+            "threads",
+        )
+    }
     diffs = compare(legacy, here)
     assert [d.field for d in diffs] == ["isa"] and "does not record its CPU's instruction set" in diffs[0].text
 

@@ -45,8 +45,10 @@ def test_registered_id_makes_the_env():
     assert obs.shape == (12,) and env.observation_space.contains(obs)
 
 
-@pytest.mark.parametrize("budget,latency", [("flops=50%", False), ("params=40%", False), ("latency=60%", True),
-                                            ("flops=35%,params=60%,latency=70%", True)])
+@pytest.mark.parametrize(
+    "budget,latency",
+    [("flops=50%", False), ("params=40%", False), ("latency=60%", True), ("flops=35%,params=60%,latency=70%", True)],
+)
 def test_every_episode_ends_within_budget(budget, latency):
     problem = tiny_problem(budget, latency=latency, min_keep=0.2)
     env = ChannelPruningEnv(problem, cost_reward(problem))

@@ -219,9 +219,29 @@ def test_losing_the_database_mid_search_is_one_line_and_resume_continues(tmp_pat
     url = _postgres_or_skip(pg)
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-c", "from autoprune.cli import main; main()", "search", "--model", "resnet20",
-           *TINY, "--strategy", "optuna", "--reward", "acc-ft", "--option", "finetune_steps=12", "--episodes", "12",
-           "--storage", url, "--study", "lost", "--out", str(run)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from autoprune.cli import main; main()",
+        "search",
+        "--model",
+        "resnet20",
+        *TINY,
+        "--strategy",
+        "optuna",
+        "--reward",
+        "acc-ft",
+        "--option",
+        "finetune_steps=12",
+        "--episodes",
+        "12",
+        "--storage",
+        url,
+        "--study",
+        "lost",
+        "--out",
+        str(run),
+    ]
     search = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def complete() -> list[optuna.trial.FrozenTrial]:
@@ -252,8 +272,7 @@ def test_losing_the_database_mid_search_is_one_line_and_resume_continues(tmp_pat
     restarted = subprocess.run([ROOT / ".ci" / "postgres.sh", "restart", pg], capture_output=True, text=True)
     assert restarted.returncode == 0, restarted.stderr[-2000:]
     try:
-        resumed = subprocess.run([*cmd[:3], "search", "--resume", str(run)], env=env, capture_output=True,
-                                 timeout=300)
+        resumed = subprocess.run([*cmd[:3], "search", "--resume", str(run)], env=env, capture_output=True, timeout=300)
         assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
         done = complete()
         assert len(done) == 12

@@ -47,9 +47,19 @@ def _synthetic(graph, fn, block=1, align=1, grid=4, fixed=0.0, scale=1.0) -> Lat
         v = fn(r.op, r.regime, r.c_in, r.c_out)
         timings[r.probe] = Timing(v, v, v, 1)
     df = table_from_measurements(rows, timings)
-    meta = {"format": "autoprune.latency_table/1", "model": graph.model_name, "input_shape": list(graph.input_shape),
-            "backend": "onnxruntime", "threads": 1, "device": "cpu", "fixed_us": fixed, "scale": scale,
-            "channel_block": block, "channel_align": align, "fingerprint": identify("onnxruntime", 1)}
+    meta = {
+        "format": "autoprune.latency_table/1",
+        "model": graph.model_name,
+        "input_shape": list(graph.input_shape),
+        "backend": "onnxruntime",
+        "threads": 1,
+        "device": "cpu",
+        "fixed_us": fixed,
+        "scale": scale,
+        "channel_block": block,
+        "channel_align": align,
+        "fingerprint": identify("onnxruntime", 1),
+    }
     return LatencyTable(df, meta)
 
 
@@ -82,7 +92,8 @@ def test_grid_points_reproduce_the_measurement(graph):
     predict = table.predictor(graph)
     per_layer = predict.layer_us(graph.channels)
     full = table.df.groupby("layer", sort=False).apply(
-        lambda d: d.loc[(d.c_in == d.c_in.max()) & (d.c_out == d.c_out.max()), "median_us"].iloc[0])
+        lambda d: d.loc[(d.c_in == d.c_in.max()) & (d.c_out == d.c_out.max()), "median_us"].iloc[0]
+    )
     np.testing.assert_allclose(per_layer, full.loc[table.layers].to_numpy())
 
 
@@ -98,6 +109,7 @@ def test_interpolation_is_monotone_for_a_monotone_table(graph):
 
 def test_regimes_and_block_padding(graph):
     """Unaligned input channels use the unaligned curve; blocked output channels are priced padded to a block."""
+
     def fn(op, regime, ci, co):
         return (1000.0 if regime == "unaligned" else 0.0) + float(ci) + 0.001 * co
 
@@ -151,8 +163,24 @@ def test_build_save_load_predict(built, graph):
     uniform = [f"keep-{r:.2f}" for r in CALIBRATION_RATIOS]
     assert names == uniform + [f"random-{i:02d}" for i in range(CALIBRATION_RANDOM)]
     assert meta["unpruned_us"]["name"] == "keep-1.00" and meta["unpruned_us"]["median_us"] > 0
-    for key in ("vendor", "family", "cpu_model", "stepping", "cpu", "isa", "cores", "threads", "os", "backend",
-                "backend_version", "backend_release", "providers", "batch", "input_shape", "date"):
+    for key in (
+        "vendor",
+        "family",
+        "cpu_model",
+        "stepping",
+        "cpu",
+        "isa",
+        "cores",
+        "threads",
+        "os",
+        "backend",
+        "backend_version",
+        "backend_release",
+        "providers",
+        "batch",
+        "input_shape",
+        "date",
+    ):
         assert key in meta["fingerprint"]
     here = identify("onnxruntime", 1)
     assert meta["device_id"] == device_id({**here, "batch": 1}) and "-1t-" in meta["device_id"]
@@ -203,8 +231,9 @@ def test_validate_reports_error_retest_and_drift(built):
 
 def test_reanchoring_refits_the_level_and_keeps_the_probes(built, graph):
     table = LatencyTable.load(built)
-    twice = {c["name"]: Timing(2 * c["median_us"], 2 * c["p10_us"], 2 * c["p90_us"], 3) for c in
-             table.meta["calibration"]}  # a machine now twice as slow as at the build
+    twice = {
+        c["name"]: Timing(2 * c["median_us"], 2 * c["p10_us"], 2 * c["p90_us"], 3) for c in table.meta["calibration"]
+    }  # a machine now twice as slow as at the build
     anchored = table.reanchored(graph, twice)
     assert anchored.scale == pytest.approx(2 * table.scale) and anchored.fixed_us == pytest.approx(2 * table.fixed_us)
     assert anchored.meta["anchor"]["speed_vs_build"] == pytest.approx(2.0)
@@ -224,8 +253,9 @@ def test_anchor_command_rewrites_the_calibration_only(built, tmp_path):
     from autoprune.cli import app
 
     out = tmp_path / "anchored.csv"
-    r = CliRunner().invoke(app, ["latency-table", "anchor", "--table", str(built), "--out", str(out), "--rounds",
-                                 "1", "--repeats", "3"])
+    r = CliRunner().invoke(
+        app, ["latency-table", "anchor", "--table", str(built), "--out", str(out), "--rounds", "1", "--repeats", "3"]
+    )
     assert r.exit_code == 0, r.output
     assert "machine now:" in r.output and out.is_file()
     before, after = LatencyTable.load(built), LatencyTable.load(out)
@@ -300,9 +330,11 @@ def test_probe_round_trip(tmp_path, graph):
     with pytest.raises(UserError, match="measure_probes.py"):  # not measured yet
         import_probes(out)
     # torch and autoprune are made unimportable: the script must stand alone
-    code = ("import sys, runpy; sys.modules['torch'] = None; sys.modules['autoprune'] = None; "
-            f"sys.argv = ['measure_probes.py', {str(out)!r}, '--repeats', '2', '--warmup', '1', '--e2e-repeats', '2']; "
-            f"runpy.run_path({str(out / 'measure_probes.py')!r}, run_name='__main__')")
+    code = (
+        "import sys, runpy; sys.modules['torch'] = None; sys.modules['autoprune'] = None; "
+        f"sys.argv = ['measure_probes.py', {str(out)!r}, '--repeats', '2', '--warmup', '1', '--e2e-repeats', '2']; "
+        f"runpy.run_path({str(out / 'measure_probes.py')!r}, run_name='__main__')"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
     measured = pd.read_csv(out / "measured.csv")
     assert len(measured) == n["probes"] + n["networks"] + 4 and (measured["median_us"] > 0).all()  # + signature
@@ -343,12 +375,26 @@ def _copy_table(built, dest, **fingerprint) -> object:
 
 
 def _other_isa() -> list[str]:
-    return ["AVX", "AVX2", "FMA"] if "AVX-512F" in (identify("onnxruntime", 1)["isa"] or []) else \
-        ["AVX", "AVX2", "FMA", "AVX-512F", "AVX-512BW", "AVX-512VL"]
+    return (
+        ["AVX", "AVX2", "FMA"]
+        if "AVX-512F" in (identify("onnxruntime", 1)["isa"] or [])
+        else ["AVX", "AVX2", "FMA", "AVX-512F", "AVX-512BW", "AVX-512VL"]
+    )
 
 
-SEARCH = ["search", "--model", "resnet20", "--input-shape", "1x3x16x16", "--strategy", "uniform", "--threads", "1",
-          "--budget", "latency=80%"]
+SEARCH = [
+    "search",
+    "--model",
+    "resnet20",
+    "--input-shape",
+    "1x3x16x16",
+    "--strategy",
+    "uniform",
+    "--threads",
+    "1",
+    "--budget",
+    "latency=80%",
+]
 
 
 def test_an_explicit_table_of_another_device_is_a_prediction_never_met(built, tmp_path, run_cli):
@@ -366,8 +412,9 @@ def test_an_explicit_table_of_another_device_is_a_prediction_never_met(built, tm
     assert "not measured there" in report and "**met**" not in report
 
 
-def test_without_table_the_search_builds_one_of_this_device_and_passes_over_another(built, tmp_path, monkeypatch,
-                                                                                      run_cli):
+def test_without_table_the_search_builds_one_of_this_device_and_passes_over_another(
+    built, tmp_path, monkeypatch, run_cli
+):
     """A cached table of another ISA sits where the old code looked for one: the default path passes it over,
     builds a table here (once; cached by this device's id) and the budget is measured here."""
     import autoprune.pipeline.setup as setup

@@ -18,10 +18,16 @@ def test_a_table_of_another_device_is_judged_by_its_prediction_not_by_this_machi
     model, _ = build_model("resnet20", use_default_weights=False)
     graph = analyze(model, (1, 3, 16, 16), "resnet20")
     policy = Policy.from_kept(
-        graph, graph.channels.tolist(), budget=parse_budget("latency=10ms"),
-        metrics={"latency_predicted_us": 9900.0, "latency_measured_us": 31000.0, "latency_measured_elsewhere": True,
-                 "latency_predicted_for": "Phone SoC (NEON, 8 cores), onnxruntime 1.32, 4 threads",
-                 "unpruned": {"latency_predicted_us": 14000.0, "latency_measured_us": 44000.0}},
+        graph,
+        graph.channels.tolist(),
+        budget=parse_budget("latency=10ms"),
+        metrics={
+            "latency_predicted_us": 9900.0,
+            "latency_measured_us": 31000.0,
+            "latency_measured_elsewhere": True,
+            "latency_predicted_for": "Phone SoC (NEON, 8 cores), onnxruntime 1.32, 4 threads",
+            "unpruned": {"latency_predicted_us": 14000.0, "latency_measured_us": 44000.0},
+        },
         search={"evaluations": 5, "search_seconds": 1.0},
     )
     assert budget_met(policy) is True

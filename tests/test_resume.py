@@ -13,8 +13,25 @@ import pytest
 
 from autoprune.search import JOURNAL
 
-ARGS = ["--model", "resnet20", "--input-shape", "1x1x16x16", "--data", "synthetic", "--budget", "flops=50%",
-        "--strategy", "random", "--episodes", "24", "--held-out", "64", "--finetune-epochs", "0.1", "--no-measure"]
+ARGS = [
+    "--model",
+    "resnet20",
+    "--input-shape",
+    "1x1x16x16",
+    "--data",
+    "synthetic",
+    "--budget",
+    "flops=50%",
+    "--strategy",
+    "random",
+    "--episodes",
+    "24",
+    "--held-out",
+    "64",
+    "--finetune-epochs",
+    "0.1",
+    "--no-measure",
+]
 
 
 def cli(*args: str) -> list[str]:
@@ -34,8 +51,9 @@ def journal_lines(run: Path) -> list[dict]:
 
 def test_sigkill_then_resume_keeps_every_evaluation(tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen(cli("search", *ARGS, "--out", str(run)), env=env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cli("search", *ARGS, "--out", str(run)), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 300
     while len(journal_lines(run)) < 6 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -81,8 +99,18 @@ def test_ctrl_c_writes_the_best_policy_so_far(tmp_path, tiny_data):
 
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        search("resnet20", "synthetic", "flops=50%", strategy="random", input_shape=(1, 1, 16, 16), episodes=20,
-               held_out=64, out=run, measure=False, callback=interrupt_after_five)
+        search(
+            "resnet20",
+            "synthetic",
+            "flops=50%",
+            strategy="random",
+            input_shape=(1, 1, 16, 16),
+            episodes=20,
+            held_out=64,
+            out=run,
+            measure=False,
+            callback=interrupt_after_five,
+        )
     policy = Policy.load(run / "policy.json")
     rows = journal_lines(run)
     assert policy.search["interrupted"] and len(rows) == 5

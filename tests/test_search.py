@@ -26,8 +26,9 @@ def evaluator() -> Evaluator:
 def test_every_strategy_returns_a_feasible_policy(strategy, evaluator):
     problem = tiny_problem("flops=50%,latency=70%", latency=True)
     events: list[SearchEvent] = []
-    result = run_search(strategy, problem, evaluator, episodes=8, seed=0, options=FAST.get(strategy),
-                        callback=events.append)
+    result = run_search(
+        strategy, problem, evaluator, episodes=8, seed=0, options=FAST.get(strategy), callback=events.append
+    )
     assert problem.feasible(result.best_kept)
     assert 1 <= result.evaluations <= 8 and len(result.history) == result.evaluations
     assert len(events) == result.evaluations and events[-1].best_reward == result.best_reward
@@ -48,8 +49,16 @@ def test_strategies_that_score_need_an_evaluator():
         run_search("random", tiny_problem(), None, episodes=3, seed=0)
 
 
-@pytest.mark.parametrize("bad", [{"strategy": "anneal"}, {"options": {"sampler": "bogus"}},
-                                 {"options": {"noise": 1}}, {"options": {"reward": "loss"}}, {"episodes": 0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"strategy": "anneal"},
+        {"options": {"sampler": "bogus"}},
+        {"options": {"noise": 1}},
+        {"options": {"reward": "loss"}},
+        {"episodes": 0},
+    ],
+)
 def test_bad_input_is_a_user_error(bad, evaluator):
     kwargs = {"strategy": "optuna", "episodes": 3, "options": None, **bad}
     if bad.get("options") == {"noise": 1}:
@@ -58,11 +67,11 @@ def test_bad_input_is_a_user_error(bad, evaluator):
         run_search(kwargs.pop("strategy"), tiny_problem(), evaluator, seed=0, **kwargs)
 
 
-@pytest.mark.parametrize("strategy,options", [("ddpg", FAST["ddpg"]), ("optuna", {"sampler": "tpe"}),
-                                              ("random", None)])
+@pytest.mark.parametrize("strategy,options", [("ddpg", FAST["ddpg"]), ("optuna", {"sampler": "tpe"}), ("random", None)])
 def test_same_seed_same_policy(strategy, options):
-    runs = [run_search(strategy, tiny_problem(), tiny_evaluator(), episodes=6, seed=3, options=options)
-            for _ in range(2)]
+    runs = [
+        run_search(strategy, tiny_problem(), tiny_evaluator(), episodes=6, seed=3, options=options) for _ in range(2)
+    ]
     assert np.array_equal(runs[0].best_kept, runs[1].best_kept)
     assert list(runs[0].history["kept"]) == list(runs[1].history["kept"])
 
@@ -73,8 +82,11 @@ def test_pareto_front_is_non_dominated(evaluator):
     assert len(front) >= 1
     h = result.history
     for _, a in front.iterrows():
-        dominated = h[(h["flops"] <= a["flops"]) & (h["reward"] >= a["reward"])
-                      & ((h["flops"] < a["flops"]) | (h["reward"] > a["reward"]))]
+        dominated = h[
+            (h["flops"] <= a["flops"])
+            & (h["reward"] >= a["reward"])
+            & ((h["flops"] < a["flops"]) | (h["reward"] > a["reward"]))
+        ]
         assert dominated.empty
     # every row off the front is dominated by (or equal to) a front row
     for _, b in result.history.iterrows():
@@ -112,9 +124,14 @@ def test_other_samplers(sampler, evaluator):
             run_search("optuna", tiny_problem(), evaluator, episodes=3, seed=0, options={"sampler": sampler})
         return
     problem = tiny_problem("flops=60%,latency=80%", latency=True)
-    result = run_search("optuna", problem, evaluator, episodes=6, seed=0,
-                        options={"sampler": sampler, "n_startup_trials": 3} if sampler != "nsga2" else
-                        {"sampler": sampler})
+    result = run_search(
+        "optuna",
+        problem,
+        evaluator,
+        episodes=6,
+        seed=0,
+        options={"sampler": sampler, "n_startup_trials": 3} if sampler != "nsga2" else {"sampler": sampler},
+    )
     assert problem.feasible(result.best_kept) and result.evaluations == 6
     if sampler == "nsga2":
         front = result.extra["pareto_front"]

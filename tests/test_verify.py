@@ -37,8 +37,10 @@ def test_a_policy_over_budget_when_measured_is_replaced(built, tmp_path):
     pruner = ChannelPruner(model, SHAPE, graph=graph, model_name="resnet20")
     probe = Problem(graph, CostModel(graph, latency=table.predictor(graph)), parse_budget("latency=100%"))
     floor = probe.floor.tolist()
-    full, floor_now = (t.median_us for t in measure_interleaved([model, pruner.apply(floor)], SHAPE, "onnxruntime",
-                                                                 table.threads, 5, 30, 2))
+    full, floor_now = (
+        t.median_us
+        for t in measure_interleaved([model, pruner.apply(floor)], SHAPE, "onnxruntime", table.threads, 5, 30, 2)
+    )
     # a limit halfway between the floor and the unpruned model, both as measured now and as the table sees them
     # (the table's floor/full ratio at this tiny size depends on the CPU): the unpruned model is over it, the floor
     # under it, and the floor is under the limit tightened by the table's error on the unpruned model
@@ -46,14 +48,21 @@ def test_a_policy_over_budget_when_measured_is_replaced(built, tmp_path):
     assert r < 0.9
     budget = parse_budget(f"latency={full * (1 + r) / 2:.0f}us")
     problem = Problem(graph, CostModel(graph, latency=table.predictor(graph)), budget)
-    history = pd.DataFrame([  # the search's best is the unpruned model (it "fits" the optimistic table)
-        {"kept": tuple(graph.channels.tolist()), "latency": problem.cost(graph.channels)["latency"],
-         "feasible": True, "reward": 0.9},
-        {"kept": tuple(floor), "latency": problem.cost(floor)["latency"], "feasible": True, "reward": 0.5},
-    ])
+    history = pd.DataFrame(
+        [  # the search's best is the unpruned model (it "fits" the optimistic table)
+            {
+                "kept": tuple(graph.channels.tolist()),
+                "latency": problem.cost(graph.channels)["latency"],
+                "feasible": True,
+                "reward": 0.9,
+            },
+            {"kept": tuple(floor), "latency": problem.cost(floor)["latency"], "feasible": True, "reward": 0.5},
+        ]
+    )
     # settle=0: here the table is wrong, not the device (which the table's 4x slowdown would otherwise suggest)
-    kept, timings, checks = meet_measured_latency(problem, history, list(graph.channels), pruner, model, SHAPE, table,
-                                                  tries=2, settle=0)
+    kept, timings, checks = meet_measured_latency(
+        problem, history, list(graph.channels), pruner, model, SHAPE, table, tries=2, settle=0
+    )
     assert kept == floor and len(checks) == 2
     assert checks[0]["kept"] == graph.channels.tolist() and checks[1]["kept"] == floor
     assert not checks[0]["met"] and checks[1]["met"]
@@ -118,16 +127,22 @@ def test_a_measurement_in_a_slow_spell_is_repeated_before_it_rejects_the_policy(
     problem, pruner, model, table, kept = _fitted_problem(built)
     device = _Device(monkeypatch, problem, pruner, model, slow_calls=1)
     phases = []
-    history = pd.DataFrame([{"kept": tuple(kept), "latency": problem.cost(kept)["latency"], "feasible": True,
-                             "reward": 0.9}])
-    got, timings, checks = meet_measured_latency(problem, history, kept, pruner, model, SHAPE, table, pause_s=0,
-                                                 on_phase=phases.append)
+    history = pd.DataFrame(
+        [{"kept": tuple(kept), "latency": problem.cost(kept)["latency"], "feasible": True, "reward": 0.9}]
+    )
+    got, timings, checks = meet_measured_latency(
+        problem, history, kept, pruner, model, SHAPE, table, pause_s=0, on_phase=phases.append
+    )
     assert got == kept and device.calls == 2 and len(checks) == 2
     assert not checks[0]["met"] and checks[0]["unpruned_measured_us"] > 2 * checks[0]["unpruned_predicted_us"]
     assert checks[1]["met"] and checks[1]["measured_us"] == timings[1].median_us
     assert len(phases) == 1 and "busy or throttled" in phases[0]
-    policy = Policy.from_kept(problem.graph, got, budget=problem.budget,
-                              metrics={"latency_measured_us": timings[1].median_us, "latency_checks": checks})
+    policy = Policy.from_kept(
+        problem.graph,
+        got,
+        budget=problem.budget,
+        metrics={"latency_measured_us": timings[1].median_us, "latency_checks": checks},
+    )
     verdict = budget_verdict(policy)
     assert "**met**" in verdict and "1 of 2 measurements over the budget found the device slow" in verdict
     assert "so they were repeated" in verdict
@@ -142,13 +157,20 @@ def test_a_device_that_stays_slow_is_reported_with_what_to_do(built, monkeypatch
 
     problem, pruner, model, table, kept = _fitted_problem(built)
     device = _Device(monkeypatch, problem, pruner, model, slow_calls=99)
-    history = pd.DataFrame([{"kept": tuple(kept), "latency": problem.cost(kept)["latency"], "feasible": True,
-                             "reward": 0.9}])
-    got, timings, checks = meet_measured_latency(problem, history, kept, pruner, model, SHAPE, table, settle=2,
-                                                 pause_s=0)
+    history = pd.DataFrame(
+        [{"kept": tuple(kept), "latency": problem.cost(kept)["latency"], "feasible": True, "reward": 0.9}]
+    )
+    got, timings, checks = meet_measured_latency(
+        problem, history, kept, pruner, model, SHAPE, table, settle=2, pause_s=0
+    )
     assert got == kept and device.calls == 3 and not any(ch["met"] for ch in checks)
-    policy = Policy.from_kept(problem.graph, got, budget=problem.budget, search={"table": str(built)},
-                              metrics={"latency_measured_us": timings[1].median_us, "latency_checks": checks})
+    policy = Policy.from_kept(
+        problem.graph,
+        got,
+        budget=problem.budget,
+        search={"table": str(built)},
+        metrics={"latency_measured_us": timings[1].median_us, "latency_checks": checks},
+    )
     verdict = budget_verdict(policy)
     assert "**NOT met**" in verdict and "3 of 3 measurements over the budget found the device slow" in verdict
     assert f"latency-table anchor --table {built}" in verdict
@@ -166,14 +188,15 @@ def test_after_the_device_stayed_slow_the_next_policy_is_timed_once(built, monke
     # a factor between 1.6 and 1.6 / f
     f = problem.cost(floor)["latency"] / problem.cost(kept)["latency"]
     device = _Device(monkeypatch, problem, pruner, model, slow_calls=99, factor=1.6 * (1 + 1 / f) / 2)
-    history = pd.DataFrame([
-        {"kept": tuple(kept), "latency": problem.cost(kept)["latency"], "feasible": True, "reward": 0.9},
-        {"kept": tuple(floor), "latency": problem.cost(floor)["latency"], "feasible": True, "reward": 0.5},
-    ])
+    history = pd.DataFrame(
+        [
+            {"kept": tuple(kept), "latency": problem.cost(kept)["latency"], "feasible": True, "reward": 0.9},
+            {"kept": tuple(floor), "latency": problem.cost(floor)["latency"], "feasible": True, "reward": 0.5},
+        ]
+    )
     phases = []
-    got, _, checks = meet_measured_latency(problem, history, kept, pruner, model, SHAPE, table, settle=2,
-                                           pause_s=0, on_phase=phases.append)
+    got, _, checks = meet_measured_latency(
+        problem, history, kept, pruner, model, SHAPE, table, settle=2, pause_s=0, on_phase=phases.append
+    )
     assert [ch["kept"] for ch in checks] == [kept] * 3 + [floor] and device.calls == 4 and len(phases) == 2
     assert got == floor and checks[-1]["met"]  # the floor runs well under 0.8x of the unpruned model's time
-
-

@@ -332,8 +332,7 @@ def test_ctrl_c_during_workers_writes_the_best_policy_so_far_and_resumes(tmp_pat
     assert [g["kept"] for g in policy["groups"]] == list(best["kept"])
     assert len((run / "history.csv").read_text().splitlines()) == 1 + len(rows)
 
-    resumed = subprocess.run(cli("search", "--resume", run), env=env(), capture_output=True,
-                             timeout=300)
+    resumed = subprocess.run(cli("search", "--resume", run), env=env(), capture_output=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
     assert len(complete_rows()) == 16
     assert "interrupted" not in json.loads((run / "policy.json").read_text())["search"]
@@ -344,15 +343,44 @@ def test_local_workers_stop_together_when_the_study_runs_out_of_new_policies(tmp
     row marks the study, every worker stops, and the parent writes the run directory instead of calling it a
     failure; every evaluated policy is a distinct one."""
     run = tmp_path / "run"
-    args = ["search", "--model", "resnet20", "--input-shape", "1x1x12x12", "--data", "synthetic:256", "--budget",
-            "flops=60%", "--round-to", "16", "--strategy", "optuna", "--held-out", "64", "--finetune-epochs", "0",
-            "--no-measure", "--episodes", "300", "--option", "max_repeats=12", "--workers", "2", "--out", run]
+    args = [
+        "search",
+        "--model",
+        "resnet20",
+        "--input-shape",
+        "1x1x12x12",
+        "--data",
+        "synthetic:256",
+        "--budget",
+        "flops=60%",
+        "--round-to",
+        "16",
+        "--strategy",
+        "optuna",
+        "--held-out",
+        "64",
+        "--finetune-epochs",
+        "0",
+        "--no-measure",
+        "--episodes",
+        "300",
+        "--option",
+        "max_repeats=12",
+        "--workers",
+        "2",
+        "--out",
+        run,
+    ]
     done = subprocess.run(cli(*args), capture_output=True, timeout=600)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     policy = json.loads((run / "policy.json").read_text())
     assert "proposals were all policies already evaluated" in policy["search"]["converged"]
     # a policy another worker is scoring counts as seen too; only two workers proposing one new policy in the same
     # instant both score it
-    assert policy["search"]["evaluations"] - 2 <= policy["search"]["distinct_policies"] <= policy["search"][
-        "evaluations"] < 300
+    assert (
+        policy["search"]["evaluations"] - 2
+        <= policy["search"]["distinct_policies"]
+        <= policy["search"]["evaluations"]
+        < 300
+    )
     assert "stopped early" in done.stdout.decode()

@@ -29,8 +29,15 @@ def uniform_kept(graph: LayerGraph, ratio: float, step: int) -> np.ndarray:
     return np.array([round_channels(g.channels, ratio, step) for g in graph.groups], dtype=np.int64)
 
 
-def random_policies(graph: LayerGraph, samples: int, seed: int = 0, lo: float = 0.2, hi: float = 1.0,
-                    round_to: int = 1, min_keep: float = 0.1) -> list[np.ndarray]:
+def random_policies(
+    graph: LayerGraph,
+    samples: int,
+    seed: int = 0,
+    lo: float = 0.2,
+    hi: float = 1.0,
+    round_to: int = 1,
+    min_keep: float = 0.1,
+) -> list[np.ndarray]:
     """``samples`` kept-channel vectors whose FLOPs are spread evenly over [lo, hi] of the unpruned model.
 
     Each policy draws a random "pruning appetite" per group and scales it until the FLOPs target is met, so the
@@ -43,8 +50,9 @@ def random_policies(graph: LayerGraph, samples: int, seed: int = 0, lo: float = 
 
     def kept_at(alpha: float, appetite: np.ndarray) -> np.ndarray:
         ratios = np.clip(1.0 - alpha * appetite, min_keep, 1.0)
-        return np.maximum(floor, [round_channels(int(c), float(r), round_to) for c, r in zip(channels, ratios,
-                                                                                               strict=True)])
+        return np.maximum(
+            floor, [round_channels(int(c), float(r), round_to) for c, r in zip(channels, ratios, strict=True)]
+        )
 
     targets = np.linspace(lo, hi, samples) if samples > 1 else np.array([hi])
     rng.shuffle(targets)
@@ -75,7 +83,7 @@ def calibration_networks(graph: LayerGraph, block: int, random: int = CALIBRATIO
 
 def uniform_ratio(name: str) -> float | None:
     """The keep ratio of a uniform calibration network (``keep-0.80`` -> 0.8); None for a random one."""
-    return float(name[len("keep-"):]) if name.startswith("keep-") else None
+    return float(name[len("keep-") :]) if name.startswith("keep-") else None
 
 
 def entry_name(entry: dict) -> str:

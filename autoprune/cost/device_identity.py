@@ -28,22 +28,76 @@ CPUINFO = Path("/proc/cpuinfo")
 # /proc/cpuinfo flag -> the name a reader knows; the features onnxruntime's MLAS kernels dispatch on (x86: FMA/AVX2,
 # AVX-512F/BW/VL/DQ, VNNI in both encodings, BF16/FP16, AMX; Arm: NEON dot product, I8MM, BF16, SVE)
 ISA_FLAGS = {
-    "avx": "AVX", "fma": "FMA", "avx2": "AVX2", "avx512f": "AVX-512F", "avx512dq": "AVX-512DQ",
-    "avx512bw": "AVX-512BW", "avx512vl": "AVX-512VL", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI",
-    "avx512_bf16": "AVX-512 BF16", "avx512_fp16": "AVX-512 FP16", "amx_tile": "AMX", "amx_bf16": "AMX-BF16",
-    "amx_int8": "AMX-INT8", "asimd": "NEON", "asimddp": "NEON dot product", "i8mm": "I8MM", "bf16": "BF16",
-    "sve": "SVE", "sve2": "SVE2",
+    "avx": "AVX",
+    "fma": "FMA",
+    "avx2": "AVX2",
+    "avx512f": "AVX-512F",
+    "avx512dq": "AVX-512DQ",
+    "avx512bw": "AVX-512BW",
+    "avx512vl": "AVX-512VL",
+    "avx512_vnni": "AVX-512 VNNI",
+    "avx_vnni": "AVX-VNNI",
+    "avx512_bf16": "AVX-512 BF16",
+    "avx512_fp16": "AVX-512 FP16",
+    "amx_tile": "AMX",
+    "amx_bf16": "AMX-BF16",
+    "amx_int8": "AMX-INT8",
+    "asimd": "NEON",
+    "asimddp": "NEON dot product",
+    "i8mm": "I8MM",
+    "bf16": "BF16",
+    "sve": "SVE",
+    "sve2": "SVE2",
 }
 # the widest vector family present, for device names and one-line differences (widest first)
-ISA_LEVELS = (("AMX", "amx"), ("AVX-512F", "avx512"), ("AVX2", "avx2"), ("AVX", "avx"), ("SVE2", "sve2"),
-              ("SVE", "sve"), ("NEON", "neon"))
+ISA_LEVELS = (
+    ("AMX", "amx"),
+    ("AVX-512F", "avx512"),
+    ("AVX2", "avx2"),
+    ("AVX", "avx"),
+    ("SVE2", "sve2"),
+    ("SVE", "sve"),
+    ("NEON", "neon"),
+)
 # the fields that make two identities the same device (the rest — threads, python, date — are settings or record)
-DEVICE_FIELDS = ("vendor", "family", "cpu_model", "stepping", "cpu", "isa", "cores", "os", "machine", "backend",
-                 "backend_release", "providers", "device", "gpu", "gpu_capability", "gpu_driver", "cuda", "cudnn")
-LABELS = {"vendor": "CPU vendor", "family": "CPU family", "cpu_model": "CPU model number", "stepping": "CPU stepping",
-          "cpu": "CPU", "cores": "cores", "os": "operating system", "machine": "architecture",
-          "backend": "backend", "providers": "execution providers", "device": "device", "gpu": "GPU",
-          "gpu_capability": "GPU compute capability", "gpu_driver": "GPU driver", "cuda": "CUDA", "cudnn": "cuDNN"}
+DEVICE_FIELDS = (
+    "vendor",
+    "family",
+    "cpu_model",
+    "stepping",
+    "cpu",
+    "isa",
+    "cores",
+    "os",
+    "machine",
+    "backend",
+    "backend_release",
+    "providers",
+    "device",
+    "gpu",
+    "gpu_capability",
+    "gpu_driver",
+    "cuda",
+    "cudnn",
+)
+LABELS = {
+    "vendor": "CPU vendor",
+    "family": "CPU family",
+    "cpu_model": "CPU model number",
+    "stepping": "CPU stepping",
+    "cpu": "CPU",
+    "cores": "cores",
+    "os": "operating system",
+    "machine": "architecture",
+    "backend": "backend",
+    "providers": "execution providers",
+    "device": "device",
+    "gpu": "GPU",
+    "gpu_capability": "GPU compute capability",
+    "gpu_driver": "GPU driver",
+    "cuda": "CUDA",
+    "cudnn": "cuDNN",
+}
 
 
 def read_cpuinfo(path: Path | str = CPUINFO) -> dict:
@@ -102,9 +156,12 @@ def _cuda_facts() -> dict:
         return facts
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability(0)
-        facts.update(gpu=torch.cuda.get_device_name(0), gpu_capability=f"{major}.{minor}",
-                     cuda=str(torch.version.cuda or ""),
-                     cudnn=str(torch.backends.cudnn.version() or "") if torch.backends.cudnn.is_available() else "")
+        facts.update(
+            gpu=torch.cuda.get_device_name(0),
+            gpu_capability=f"{major}.{minor}",
+            cuda=str(torch.version.cuda or ""),
+            cudnn=str(torch.backends.cudnn.version() or "") if torch.backends.cudnn.is_available() else "",
+        )
     try:
         first = Path("/proc/driver/nvidia/version").read_text().splitlines()[0]
         m = re.search(r"Kernel Module\s+(\S+)", first)
@@ -114,8 +171,9 @@ def _cuda_facts() -> dict:
     return facts
 
 
-def identify(backend: str = "onnxruntime", threads: int = 2, device: str = "cpu", *,
-             cpuinfo: Path | str = CPUINFO) -> dict:
+def identify(
+    backend: str = "onnxruntime", threads: int = 2, device: str = "cpu", *, cpuinfo: Path | str = CPUINFO
+) -> dict:
     """This machine's identity for tables measured with ``backend`` at ``threads`` intra-op threads on ``device``."""
     cpu = read_cpuinfo(cpuinfo)
     version = _backend_version(backend)
@@ -126,17 +184,28 @@ def identify(backend: str = "onnxruntime", threads: int = 2, device: str = "cpu"
     ident = {
         "identity_format": IDENTITY_FORMAT,
         **{k: cpu[k] for k in ("vendor", "family", "cpu_model", "stepping", "cpu", "isa")},
-        "cores": os.cpu_count() or 1, "os": platform.system(), "machine": platform.machine(),
-        "backend": backend, "backend_version": version, "backend_release": _release(version),
-        "providers": providers, "device": device,
-        **({"gpu": "", "gpu_capability": "", "gpu_driver": "", "cuda": "", "cudnn": ""} if device != "cuda"
-           else _cuda_facts()),
-        "threads": threads, "python": platform.python_version(),
+        "cores": os.cpu_count() or 1,
+        "os": platform.system(),
+        "machine": platform.machine(),
+        "backend": backend,
+        "backend_version": version,
+        "backend_release": _release(version),
+        "providers": providers,
+        "device": device,
+        **(
+            {"gpu": "", "gpu_capability": "", "gpu_driver": "", "cuda": "", "cudnn": ""}
+            if device != "cuda"
+            else _cuda_facts()
+        ),
+        "threads": threads,
+        "python": platform.python_version(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if cpu["missing"]:
-        ident["notes"] = [f"/proc/cpuinfo gave no {', '.join(LABELS.get(k, k) for k in cpu['missing'])} on this "
-                          "machine: recorded as unknown"]
+        ident["notes"] = [
+            f"/proc/cpuinfo gave no {', '.join(LABELS.get(k, k) for k in cpu['missing'])} on this "
+            "machine: recorded as unknown"
+        ]
     return ident
 
 
@@ -160,8 +229,10 @@ def device_id(ident: dict) -> str:
     key = json.dumps({k: ident.get(k) for k in DEVICE_FIELDS + ("threads",)}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     release = ident.get("backend_release") or _release(ident.get("backend_version")) or ""
-    return (f"{_slug(hw or 'unknown')}-{level}-{ident.get('cores', 0)}c-{ident.get('backend', '?')}{release}"
-            f"-{ident.get('threads', 0)}t{'-cuda' if ident.get('device') == 'cuda' else ''}-{digest}")
+    return (
+        f"{_slug(hw or 'unknown')}-{level}-{ident.get('cores', 0)}c-{ident.get('backend', '?')}{release}"
+        f"-{ident.get('threads', 0)}t{'-cuda' if ident.get('device') == 'cuda' else ''}-{digest}"
+    )
 
 
 def device_name(ident: dict) -> str:
@@ -194,8 +265,13 @@ def compare(table: dict, here: dict) -> list[Difference]:
     out: list[Difference] = []
     t_isa, h_isa = table.get("isa"), here.get("isa")
     if "isa" not in table and "isa" in here:
-        out.append(Difference("isa", "the table does not record its CPU's instruction set (it was built before "
-                                     "autoprune recorded it), so nothing shows it was measured on this CPU"))
+        out.append(
+            Difference(
+                "isa",
+                "the table does not record its CPU's instruction set (it was built before "
+                "autoprune recorded it), so nothing shows it was measured on this CPU",
+            )
+        )
     elif t_isa != h_isa:
         out.append(Difference("isa", _isa_words(t_isa, h_isa)))
     t_rel, h_rel = _release(table.get("backend_version")), _release(here.get("backend_version"))
@@ -203,9 +279,15 @@ def compare(table: dict, here: dict) -> list[Difference]:
     if table.get("backend") == here.get("backend") and t_rel != h_rel:
         out.append(Difference("backend_release", f"{backend} {h_rel} here; the table was measured with {t_rel}"))
     elif table.get("backend") == here.get("backend") and table.get("backend_version") != here.get("backend_version"):
-        out.append(Difference("backend_version", f"{backend} {here.get('backend_version')} here, "
-                                                 f"{table.get('backend_version')} in the table (a patch release: "
-                                                 "the same kernels)", note=True))
+        out.append(
+            Difference(
+                "backend_version",
+                f"{backend} {here.get('backend_version')} here, "
+                f"{table.get('backend_version')} in the table (a patch release: "
+                "the same kernels)",
+                note=True,
+            )
+        )
     fam = ("family", "cpu_model", "stepping")
     if any(f in table for f in fam) and any(table.get(f) != here.get(f) for f in fam):
         out.append(Difference("family", f"this CPU is {_fms(here)}; the table's was {_fms(table)}"))
@@ -232,14 +314,17 @@ def _isa_words(table: list[str] | None, here: list[str] | None) -> str:
     if lt != lh:
         return f"this CPU has {lh}; the table's had {lt}"
     only_t, only_h = sorted(set(table) - set(here)), sorted(set(here) - set(table))
-    parts = ([f"lacks {', '.join(only_t)}, which the table's had"] if only_t else []) + \
-        ([f"has {', '.join(only_h)}, which the table's lacked"] if only_h else [])
+    parts = ([f"lacks {', '.join(only_t)}, which the table's had"] if only_t else []) + (
+        [f"has {', '.join(only_h)}, which the table's lacked"] if only_h else []
+    )
     return "this CPU " + " and ".join(parts)
 
 
 def _fms(ident: dict) -> str:
-    return (f"family {ident.get('family') or '?'} model {ident.get('cpu_model') or '?'} "
-            f"stepping {ident.get('stepping') or '?'}")
+    return (
+        f"family {ident.get('family') or '?'} model {ident.get('cpu_model') or '?'} "
+        f"stepping {ident.get('stepping') or '?'}"
+    )
 
 
 def _show(v: object) -> str:

@@ -49,13 +49,33 @@ from autoprune.errors import UserError
 from autoprune.layers import LayerGraph
 
 FORMAT = "autoprune.latency_table/1"
-COLUMNS = ["group", "in_group", "layer", "op", "regime", "c_in", "c_out", "kernel", "stride", "padding", "groups",
-           "h_in", "w_in", "batch", "median_us", "p10_us", "p90_us", "repeats", "probe"]
+COLUMNS = [
+    "group",
+    "in_group",
+    "layer",
+    "op",
+    "regime",
+    "c_in",
+    "c_out",
+    "kernel",
+    "stride",
+    "padding",
+    "groups",
+    "h_in",
+    "w_in",
+    "batch",
+    "median_us",
+    "p10_us",
+    "p90_us",
+    "repeats",
+    "probe",
+]
 NUMERIC = ["c_in", "c_out", "groups", "h_in", "w_in", "batch", "median_us", "p10_us", "p90_us", "repeats"]
 ProgressFn = Callable[[int, int, str], None]
 
 
 # ---------------------------------------------------------------------------------------------------- device
+
 
 def shape_text(shape: Sequence[int]) -> str:
     return "x".join(str(int(d)) for d in shape)
@@ -66,13 +86,15 @@ def table_file_name(model: str, input_shape: Sequence[int]) -> str:
     return f"{name}-{shape_text(input_shape)}.csv"
 
 
-def default_table_path(model: str, input_shape: Sequence[int], ident: dict, root: str | Path = "latency_tables"
-                       ) -> Path:
+def default_table_path(
+    model: str, input_shape: Sequence[int], ident: dict, root: str | Path = "latency_tables"
+) -> Path:
     """``<root>/<device-id>/<model>-<NxCxHxW>.csv``: the device's directory derives from its identity."""
     return Path(root) / device_id(ident) / table_file_name(model, input_shape)
 
 
 # ---------------------------------------------------------------------------------------------------- table
+
 
 class LatencyTable:
     """A measured table: ``df`` (the CSV rows) and ``meta`` (the sidecar). Use :meth:`predictor` in a search."""
@@ -150,21 +172,41 @@ class LatencyTable:
             raise UserError(f"latency table {str(path)!r} does not exist: pass the .csv of a table ({fix})")
         sidecar = path.with_suffix(".json")
         if not sidecar.is_file():
-            raise UserError(f"latency table {path} has no sidecar {sidecar.name} (device fingerprint, calibration): "
-                            f"copy it next to the CSV or {fix}")
+            raise UserError(
+                f"latency table {path} has no sidecar {sidecar.name} (device fingerprint, calibration): "
+                f"copy it next to the CSV or {fix}"
+            )
         try:
             meta = json.loads(sidecar.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"sidecar {sidecar} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}): {fix}") from e
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise UserError(f"sidecar {sidecar} is not an autoprune latency table ({FORMAT}): {fix}")
-        for key in ("model", "input_shape", "backend", "threads", "fixed_us", "scale", "channel_block",
-                    "channel_align"):
+        for key in (
+            "model",
+            "input_shape",
+            "backend",
+            "threads",
+            "fixed_us",
+            "scale",
+            "channel_block",
+            "channel_align",
+        ):
             if key not in meta:
                 raise UserError(f"sidecar {sidecar} lacks {key!r}: {fix}")
         try:
-            df = pd.read_csv(path, dtype={"kernel": str, "stride": str, "padding": str, "group": str,
-                                          "in_group": str, "layer": str, "probe": str})
+            df = pd.read_csv(
+                path,
+                dtype={
+                    "kernel": str,
+                    "stride": str,
+                    "padding": str,
+                    "group": str,
+                    "in_group": str,
+                    "layer": str,
+                    "probe": str,
+                },
+            )
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
             raise UserError(f"latency table {path} is not a readable CSV ({str(e).splitlines()[0]}): {fix}") from e
         missing = [c for c in COLUMNS if c not in df.columns]
@@ -177,12 +219,15 @@ class LatencyTable:
         bad = df[NUMERIC + ["layer", "op", "regime"]].isna().any(axis=1)
         if bad.any() or df.empty:
             line = int(np.flatnonzero(bad.to_numpy())[0]) + 2 if bad.any() else 1
-            raise UserError(f"latency table {path} is truncated or corrupt (line {line} has missing or "
-                            f"non-numeric fields): {fix}")
-        if (df["median_us"] <= 0).any() or not df["op"].isin(["conv", "depthwise", "linear"]).all() or \
-                not df["regime"].isin(REGIMES).all():
-            raise UserError(f"latency table {path} has invalid rows (non-positive latency or unknown op/regime): "
-                            f"{fix}")
+            raise UserError(
+                f"latency table {path} is truncated or corrupt (line {line} has missing or non-numeric fields): {fix}"
+            )
+        if (
+            (df["median_us"] <= 0).any()
+            or not df["op"].isin(["conv", "depthwise", "linear"]).all()
+            or not df["regime"].isin(REGIMES).all()
+        ):
+            raise UserError(f"latency table {path} has invalid rows (non-positive latency or unknown op/regime): {fix}")
         try:
             return cls(df, meta, path)
         except ValueError as e:
@@ -224,15 +269,19 @@ class LatencyTable:
             return device
         text = differences_text(device)
         if refuse and not force:
-            raise UserError(f"{where} was measured on another device ({text}): build a table here with "
-                            "`autoprune latency-table build`, or pass --force")
+            raise UserError(
+                f"{where} was measured on another device ({text}): build a table here with "
+                "`autoprune latency-table build`, or pass --force"
+            )
         if force:
             err.print(f"note: using {where} from another device (--force): {text}")
         else:
-            err.print(f"[bold red]WARNING: {where} was measured on another device: {self.device_name}; this machine "
-                      f"is {device_name(here)}.[/]\n[red]{text[0].upper() + text[1:]}.[/]\n[red]Latency is judged by "
-                      "the table's PREDICTION for its device, not measured here. Build a table on this machine "
-                      "(`autoprune latency-table build`, or leave out --table) to have the budget measured.[/]")
+            err.print(
+                f"[bold red]WARNING: {where} was measured on another device: {self.device_name}; this machine "
+                f"is {device_name(here)}.[/]\n[red]{text[0].upper() + text[1:]}.[/]\n[red]Latency is judged by "
+                "the table's PREDICTION for its device, not measured here. Build a table on this machine "
+                "(`autoprune latency-table build`, or leave out --table) to have the budget measured.[/]"
+            )
         return device
 
     def check_speed(self) -> SignatureCheck | None:
@@ -258,24 +307,33 @@ class LatencyTable:
         for k, name in enumerate(L["names"]):
             j = index.get(name)
             if j is None:
-                raise UserError(f"latency table {self.path} has layer {name!r} that {graph.model_name} lacks: build "
-                                f"a table for this model (`autoprune latency-table build --model {graph.model_name}`)")
+                raise UserError(
+                    f"latency table {self.path} has layer {name!r} that {graph.model_name} lacks: build "
+                    f"a table for this model (`autoprune latency-table build --model {graph.model_name}`)"
+                )
             full_in = round(float(t.in_w[j] @ graph.channels + t.in_c[j]))
             full_out = round(float(t.out_w[j] @ graph.channels + t.out_c[j]))
             if (full_in, full_out) != (hi_in[k], hi_out[k]):
-                raise UserError(f"latency table {self.path} has {name} at {hi_in[k]}->{hi_out[k]} channels but the "
-                                f"model has {full_in}->{full_out}: build a table for this model")
+                raise UserError(
+                    f"latency table {self.path} has {name} at {hi_in[k]}->{hi_out[k]} channels but the "
+                    f"model has {full_in}->{full_out}: build a table for this model"
+                )
             rows.append(j)
         if tuple(graph.input_shape) != self.input_shape:
-            raise UserError(f"latency table {self.path} was measured at input {shape_text(self.input_shape)}, the "
-                            f"model is analysed at {shape_text(graph.input_shape)}: use --input-shape "
-                            f"{shape_text(self.input_shape)} or build a table for that shape")
+            raise UserError(
+                f"latency table {self.path} was measured at input {shape_text(self.input_shape)}, the "
+                f"model is analysed at {shape_text(graph.input_shape)}: use --input-shape "
+                f"{shape_text(self.input_shape)} or build a table for that shape"
+            )
         modules = dict(graph.model.named_modules()) if graph.model is not None else {}
-        uncovered = sorted({n for n in t.layer_names if isinstance(modules.get(n), (nn.Conv2d, nn.Linear))}
-                           - set(L["names"]))
+        uncovered = sorted(
+            {n for n in t.layer_names if isinstance(modules.get(n), (nn.Conv2d, nn.Linear))} - set(L["names"])
+        )
         if uncovered:
-            raise UserError(f"latency table {self.path} has no measurements for {len(uncovered)} layer(s) of "
-                            f"{graph.model_name} (e.g. {uncovered[0]}): build a table for this model")
+            raise UserError(
+                f"latency table {self.path} has no measurements for {len(uncovered)} layer(s) of "
+                f"{graph.model_name} (e.g. {uncovered[0]}): build a table for this model"
+            )
         rows_a = np.asarray(rows)
         in_w, in_c, out_w, out_c = t.in_w[rows_a], t.in_c[rows_a], t.out_w[rows_a], t.out_c[rows_a]
         n = len(rows_a)
@@ -296,8 +354,9 @@ class LatencyTable:
             b = off_out[lr] + co
             ti, to, o0, o1 = tis[a], tos[b], o0s[b], o1s[b]
             base0, base1 = lr * cell + i0s[a] * go, lr * cell + i1s[a] * go
-            return ((1 - ti) * ((1 - to) * vals[base0 + o0] + to * vals[base0 + o1])
-                    + ti * ((1 - to) * vals[base1 + o0] + to * vals[base1 + o1]))
+            return (1 - ti) * ((1 - to) * vals[base0 + o0] + to * vals[base0 + o1]) + ti * (
+                (1 - to) * vals[base1 + o0] + to * vals[base1 + o1]
+            )
 
         def predict(kept: np.ndarray) -> float:
             return float(fixed + scale * layer_us(kept).sum())
@@ -318,15 +377,19 @@ class LatencyTable:
         names = [n for n in kept_of if n in networks]
         if not names:
             raise UserError("no calibration network was timed: nothing to re-anchor the table on")
-        fixed, scale = calibrate([float(layer_us(kept_of[n]).sum()) for n in names],
-                                 [networks[n].median_us for n in names])
+        fixed, scale = calibrate(
+            [float(layer_us(kept_of[n]).sum()) for n in names], [networks[n].median_us for n in names]
+        )
         at_build = {entry_name(c): c["median_us"] for c in self.meta.get("calibration", [])}
         speed = [networks[n].median_us / at_build[n] for n in names if n in at_build]
-        anchor = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "networks": len(names),
-                  "speed_vs_build": float(np.median(speed)) if speed else None,
-                  "fixed_us_at_build": self.meta.get("anchor", {}).get("fixed_us_at_build", self.fixed_us),
-                  "scale_at_build": self.meta.get("anchor", {}).get("scale_at_build", self.scale),
-                  "measured_us": {n: networks[n].median_us for n in names}}
+        anchor = {
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "networks": len(names),
+            "speed_vs_build": float(np.median(speed)) if speed else None,
+            "fixed_us_at_build": self.meta.get("anchor", {}).get("fixed_us_at_build", self.fixed_us),
+            "scale_at_build": self.meta.get("anchor", {}).get("scale_at_build", self.scale),
+            "measured_us": {n: networks[n].median_us for n in names},
+        }
         return LatencyTable(self.df, {**self.meta, "fixed_us": fixed, "scale": scale, "anchor": anchor}, self.path)
 
     def predict(self, graph: LayerGraph, kept: Sequence[int] | np.ndarray) -> float:
@@ -369,10 +432,18 @@ def _lookups(L: dict, block: int, align: int) -> dict:
             pos_out += len(co)
     vals = L["vals"]
     return {
-        "r": np.concatenate(r_l), "i0": np.concatenate(i0_l), "i1": np.concatenate(i1_l),
-        "ti": np.concatenate(ti_l), "off_in": np.asarray(off_in), "o0": np.concatenate(o0_l),
-        "o1": np.concatenate(o1_l), "to": np.concatenate(to_l), "off_out": np.asarray(off_out),
-        "vals": vals.reshape(-1), "go": vals.shape[-1], "cell": vals.shape[-2] * vals.shape[-1],
+        "r": np.concatenate(r_l),
+        "i0": np.concatenate(i0_l),
+        "i1": np.concatenate(i1_l),
+        "ti": np.concatenate(ti_l),
+        "off_in": np.asarray(off_in),
+        "o0": np.concatenate(o0_l),
+        "o1": np.concatenate(o1_l),
+        "to": np.concatenate(to_l),
+        "off_out": np.asarray(off_out),
+        "vals": vals.reshape(-1),
+        "go": vals.shape[-1],
+        "cell": vals.shape[-2] * vals.shape[-1],
     }
 
 
@@ -432,11 +503,20 @@ def _layer_arrays(df: pd.DataFrame, block: int, align: int) -> dict:
             vals[k, r] = np.pad(v, ((0, gi - len(xi)), (0, go - len(xo))), mode="edge")
     ops = [g[0] for g in grids]
     return {
-        "names": names, "is_dw": np.array([o == "depthwise" for o in ops]), "is_lin": np.array([o == "linear" for o
-                                                                                                in ops]),
-        "has": has, "ax_in": ax_in, "n_in": n_in, "ax_out": ax_out, "n_out": n_out, "vals": vals,
-        "hi_in": np.array([g[2] for g in grids]), "hi_out": np.array([g[3] for g in grids]),
-        "ax_in_f": ax_in.reshape(n_l * 2, -1), "n_in_f": n_in.reshape(-1), "ax_out_f": ax_out.reshape(n_l * 2, -1),
+        "names": names,
+        "is_dw": np.array([o == "depthwise" for o in ops]),
+        "is_lin": np.array([o == "linear" for o in ops]),
+        "has": has,
+        "ax_in": ax_in,
+        "n_in": n_in,
+        "ax_out": ax_out,
+        "n_out": n_out,
+        "vals": vals,
+        "hi_in": np.array([g[2] for g in grids]),
+        "hi_out": np.array([g[3] for g in grids]),
+        "ax_in_f": ax_in.reshape(n_l * 2, -1),
+        "n_in_f": n_in.reshape(-1),
+        "ax_out_f": ax_out.reshape(n_l * 2, -1),
         "n_out_f": n_out.reshape(-1),
     }
 
@@ -459,16 +539,25 @@ def describe(table: LatencyTable) -> dict:
     """Summary figures for ``show``."""
     m = table.meta
     return {
-        "model": table.model, "input shape": shape_text(table.input_shape), "backend": table.backend,
-        "threads": table.threads, "device": table.device, "layers": len(table.layers),
-        "rows": len(table.df), "probes": m.get("probes", table.df["probe"].nunique()),
+        "model": table.model,
+        "input shape": shape_text(table.input_shape),
+        "backend": table.backend,
+        "threads": table.threads,
+        "device": table.device,
+        "layers": len(table.layers),
+        "rows": len(table.df),
+        "probes": m.get("probes", table.df["probe"].nunique()),
         "channel block/align": f"{m.get('channel_block')}/{m.get('channel_align')}",
         "unpruned (measured)": _us(m.get("unpruned_us", {}).get("median_us")),
-        "fixed part": _us(table.fixed_us), "scale": f"{table.scale:.3f}",
+        "fixed part": _us(table.fixed_us),
+        "scale": f"{table.scale:.3f}",
         "build time": f"{m['build_seconds']} s" if m.get("build_seconds") else "-",
         "load average at build (1/5/15 min)": m.get("load_average", "-"),
-        "re-anchored": (f"{m['anchor']['date']}: machine {m['anchor']['speed_vs_build']:.3f}x the build's times"
-                        if m.get("anchor", {}).get("speed_vs_build") else "no"),
+        "re-anchored": (
+            f"{m['anchor']['date']}: machine {m['anchor']['speed_vs_build']:.3f}x the build's times"
+            if m.get("anchor", {}).get("speed_vs_build")
+            else "no"
+        ),
     }
 
 
@@ -476,4 +565,3 @@ def _us(v: float | None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     return f"{v / 1000:.3f} ms" if abs(v) >= 1000 else f"{v:.1f} µs"
-

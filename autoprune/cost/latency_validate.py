@@ -32,18 +32,21 @@ from autoprune.cost.latency_table import LatencyTable
 from autoprune.cost.measure import Timing, measure_interleaved
 
 
-def measure_and_retest(nets: list, table: LatencyTable, warmup: int, repeats: int, rounds: int
-                       ) -> list[tuple[Timing, float]]:
+def measure_and_retest(
+    nets: list, table: LatencyTable, warmup: int, repeats: int, rounds: int
+) -> list[tuple[Timing, float]]:
     """Per network: its measurement (median of the odd rounds' medians; p10/p90 of those rounds' runs) and the
     retest (median of the even rounds' medians), with the table's backend, threads and device."""
     with table.measuring():
-        timings = measure_interleaved(nets, table.input_shape, table.backend, table.threads, warmup, repeats,
-                                      max(2, rounds), table.device)
+        timings = measure_interleaved(
+            nets, table.input_shape, table.backend, table.threads, warmup, repeats, max(2, rounds), table.device
+        )
     out = []
     for t in timings:
         first, second = t.round_medians[0::2], t.round_medians[1::2]
-        out.append((Timing(float(np.median(first)), t.p10_us, t.p90_us, t.repeats // 2, first),
-                    float(np.median(second))))
+        out.append(
+            (Timing(float(np.median(first)), t.p10_us, t.p90_us, t.repeats // 2, first), float(np.median(second)))
+        )
     return out
 
 
@@ -59,13 +62,20 @@ def summarize(df: pd.DataFrame) -> dict:
     noise = (df["retest_us"] - df["measured_us"]).abs() / df["measured_us"]
     worst = int(err.abs().idxmax())
     return {
-        "policies": len(df), "mape": float(err.abs().mean()), "median_ape": float(err.abs().median()),
-        "bias": float(err.mean()), "worst_error": float(err.iloc[worst]), "worst_policy": int(df["policy"].iloc[worst]),
+        "policies": len(df),
+        "mape": float(err.abs().mean()),
+        "median_ape": float(err.abs().median()),
+        "bias": float(err.mean()),
+        "worst_error": float(err.iloc[worst]),
+        "worst_policy": int(df["policy"].iloc[worst]),
         "spearman": _spearman(df["predicted_us"].to_numpy(), df["measured_us"].to_numpy()),
         # as latency-predictor work reports it (nn-Meter: within ±10 %; LitePred: within ±5 % and ±10 %)
-        "within_5pct": float((err.abs() <= 0.05).mean()), "within_10pct": float((err.abs() <= 0.10).mean()),
-        "retest_mape": float(noise.mean()), "retest_worst": float(noise.max()),
-        "retest_within_5pct": float((noise <= 0.05).mean()), "retest_within_10pct": float((noise <= 0.10).mean()),
+        "within_5pct": float((err.abs() <= 0.05).mean()),
+        "within_10pct": float((err.abs() <= 0.10).mean()),
+        "retest_mape": float(noise.mean()),
+        "retest_worst": float(noise.max()),
+        "retest_within_5pct": float((noise <= 0.05).mean()),
+        "retest_within_10pct": float((noise <= 0.10).mean()),
         "retest_spearman": _spearman(df["retest_us"].to_numpy(), df["measured_us"].to_numpy()),
         "spread_p90_p10": float(((df["p90_us"] - df["p10_us"]) / df["measured_us"]).median()),
         "measured_range_us": [float(df["measured_us"].min()), float(df["measured_us"].max())],
@@ -85,15 +95,30 @@ def scatter_plot(df: pd.DataFrame, summary: dict, path: str | Path, title: str) 
     xs = np.linspace(lo, hi, 50)
     ax.fill_between(xs, xs * 0.95, xs * 1.05, color="tab:green", alpha=0.15, label="±5 %")
     ax.plot(xs, xs, color="tab:green", lw=1)
-    ax.errorbar(meas, pred, xerr=[(df["measured_us"] - df["p10_us"]) / 1000, (df["p90_us"] - df["measured_us"]) / 1000],
-                fmt="o", ms=4, color="tab:blue", ecolor="tab:gray", elinewidth=0.8, alpha=0.85,
-                label="policy (bars: measured p10–p90)")
+    ax.errorbar(
+        meas,
+        pred,
+        xerr=[(df["measured_us"] - df["p10_us"]) / 1000, (df["p90_us"] - df["measured_us"]) / 1000],
+        fmt="o",
+        ms=4,
+        color="tab:blue",
+        ecolor="tab:gray",
+        elinewidth=0.8,
+        alpha=0.85,
+        label="policy (bars: measured p10–p90)",
+    )
     ax.scatter(meas, df["retest_us"] / 1000, s=8, marker="x", color="tab:orange", label="re-measurement vs first")
-    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="measured latency (ms)", ylabel="predicted latency (ms)",
-           title=title)
-    ax.text(0.03, 0.97, f"MAPE {summary['mape']:.1%}  worst {summary['worst_error']:+.1%}\n"
-                        f"Spearman {summary['spearman']:.3f}\nretest noise {summary['retest_mape']:.1%}",
-            transform=ax.transAxes, va="top", fontsize=9, family="monospace")
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="measured latency (ms)", ylabel="predicted latency (ms)", title=title)
+    ax.text(
+        0.03,
+        0.97,
+        f"MAPE {summary['mape']:.1%}  worst {summary['worst_error']:+.1%}\n"
+        f"Spearman {summary['spearman']:.3f}\nretest noise {summary['retest_mape']:.1%}",
+        transform=ax.transAxes,
+        va="top",
+        fontsize=9,
+        family="monospace",
+    )
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)

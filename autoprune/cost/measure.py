@@ -59,7 +59,7 @@ def pinned(threads: int, enabled: bool = True) -> Iterator[None]:
         yield
         return
     before = os.sched_getaffinity(0)
-    cpus = sorted(before)[:max(1, threads)]
+    cpus = sorted(before)[: max(1, threads)]
     previous, _pinned_cpus = _pinned_cpus, cpus
     os.sched_setaffinity(0, {cpus[0]})  # the calling thread runs onnxruntime's first share of the work
     try:
@@ -133,20 +133,34 @@ def time_callable(fn, warmup: int, repeats: int) -> Timing:
     return timing_from_samples(time_samples(fn, warmup, repeats))
 
 
-def measure_onnx(onnx_model: bytes, input_shape: tuple[int, ...], threads: int = 2, warmup: int = 10,
-                 repeats: int = 100, device: str = "cpu") -> Timing:
+def measure_onnx(
+    onnx_model: bytes,
+    input_shape: tuple[int, ...],
+    threads: int = 2,
+    warmup: int = 10,
+    repeats: int = 100,
+    device: str = "cpu",
+) -> Timing:
     sess = ort_session(onnx_model, threads, device)
     name = sess.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
     return time_callable(lambda: sess.run(None, {name: x}), warmup, repeats)
 
 
-def measure_model(model: nn.Module, input_shape: tuple[int, ...], backend: str = "onnxruntime", threads: int = 2,
-                  warmup: int = 10, repeats: int = 100, device: str = "cpu") -> Timing:
+def measure_model(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    backend: str = "onnxruntime",
+    threads: int = 2,
+    warmup: int = 10,
+    repeats: int = 100,
+    device: str = "cpu",
+) -> Timing:
     """Median end-to-end latency of ``model`` on one input of ``input_shape``."""
     if backend == "onnxruntime":
-        return measure_onnx(onnx_bytes(model, input_shape, dynamic_batch=False), input_shape, threads, warmup,
-                            repeats, device)
+        return measure_onnx(
+            onnx_bytes(model, input_shape, dynamic_batch=False), input_shape, threads, warmup, repeats, device
+        )
     if backend == "torch":
         prev = torch.get_num_threads()
         torch.set_num_threads(threads)
@@ -166,9 +180,16 @@ def _torch_forward(model: nn.Module, x: torch.Tensor, device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure_interleaved(models: list[nn.Module | bytes], input_shape: tuple[int, ...], backend: str = "onnxruntime",
-                        threads: int = 2, warmup: int = 10, repeats: int = 50, rounds: int = 3,
-                        device: str = "cpu") -> list[Timing]:
+def measure_interleaved(
+    models: list[nn.Module | bytes],
+    input_shape: tuple[int, ...],
+    backend: str = "onnxruntime",
+    threads: int = 2,
+    warmup: int = 10,
+    repeats: int = 50,
+    rounds: int = 3,
+    device: str = "cpu",
+) -> list[Timing]:
     """End-to-end latency of several networks, measured in ``rounds`` interleaved rounds (a fresh onnxruntime
     session per network and round). Each :class:`Timing`'s median is the median of its round medians; p10/p90 are
     over all timed runs; ``round_medians`` keeps the rounds (a retest is the same figure from other rounds).
@@ -206,8 +227,15 @@ def measure_interleaved(models: list[nn.Module | bytes], input_shape: tuple[int,
     out = []
     for s, med in zip(samples, medians, strict=True):
         arr = np.asarray(s)
-        out.append(Timing(float(np.median(med)), float(np.percentile(arr, 10)), float(np.percentile(arr, 90)),
-                          len(arr), tuple(float(v) for v in med)))
+        out.append(
+            Timing(
+                float(np.median(med)),
+                float(np.percentile(arr, 10)),
+                float(np.percentile(arr, 90)),
+                len(arr),
+                tuple(float(v) for v in med),
+            )
+        )
     return out
 
 
@@ -215,8 +243,13 @@ def combine_rounds(rounds: list[Timing]) -> Timing:
     """One timing from several rounds of the same network: the median of the round medians (p10/p90: the median
     of the rounds' percentiles)."""
     med = [r.median_us for r in rounds]
-    return Timing(float(np.median(med)), float(np.median([r.p10_us for r in rounds])),
-                  float(np.median([r.p90_us for r in rounds])), sum(r.repeats for r in rounds), tuple(med))
+    return Timing(
+        float(np.median(med)),
+        float(np.median([r.p10_us for r in rounds])),
+        float(np.median([r.p90_us for r in rounds])),
+        sum(r.repeats for r in rounds),
+        tuple(med),
+    )
 
 
 LAYOUT_OPS = ("ReorderInput", "ReorderOutput")
@@ -227,10 +260,16 @@ def kernel_times_from_profile(events: list[dict], warmup: int, exclude: tuple[st
 
     Runs are the profiler's ``model_run`` spans; the first ``warmup`` are dropped.
     """
-    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session"
-                  and e.get("name") == "model_run")
-    nodes = sorted((e["ts"], e["dur"]) for e in events if e.get("cat") == "Node"
-                   and e.get("name", "").endswith("_kernel_time") and e.get("args", {}).get("op_name") not in exclude)
+    runs = sorted(
+        (e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )
+    nodes = sorted(
+        (e["ts"], e["dur"])
+        for e in events
+        if e.get("cat") == "Node"
+        and e.get("name", "").endswith("_kernel_time")
+        and e.get("args", {}).get("op_name") not in exclude
+    )
     out, j = [], 0
     for start, end in runs:
         total = 0.0
@@ -243,8 +282,15 @@ def kernel_times_from_profile(events: list[dict], warmup: int, exclude: tuple[st
     return out[warmup:]
 
 
-def measure_onnx_kernels(onnx_model: bytes, input_shape: tuple[int, ...], threads: int = 2, warmup: int = 3,
-                         repeats: int = 15, device: str = "cpu", exclude: tuple[str, ...] = LAYOUT_OPS) -> Timing:
+def measure_onnx_kernels(
+    onnx_model: bytes,
+    input_shape: tuple[int, ...],
+    threads: int = 2,
+    warmup: int = 3,
+    repeats: int = 15,
+    device: str = "cpu",
+    exclude: tuple[str, ...] = LAYOUT_OPS,
+) -> Timing:
     """Kernel time of an operator probe, without the layout conversions the probe needs only because it stands
     alone: in a served network the blocked convs pass blocked tensors to each other and no reorder runs between
     them. Timed by onnxruntime's own profiler, per run (median and p10/p90 over the timed runs)."""

@@ -64,8 +64,10 @@ class ProbeSpec:
         if self.op == "linear":
             return f"linear-b{self.batch}-i{self.c_in}-o{self.c_out}"
         k, s, p, d = self.kernel, self.stride, self.padding, self.dilation
-        return (f"{self.op}-b{self.batch}-i{self.c_in}-o{self.c_out}-k{k[0]}x{k[1]}-s{s[0]}x{s[1]}-p{p[0]}x{p[1]}"
-                f"-d{d[0]}x{d[1]}-g{self.groups}-h{self.h_in}x{self.w_in}{'-relu' if self.act else ''}")
+        return (
+            f"{self.op}-b{self.batch}-i{self.c_in}-o{self.c_out}-k{k[0]}x{k[1]}-s{s[0]}x{s[1]}-p{p[0]}x{p[1]}"
+            f"-d{d[0]}x{d[1]}-g{self.groups}-h{self.h_in}x{self.w_in}{'-relu' if self.act else ''}"
+        )
 
     def onnx_bytes(self) -> bytes:
         """The probe as a serialised ONNX model (opset 17, input ``x``, output ``y``)."""
@@ -73,8 +75,12 @@ class ProbeSpec:
 
         def const(name: str, shape: list[int]) -> tuple[list, list]:
             shape_t = helper.make_tensor(f"{name}_shape", TensorProto.INT64, [len(shape)], shape)
-            node = helper.make_node("ConstantOfShape", [f"{name}_shape"], [name],
-                                    value=helper.make_tensor(f"{name}_value", TensorProto.FLOAT, [1], [0.01]))
+            node = helper.make_node(
+                "ConstantOfShape",
+                [f"{name}_shape"],
+                [name],
+                value=helper.make_tensor(f"{name}_value", TensorProto.FLOAT, [1], [0.01]),
+            )
             return [node], [shape_t]
 
         nodes, inits = [], []
@@ -95,14 +101,27 @@ class ProbeSpec:
             nodes += n
             inits += i
             out = "c" if self.act else "y"
-            nodes.append(helper.make_node("Conv", ["x", "W", "B"], [out], kernel_shape=list(self.kernel),
-                                          strides=list(self.stride), pads=[*self.padding, *self.padding],
-                                          dilations=list(self.dilation), group=self.groups))
+            nodes.append(
+                helper.make_node(
+                    "Conv",
+                    ["x", "W", "B"],
+                    [out],
+                    kernel_shape=list(self.kernel),
+                    strides=list(self.stride),
+                    pads=[*self.padding, *self.padding],
+                    dilations=list(self.dilation),
+                    group=self.groups,
+                )
+            )
             if self.act:
                 nodes.append(helper.make_node("Relu", ["c"], ["y"]))
-        graph = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                                 list(self.input_shape))],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+        graph = helper.make_graph(
+            nodes,
+            "probe",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(self.input_shape))],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            inits,
+        )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="autoprune")
         model.ir_version = 8  # readable by onnxruntime >= 1.14
         return model.SerializeToString()
@@ -227,13 +246,17 @@ def plan_layers(graph: LayerGraph, block: int, align: int, grid: int) -> list[La
             continue
         seen.add(name)
         if isinstance(m, nn.modules.conv._ConvNd) and not isinstance(m, nn.Conv2d):
-            raise UserError(f"latency tables support Conv2d and Linear layers; {name} is {type(m).__name__}: "
-                            "use a FLOPs budget for this model")
+            raise UserError(
+                f"latency tables support Conv2d and Linear layers; {name} is {type(m).__name__}: "
+                "use a FLOPs budget for this model"
+            )
         if m not in shapes:
             continue  # never executed
         shape = shapes[m]
-        in_hi, out_hi = round(float(terms.in_w[j] @ graph.channels + terms.in_c[j])), \
-            round(float(terms.out_w[j] @ graph.channels + terms.out_c[j]))
+        in_hi, out_hi = (
+            round(float(terms.in_w[j] @ graph.channels + terms.in_c[j])),
+            round(float(terms.out_w[j] @ graph.channels + terms.out_c[j])),
+        )
         in_lo = max(1, math.ceil(float(terms.in_w[j] @ ones + terms.in_c[j]) - 1e-9))
         out_lo = max(1, math.ceil(float(terms.out_w[j] @ ones + terms.out_c[j]) - 1e-9))
         group = "+".join(names[i] for i in np.flatnonzero(terms.out_w[j]))
@@ -247,8 +270,19 @@ def plan_layers(graph: LayerGraph, block: int, align: int, grid: int) -> list[La
                 raise UserError(f"{name} uses padding={m.padding!r}; latency tables need numeric conv padding")
             depthwise = m.groups > 1 and m.groups == m.in_channels and m.out_channels == m.in_channels
             op = "depthwise" if depthwise else "conv"
-            base = ProbeSpec(op, in_hi, out_hi, tuple(m.kernel_size), tuple(m.stride), tuple(m.padding),
-                             tuple(m.dilation), m.groups, int(shape[2]), int(shape[3]), int(shape[0]))
+            base = ProbeSpec(
+                op,
+                in_hi,
+                out_hi,
+                tuple(m.kernel_size),
+                tuple(m.stride),
+                tuple(m.padding),
+                tuple(m.dilation),
+                m.groups,
+                int(shape[2]),
+                int(shape[3]),
+                int(shape[0]),
+            )
         plan = LayerPlan(name, j, op, group, in_group, base)
         if op == "depthwise":
             for regime, values in channel_axes(in_lo, in_hi, block, align, grid, op).items():

@@ -33,12 +33,20 @@ def time_signature(backend: str, threads: int, device: str = "cpu", *, passes: i
     time; two-thread timings on a shared VM now and then run at the one-thread speed for a whole session).
     ``noise`` is how far that estimate moves on its own: the fastest of the odd passes against the fastest of the
     even ones, median over the probes — a retest of the statistic stored, not the spread of single passes."""
-    runs = np.asarray([[_time(s, backend, threads, device, repeats).median_us for s in REFERENCE_PROBES]
-                       for _ in range(max(2, passes))])
+    runs = np.asarray(
+        [
+            [_time(s, backend, threads, device, repeats).median_us for s in REFERENCE_PROBES]
+            for _ in range(max(2, passes))
+        ]
+    )
     odd, even = runs[0::2].min(0), runs[1::2].min(0)
     noise = float(np.median(np.abs(odd - even) / np.minimum(odd, even)))
-    return {"probes": {s.probe_id: float(v) for s, v in zip(REFERENCE_PROBES, runs.min(0), strict=True)},
-            "noise": noise, "passes": len(runs), "repeats": repeats}
+    return {
+        "probes": {s.probe_id: float(v) for s, v in zip(REFERENCE_PROBES, runs.min(0), strict=True)},
+        "noise": noise,
+        "passes": len(runs),
+        "repeats": repeats,
+    }
 
 
 @dataclass(frozen=True)

@@ -75,12 +75,25 @@ def plan_rows(plans: list[LayerPlan]) -> tuple[pd.DataFrame, dict[str, ProbeSpec
         for regime, ci, co in p.points:
             s = p.spec(ci, co)
             specs.setdefault(s.probe_id, s)
-            rows.append({
-                "group": p.group, "in_group": p.in_group, "layer": p.layer, "op": p.op, "regime": regime,
-                "c_in": ci, "c_out": co, "kernel": f"{s.kernel[0]}x{s.kernel[1]}",
-                "stride": f"{s.stride[0]}x{s.stride[1]}", "padding": f"{s.padding[0]}x{s.padding[1]}",
-                "groups": s.groups, "h_in": s.h_in, "w_in": s.w_in, "batch": s.batch, "probe": s.probe_id,
-            })
+            rows.append(
+                {
+                    "group": p.group,
+                    "in_group": p.in_group,
+                    "layer": p.layer,
+                    "op": p.op,
+                    "regime": regime,
+                    "c_in": ci,
+                    "c_out": co,
+                    "kernel": f"{s.kernel[0]}x{s.kernel[1]}",
+                    "stride": f"{s.stride[0]}x{s.stride[1]}",
+                    "padding": f"{s.padding[0]}x{s.padding[1]}",
+                    "groups": s.groups,
+                    "h_in": s.h_in,
+                    "w_in": s.w_in,
+                    "batch": s.batch,
+                    "probe": s.probe_id,
+                }
+            )
     return pd.DataFrame(rows), specs
 
 
@@ -94,9 +107,19 @@ def table_from_measurements(rows: pd.DataFrame, timings: dict[str, Timing]) -> p
     return df[COLUMNS]
 
 
-def assemble_table(graph: LayerGraph, rows: pd.DataFrame, timings: dict[str, Timing], networks: dict[str, Timing],
-                   fp: dict, block: int, align: int, backend: str, threads: int, device: str,
-                   extra: dict | None = None) -> LatencyTable:
+def assemble_table(
+    graph: LayerGraph,
+    rows: pd.DataFrame,
+    timings: dict[str, Timing],
+    networks: dict[str, Timing],
+    fp: dict,
+    block: int,
+    align: int,
+    backend: str,
+    threads: int,
+    device: str,
+    extra: dict | None = None,
+) -> LatencyTable:
     """Measured probes + end-to-end timings of the calibration networks (by name, see
     :func:`~autoprune.cost.calibration_set.calibration_networks`) -> a calibrated table (build and import share
     this, so a table measured on another device is made exactly as a local one)."""
@@ -104,22 +127,42 @@ def assemble_table(graph: LayerGraph, rows: pd.DataFrame, timings: dict[str, Tim
     df = table_from_measurements(rows, timings)
     fp = {**fp, "batch": int(shape[0]), "input_shape": list(shape)}
     meta = {
-        "format": FORMAT, "model": graph.model_name, "input_shape": list(shape), "batch": int(shape[0]),
-        "structure": graph.fingerprint, "backend": backend, "threads": threads, "device": device,
-        "device_id": device_id(fp), "fingerprint": fp, "channel_block": block, "channel_align": align,
-        "fixed_us": 0.0, "scale": 1.0, **(extra or {}),
+        "format": FORMAT,
+        "model": graph.model_name,
+        "input_shape": list(shape),
+        "batch": int(shape[0]),
+        "structure": graph.fingerprint,
+        "backend": backend,
+        "threads": threads,
+        "device": device,
+        "device_id": device_id(fp),
+        "fingerprint": fp,
+        "channel_block": block,
+        "channel_align": align,
+        "fixed_us": 0.0,
+        "scale": 1.0,
+        **(extra or {}),
     }
     raw = LatencyTable(df, meta).predictor(graph)
     kept_of = calibration_networks(graph, block)
     unknown = sorted(set(networks) - set(kept_of))
     if unknown:
-        raise UserError(f"calibration network {unknown[0]!r} is not one this version of autoprune makes: "
-                        "regenerate the probes (`autoprune latency-table probes`) and measure them again")
+        raise UserError(
+            f"calibration network {unknown[0]!r} is not one this version of autoprune makes: "
+            "regenerate the probes (`autoprune latency-table probes`) and measure them again"
+        )
     calib = []
     for name, kept in kept_of.items():
         if name in networks:
-            calib.append({"name": name, "keep_ratio": uniform_ratio(name), "kept": [int(k) for k in kept],
-                          "sum_layers_us": float(raw(kept)), **networks[name].to_dict()})
+            calib.append(
+                {
+                    "name": name,
+                    "keep_ratio": uniform_ratio(name),
+                    "kept": [int(k) for k in kept],
+                    "sum_layers_us": float(raw(kept)),
+                    **networks[name].to_dict(),
+                }
+            )
     if not calib:
         raise UserError("no end-to-end calibration timing was measured: rerun the measurement")
     fixed, scale = calibrate([c["sum_layers_us"] for c in calib], [c["median_us"] for c in calib])
@@ -128,13 +171,15 @@ def assemble_table(graph: LayerGraph, rows: pd.DataFrame, timings: dict[str, Tim
     return LatencyTable(df, meta)
 
 
-def time_calibration(table: LatencyTable, nets: dict[str, nn.Module | bytes], *, rounds: int = 2, repeats: int = 30,
-                     warmup: int = 10) -> dict[str, Timing]:
+def time_calibration(
+    table: LatencyTable, nets: dict[str, nn.Module | bytes], *, rounds: int = 2, repeats: int = 30, warmup: int = 10
+) -> dict[str, Timing]:
     """End-to-end timings of ``table``'s calibration networks (name -> pruned module, or its ONNX for onnxruntime)
     on this machine now, in ``rounds`` interleaved rounds with the table's backend and settings."""
     with table.measuring():
-        timings = measure_interleaved(list(nets.values()), table.input_shape, table.backend, table.threads, warmup,
-                                      repeats, rounds, table.device)
+        timings = measure_interleaved(
+            list(nets.values()), table.input_shape, table.backend, table.threads, warmup, repeats, rounds, table.device
+        )
     return dict(zip(nets, timings, strict=True))
 
 

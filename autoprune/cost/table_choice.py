@@ -28,9 +28,16 @@ class TableChoice:
     passed_over: list[tuple[Path, list[Difference]]] = field(default_factory=list)
 
 
-def find_table(model: str, input_shape: Sequence[int], roots: Sequence[Path], *, backend: str = "onnxruntime",
-               threads: int = 2, device: str = "cpu", here: dict | None = None
-               ) -> tuple[Path | None, list[tuple[Path, list[Difference]]]]:
+def find_table(
+    model: str,
+    input_shape: Sequence[int],
+    roots: Sequence[Path],
+    *,
+    backend: str = "onnxruntime",
+    threads: int = 2,
+    device: str = "cpu",
+    here: dict | None = None,
+) -> tuple[Path | None, list[tuple[Path, list[Difference]]]]:
     """The first table for ``model`` at ``input_shape`` under ``roots`` whose recorded device is this one (and
     measured with the same backend, threads and device), and every other such table with its differences."""
     here = here or identify(backend, threads, device)
@@ -52,8 +59,15 @@ def find_table(model: str, input_shape: Sequence[int], roots: Sequence[Path], *,
     return None, passed_over
 
 
-def choose_table(model: str, input_shape: Sequence[int], cache_root: Path, build: Callable[[], LatencyTable], *,
-                 threads: int = 2, on_phase: Callable[[str], None] | None = None) -> TableChoice:
+def choose_table(
+    model: str,
+    input_shape: Sequence[int],
+    cache_root: Path,
+    build: Callable[[], LatencyTable],
+    *,
+    threads: int = 2,
+    on_phase: Callable[[str], None] | None = None,
+) -> TableChoice:
     """A table of this device for ``model``: shipped, cached, or built now and cached by this device's id.
 
     ``build()`` measures ``model``'s table at ``input_shape`` with ``threads`` threads here (e.g.
@@ -65,7 +79,9 @@ def choose_table(model: str, input_shape: Sequence[int], cache_root: Path, build
     path = default_table_path(model, input_shape, here, cache_root)
     if on_phase is not None:
         others = "; ".join(f"{p.parent.name}: {diffs[0].text}" for p, diffs in passed_over[:3])
-        on_phase(f"no latency table of this device ({device_name(here)}) for {model}"
-                 f"{' (passed over ' + others + ')' if others else ''}: building one here, once; cached as {path}")
+        on_phase(
+            f"no latency table of this device ({device_name(here)}) for {model}"
+            f"{' (passed over ' + others + ')' if others else ''}: building one here, once; cached as {path}"
+        )
     build().save(path)
     return TableChoice(path, True, passed_over)

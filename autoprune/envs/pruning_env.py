@@ -20,8 +20,20 @@ from gymnasium import spaces
 from autoprune.problem import Problem
 
 KIND_CODE = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
-FEATURES = ("index", "kind", "c_in", "c_out", "kernel", "stride", "in_hw", "flops", "params", "reduced", "rest",
-            "previous_action")
+FEATURES = (
+    "index",
+    "kind",
+    "c_in",
+    "c_out",
+    "kernel",
+    "stride",
+    "in_hw",
+    "flops",
+    "params",
+    "reduced",
+    "rest",
+    "previous_action",
+)
 
 RewardFn = Callable[..., Any]  # (kept, **extra) -> float, or an object with a float ``reward`` attribute
 
@@ -59,8 +71,19 @@ class ChannelPruningEnv(gym.Env):
         """Per-group features that do not change during an episode, min-max normalised per column (as AMC)."""
         rows = []
         for g in self.problem.graph.groups:
-            rows.append([g.index, KIND_CODE.get(g.kind, 0.0), g.c_in, g.channels, float(np.prod(g.kernel)),
-                         float(np.prod(g.stride)), float(np.prod(g.in_hw)) if g.in_hw else 1.0, g.flops, g.params])
+            rows.append(
+                [
+                    g.index,
+                    KIND_CODE.get(g.kind, 0.0),
+                    g.c_in,
+                    g.channels,
+                    float(np.prod(g.kernel)),
+                    float(np.prod(g.stride)),
+                    float(np.prod(g.in_hw)) if g.in_hw else 1.0,
+                    g.flops,
+                    g.params,
+                ]
+            )
         a = np.asarray(rows, dtype=np.float64)
         lo, hi = a.min(0), a.max(0)
         span = np.where(hi > lo, hi - lo, 1.0)

@@ -40,9 +40,17 @@ class RunOutcome:
 
 
 def run(
-    spec: RunSpec, *, out: str | Path | None = None, resume: bool = False, role: str = "search",
-    module: nn.Module | None = None, bundle: DataBundle | None = None, trust_pickle: bool = False,
-    callback=None, on_phase: Callable[[str], None] | None = None, on_table_progress=None,
+    spec: RunSpec,
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    role: str = "search",
+    module: nn.Module | None = None,
+    bundle: DataBundle | None = None,
+    trust_pickle: bool = False,
+    callback=None,
+    on_phase: Callable[[str], None] | None = None,
+    on_table_progress=None,
 ) -> RunOutcome:
     """Set up, search, verify, finish and write the run directory ``out``.
 
@@ -57,13 +65,27 @@ def run(
     run_dir = Path(out) if out is not None else None
     if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {out} is a file, not a run directory: pass a new or existing directory")
-    setup = prepare(spec, module=module, bundle=bundle, trust_pickle=trust_pickle, on_phase=phase,
-                    on_table_progress=on_table_progress)
+    setup = prepare(
+        spec,
+        module=module,
+        bundle=bundle,
+        trust_pickle=trust_pickle,
+        on_phase=phase,
+        on_table_progress=on_table_progress,
+    )
     reproducible = module is None and bundle is None
     if run_dir is not None and reproducible:  # the run directory appears only once every input has been checked
         save_spec(run_dir, setup.spec, resume)
-    result = search_policy(setup, run_dir, resume=resume, role=role, trust_pickle=trust_pickle,
-                           reproducible=reproducible, callback=callback, phase=phase)
+    result = search_policy(
+        setup,
+        run_dir,
+        resume=resume,
+        role=role,
+        trust_pickle=trust_pickle,
+        reproducible=reproducible,
+        callback=callback,
+        phase=phase,
+    )
     if role == "worker":
         return RunOutcome(result, None, None, run_dir)
     outcome = finish(setup, result, started, phase)
@@ -74,8 +96,15 @@ def run(
 
 
 def search_policy(
-    setup: Setup, run_dir: Path | None, *, resume: bool, role: str, trust_pickle: bool, reproducible: bool,
-    callback, phase: Callable[[str], None],
+    setup: Setup,
+    run_dir: Path | None,
+    *,
+    resume: bool,
+    role: str,
+    trust_pickle: bool,
+    reproducible: bool,
+    callback,
+    phase: Callable[[str], None],
 ) -> SearchResult:
     """Stage 2: the spec's strategy searches the problem; Ctrl-C keeps the best policy so far in the run
     directory (the journal or the study resumes the rest)."""
@@ -84,8 +113,17 @@ def search_policy(
     phase(f"searching with {spec.strategy}")
     try:
         return run_search(
-            spec.strategy, setup.problem, setup.evaluator, episodes=spec.episodes, seed=spec.seed, options=options,
-            callback=callback, workdir=run_dir, resume=resume, spec=spec if reproducible else None, role=role,
+            spec.strategy,
+            setup.problem,
+            setup.evaluator,
+            episodes=spec.episodes,
+            seed=spec.seed,
+            options=options,
+            callback=callback,
+            workdir=run_dir,
+            resume=resume,
+            spec=spec if reproducible else None,
+            role=role,
             trust_pickle=trust_pickle,
         )
     except KeyboardInterrupt as e:

@@ -49,8 +49,9 @@ def finish(setup: Setup, result: SearchResult, started: float, phase: Phase) -> 
     timings, checks = None, None
     if spec.measure and setup.table is not None and "latency" in spec.budget.metrics and not setup.elsewhere:
         phase("measuring the chosen policy against the latency budget")
-        kept, timings, checks = meet_measured_latency(problem, result.history, kept, setup.pruner, setup.net,
-                                                      setup.shape, setup.table, on_phase=phase)
+        kept, timings, checks = meet_measured_latency(
+            problem, result.history, kept, setup.pruner, setup.net, setup.shape, setup.table, on_phase=phase
+        )
     pruned = setup.pruner.apply(kept)
     metrics, unpruned = cost_metrics(problem, kept), cost_metrics(problem, setup.graph.channels)
     if checks is not None:
@@ -59,8 +60,9 @@ def finish(setup: Setup, result: SearchResult, started: float, phase: Phase) -> 
     if spec.measure:
         _measure(setup, pruned, timings, metrics, unpruned, phase)
     metrics["unpruned"] = unpruned
-    policy = Policy.from_kept(setup.graph, kept, budget=spec.budget, metrics=metrics,
-                              search=_search_record(setup, result, started, finetuned))
+    policy = Policy.from_kept(
+        setup.graph, kept, budget=spec.budget, metrics=metrics, search=_search_record(setup, result, started, finetuned)
+    )
     return PolicyOutcome(policy, pruned, unpruned)
 
 
@@ -76,16 +78,18 @@ def _score_and_finetune(setup: Setup, pruned: nn.Module, metrics: dict, unpruned
     if spec.finetune_epochs > 0:
         lr = spec.finetune_lr or DEFAULT_FINETUNE_LR
         phase(f"fine-tuning {spec.finetune_epochs} epoch(s){' with distillation' if spec.kd else ''}")
-        log = finetune(pruned, bundle, epochs=spec.finetune_epochs, lr=lr, teacher=setup.net if spec.kd else None,
-                       seed=spec.seed)
+        log = finetune(
+            pruned, bundle, epochs=spec.finetune_epochs, lr=lr, teacher=setup.net if spec.kd else None, seed=spec.seed
+        )
         info = {"epochs": spec.finetune_epochs, "lr": lr, "kd": spec.kd, "seconds": log.seconds}
         metrics["held_out_accuracy_after_finetune"] = accuracy(pruned, bundle.held_out)
     metrics["test_accuracy"] = accuracy(pruned, bundle.test)
     return info
 
 
-def _measure(setup: Setup, pruned: nn.Module, timings: list[Timing] | None, metrics: dict, unpruned: dict,
-             phase: Phase) -> None:
+def _measure(
+    setup: Setup, pruned: nn.Module, timings: list[Timing] | None, metrics: dict, unpruned: dict, phase: Phase
+) -> None:
     """End-to-end latency of both models, timed here (the measured check's last timings when it ran)."""
     table = setup.table
     if timings is None:

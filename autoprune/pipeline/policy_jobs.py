@@ -75,8 +75,10 @@ def prune_with_policy(
     policy = Policy.load(policy_path)
     if input_shape is not None and tuple(input_shape)[1:] != tuple(policy.input_shape)[1:]:
         given, searched = "x".join(map(str, input_shape)), "x".join(map(str, policy.input_shape))
-        raise UserError(f"--input-shape {given} is not the input {policy_path} was searched at ({searched}): only "
-                        f"the batch may differ; pass --input-shape {input_shape[0]}x{searched.partition('x')[2]}")
+        raise UserError(
+            f"--input-shape {given} is not the input {policy_path} was searched at ({searched}): only "
+            f"the batch may differ; pass --input-shape {input_shape[0]}x{searched.partition('x')[2]}"
+        )
     net, shape = load_model(model, weights, tuple(input_shape or policy.input_shape), trust_pickle=trust_pickle)
     bundle = load_bundle(data, shape, net) if data is not None else None
     pruned = apply_policy(

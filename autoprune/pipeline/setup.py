@@ -72,9 +72,11 @@ def check_table_speed(table: LatencyTable, path, on_phase: Phase | None = None) 
     re-anchored. Returns the check (None for a table without a signature)."""
     check = table.check_speed()
     if check is not None and check.off and on_phase is not None:
-        on_phase(f"WARNING: speed signature: this machine runs the table's reference probes at {check.ratio:.2f}x "
-                 f"their times when the table was built (its noise allows ±{check.tolerance:.0%}): its predictions are "
-                 f"off by about that much now; re-fit its level with `autoprune latency-table anchor --table {path}`")
+        on_phase(
+            f"WARNING: speed signature: this machine runs the table's reference probes at {check.ratio:.2f}x "
+            f"their times when the table was built (its noise allows ±{check.tolerance:.0%}): its predictions are "
+            f"off by about that much now; re-fit its level with `autoprune latency-table anchor --table {path}`"
+        )
     return check
 
 
@@ -96,8 +98,13 @@ class Setup:
 
 
 def prepare(
-    spec: RunSpec, *, module: nn.Module | None = None, bundle: DataBundle | None = None, trust_pickle: bool = False,
-    on_phase: Phase | None = None, on_table_progress: Callable[[int, int, str], None] | None = None,
+    spec: RunSpec,
+    *,
+    module: nn.Module | None = None,
+    bundle: DataBundle | None = None,
+    trust_pickle: bool = False,
+    on_phase: Phase | None = None,
+    on_table_progress: Callable[[int, int, str], None] | None = None,
 ) -> Setup:
     """Everything a search needs, checked before any of it runs: ``module`` (a model from a notebook) and ``bundle``
     (data already loaded) stand in for the spec's model and data names."""
@@ -125,23 +132,28 @@ def prepare(
     if round_to is None:  # a latency budget keeps whole blocks of the table's kernels: other widths run slower
         round_to = max(1, table.block) if table is not None and "latency" in spec.budget.metrics else 1
     problem = Problem(graph, cost, spec.budget, min_keep=spec.min_keep, round_to=round_to)
-    pruner = ChannelPruner(net, shape, graph=graph, criterion=spec.criterion,
-                           data=bundle.train if bundle else None, seed=spec.seed)
-    evaluator = (Evaluator(pruner, bundle, held_out=spec.held_out, seed=spec.seed, kd=spec.kd)
-                 if bundle is not None else None)
+    pruner = ChannelPruner(
+        net, shape, graph=graph, criterion=spec.criterion, data=bundle.train if bundle else None, seed=spec.seed
+    )
+    evaluator = (
+        Evaluator(pruner, bundle, held_out=spec.held_out, seed=spec.seed, kd=spec.kd) if bundle is not None else None
+    )
     return Setup(spec, net, shape, bundle, graph, table, problem, pruner, evaluator, elsewhere, signature)
 
 
-def _latency_table(spec: RunSpec, shape: tuple[int, ...], phase: Phase,
-                   on_progress: Callable[[int, int, str], None] | None) -> tuple[str | None, LatencyTable | None]:
+def _latency_table(
+    spec: RunSpec, shape: tuple[int, ...], phase: Phase, on_progress: Callable[[int, int, str], None] | None
+) -> tuple[str | None, LatencyTable | None]:
     """The table the spec names; for a latency budget without one, this device's (shipped, cached, or built now)."""
     path = spec.table
     if path is None and "latency" in spec.budget.metrics:
         path = choose_table(
-            spec.model, shape, CACHE_DIR / "latency_tables",
-            lambda: build_table(spec.model, shape, threads=spec.threads, weights=spec.weights,
-                                on_progress=on_progress),
-            threads=spec.threads, on_phase=phase,
+            spec.model,
+            shape,
+            CACHE_DIR / "latency_tables",
+            lambda: build_table(spec.model, shape, threads=spec.threads, weights=spec.weights, on_progress=on_progress),
+            threads=spec.threads,
+            on_phase=phase,
         ).path
         phase(f"latency table of this device: {path}")
     if path is None:

@@ -16,8 +16,16 @@ from autoprune.prune import ChannelPruner
 
 
 def meet_measured_latency(
-    problem: Problem, history: pd.DataFrame, kept: list[int], pruner: ChannelPruner, net: nn.Module,
-    shape: tuple[int, ...], table: LatencyTable, tries: int = 3, settle: int = 2, pause_s: float = 20.0,
+    problem: Problem,
+    history: pd.DataFrame,
+    kept: list[int],
+    pruner: ChannelPruner,
+    net: nn.Module,
+    shape: tuple[int, ...],
+    table: LatencyTable,
+    tries: int = 3,
+    settle: int = 2,
+    pause_s: float = 20.0,
     on_phase: Callable[[str], None] | None = None,
 ) -> tuple[list[int], list[Timing], list[dict]]:
     """Measure the chosen policy here and, when it is over the limit, take a smaller evaluated one.
@@ -48,14 +56,24 @@ def meet_measured_latency(
             limit = c.limit(unpruned) if c.relative else problem.limits["latency"]
             slowdown = device_slowdown(unpruned, reference)
             met = within(measured, limit)
-            checks.append({"kept": list(kept), "predicted_us": predicted, "measured_us": measured,
-                           "unpruned_measured_us": unpruned, "unpruned_predicted_us": reference, "met": met})
+            checks.append(
+                {
+                    "kept": list(kept),
+                    "predicted_us": predicted,
+                    "measured_us": measured,
+                    "unpruned_measured_us": unpruned,
+                    "unpruned_predicted_us": reference,
+                    "met": met,
+                }
+            )
             if met or c.relative or slowdown is None or attempt >= settle:
                 break
             if on_phase is not None:
-                on_phase(f"the unpruned model measured {unpruned / 1000:.2f} ms, {slowdown:.0%} over its table's "
-                         f"{reference / 1000:.2f} ms: the device is busy or throttled; measuring again in "
-                         f"{pause_s:.0f} s")
+                on_phase(
+                    f"the unpruned model measured {unpruned / 1000:.2f} ms, {slowdown:.0%} over its table's "
+                    f"{reference / 1000:.2f} ms: the device is busy or throttled; measuring again in "
+                    f"{pause_s:.0f} s"
+                )
             time.sleep(pause_s)
         if met:
             break

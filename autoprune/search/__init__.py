@@ -26,8 +26,10 @@ from autoprune.spec import RunSpec
 
 # The registry: the one list of strategies. The CLI's help, which strategies need data, and each strategy's options
 # (``Strategy.defaults``, with their types) come from here.
-_CLASSES: dict[str, type[Strategy]] = {c.name: c for c in (DDPGStrategy, OptunaStrategy, NetAdaptStrategy,
-                                                            UniformStrategy, RandomStrategy, SensitivityStrategy)}
+_CLASSES: dict[str, type[Strategy]] = {
+    c.name: c
+    for c in (DDPGStrategy, OptunaStrategy, NetAdaptStrategy, UniformStrategy, RandomStrategy, SensitivityStrategy)
+}
 STRATEGIES: tuple[str, ...] = tuple(_CLASSES)
 REWARD_OPTIONS = ("reward", "finetune_steps")  # options of the reward path, which every strategy shares
 JOURNAL = "evaluations.jsonl"  # in the run directory: every evaluation, for resuming
@@ -61,9 +63,18 @@ class SearchInterrupted(KeyboardInterrupt):
 
 
 def run_search(
-    strategy: str, problem: Problem, evaluator: Evaluator | None, *, episodes: int, seed: int,
-    options: dict | None = None, callback: Callable[[SearchEvent], None] | None = None,
-    workdir: Path | None = None, resume: bool = False, spec: RunSpec | None = None, role: str = "search",
+    strategy: str,
+    problem: Problem,
+    evaluator: Evaluator | None,
+    *,
+    episodes: int,
+    seed: int,
+    options: dict | None = None,
+    callback: Callable[[SearchEvent], None] | None = None,
+    workdir: Path | None = None,
+    resume: bool = False,
+    spec: RunSpec | None = None,
+    role: str = "search",
     trust_pickle: bool = False,
 ) -> SearchResult:
     """Run ``strategy`` on ``problem`` for at most ``episodes`` evaluations; the same seed gives the same policy.
@@ -87,8 +98,16 @@ def run_search(
         raise UserError(f"strategy {strategy} needs an evaluator (model weights and --data); uniform does not")
     seed_everything(seed)
     reward = None if evaluator is None else Reward(reward_name, evaluator, problem.cost, finetune_steps=finetune_steps)
-    runner = cls(problem, seed=seed, options=options, workdir=Path(workdir) if workdir else None, resume=resume,
-                 spec=spec, role=role, trust_pickle=trust_pickle)
+    runner = cls(
+        problem,
+        seed=seed,
+        options=options,
+        workdir=Path(workdir) if workdir else None,
+        resume=resume,
+        spec=spec,
+        role=role,
+        trust_pickle=trust_pickle,
+    )
     journal = Journal(Path(workdir) / JOURNAL) if workdir else None
     if resume and journal is not None and reward is not None:
         for row in journal.read():  # replayed evaluations cost nothing
@@ -103,6 +122,21 @@ def run_search(
     return ctx.result(seed, **extra)
 
 
-__all__ = ["STRATEGIES", "SAMPLERS", "REWARDS", "SearchContext", "SearchEvent", "SearchResult", "Strategy",
-           "SearchInterrupted", "Journal", "JOURNAL", "run_search", "uniform_kept", "seed_everything",
-           "strategy_class", "needs_data", "REWARD_OPTIONS"]
+__all__ = [
+    "STRATEGIES",
+    "SAMPLERS",
+    "REWARDS",
+    "SearchContext",
+    "SearchEvent",
+    "SearchResult",
+    "Strategy",
+    "SearchInterrupted",
+    "Journal",
+    "JOURNAL",
+    "run_search",
+    "uniform_kept",
+    "seed_everything",
+    "strategy_class",
+    "needs_data",
+    "REWARD_OPTIONS",
+]

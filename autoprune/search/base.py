@@ -267,8 +267,10 @@ class Strategy(ABC):
         where a float is expected, a list for a tuple; an option whose default is None takes any value)."""
         unknown = sorted(set(options) - set(cls.defaults))
         if unknown:
-            raise UserError(f"strategy {cls.name} has no option {', '.join(unknown)}: use "
-                            f"{', '.join(sorted(cls.defaults)) or 'none'}")
+            raise UserError(
+                f"strategy {cls.name} has no option {', '.join(unknown)}: use "
+                f"{', '.join(sorted(cls.defaults)) or 'none'}"
+            )
         for key, value in options.items():
             want = cls.defaults[key]
             if want is None:
@@ -276,8 +278,9 @@ class Strategy(ABC):
             kinds = _ACCEPTS.get(type(want), (type(want),))
             if not isinstance(value, kinds) or (isinstance(value, bool) and not isinstance(want, bool)):
                 kind = _KIND_NAMES.get(kinds[0], kinds[0].__name__)
-                raise UserError(f"option {key}={value!r} of strategy {cls.name} must be {kind}, like its default "
-                                f"{want!r}")
+                raise UserError(
+                    f"option {key}={value!r} of strategy {cls.name} must be {kind}, like its default {want!r}"
+                )
         return {k: tuple(v) if isinstance(cls.defaults[k], tuple) else v for k, v in options.items()}
 
     @abstractmethod

@@ -95,8 +95,9 @@ class AMCTruncatedNormalNoise(ActionNoise):
     shared with the warm-up's uniform actions), rejection-sampled: the same seed gives the same actions.
     """
 
-    def __init__(self, rng: np.random.Generator, sigma: float, decay: float, warmup: int, lo: float,
-                 hi: float = 1.0) -> None:
+    def __init__(
+        self, rng: np.random.Generator, sigma: float, decay: float, warmup: int, lo: float, hi: float = 1.0
+    ) -> None:
         super().__init__()
         self.rng, self.initial_sigma, self.decay, self.warmup, self.lo, self.hi = rng, sigma, decay, warmup, lo, hi
         self.episode = 0  # episodes finished
@@ -160,30 +161,52 @@ class DDPGStrategy(Strategy):
         for episode in range(episodes):
             explore = episode >= warmup
             # the history row gets the episode's phase and sigma, and the agent update that ran before it
-            row = {"phase": "explore" if explore else "warmup", "sigma": noise.sigma if explore else None,
-                   "update_s": update_s[-1] if update_s else None}
+            row = {
+                "phase": "explore" if explore else "warmup",
+                "sigma": noise.sigma if explore else None,
+                "update_s": update_s[-1] if update_s else None,
+            }
             obs, _ = env.reset(seed=self.seed + episode, options={"extra": row})
             ep = self._episode(env, agent, obs, noise if explore else None, rng)
             noise.reset()
             update_s.append(self._update(agent, ep, explore))
             rewards.append(ep.reward)
-        return {"warmup": warmup, "mean_update_s": float(np.mean(update_s)) if update_s else 0.0,
-                "warmup_mean_reward": float(np.mean(rewards[:warmup])) if rewards else None,
-                "last50_mean_reward": float(np.mean(rewards[-50:])) if rewards else None}
+        return {
+            "warmup": warmup,
+            "mean_update_s": float(np.mean(update_s)) if update_s else 0.0,
+            "warmup_mean_reward": float(np.mean(rewards[:warmup])) if rewards else None,
+            "last50_mean_reward": float(np.mean(rewards[-50:])) if rewards else None,
+        }
 
     def _agent(self, env: ChannelPruningEnv) -> AMCDDPG:
         o, hidden = self.options, list(self.options["hidden"])
         agent = AMCDDPG(
-            "MlpPolicy", env, actor_lr=o["actor_lr"], critic_lr=o["critic_lr"], buffer_size=o["buffer_size"],
-            learning_starts=0, batch_size=o["batch_size"], tau=o["tau"], gamma=o["discount"],
-            replay_buffer_class=MovingAverageReplayBuffer, replay_buffer_kwargs={"moving_alpha": o["moving_alpha"]},
-            policy_kwargs={"net_arch": {"pi": hidden, "qf": hidden}}, seed=self.seed, device="cpu",
+            "MlpPolicy",
+            env,
+            actor_lr=o["actor_lr"],
+            critic_lr=o["critic_lr"],
+            buffer_size=o["buffer_size"],
+            learning_starts=0,
+            batch_size=o["batch_size"],
+            tau=o["tau"],
+            gamma=o["discount"],
+            replay_buffer_class=MovingAverageReplayBuffer,
+            replay_buffer_kwargs={"moving_alpha": o["moving_alpha"]},
+            policy_kwargs={"net_arch": {"pi": hidden, "qf": hidden}},
+            seed=self.seed,
+            device="cpu",
         )
         agent.set_logger(configure(None, []))
         return agent
 
-    def _episode(self, env: ChannelPruningEnv, agent: AMCDDPG, obs: np.ndarray,
-                 noise: AMCTruncatedNormalNoise | None, rng: np.random.Generator) -> _Episode:
+    def _episode(
+        self,
+        env: ChannelPruningEnv,
+        agent: AMCDDPG,
+        obs: np.ndarray,
+        noise: AMCTruncatedNormalNoise | None,
+        rng: np.random.Generator,
+    ) -> _Episode:
         """Play one episode: uniform actions in ``[min_keep, 1]`` during the warm-up (``noise`` None), else the
         actor's action plus ``noise``. The env evaluates the policy at the last step."""
         lo, hi = self.problem.min_keep, 1.0

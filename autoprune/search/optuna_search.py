@@ -83,7 +83,8 @@ def _gp(seed: int, startup: int, shared: bool) -> optuna.samplers.BaseSampler:
 # running trials (constant liar), so that workers sampling at the same time spread out.
 SAMPLERS: dict[str, Callable[[int, int, bool], optuna.samplers.BaseSampler]] = {
     "tpe": lambda seed, startup, shared: optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, n_startup_trials=startup, constant_liar=shared),
+        seed=seed, multivariate=True, n_startup_trials=startup, constant_liar=shared
+    ),
     "cmaes": lambda seed, startup, shared: optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup),
     "gp": _gp,
     "nsga2": lambda seed, startup, shared: optuna.samplers.NSGAIISampler(seed=seed),
@@ -170,8 +171,12 @@ class OptunaStrategy(Strategy):
 
     def identity(self) -> dict:
         """What every worker of one study must agree on: the problem, the reward and the budget."""
-        return study_identity(self.spec.described if self.spec is not None else {}, sampler=self.options["sampler"],
-                              objective_cost=self.objective_cost, fingerprint=self.problem.graph.fingerprint)
+        return study_identity(
+            self.spec.described if self.spec is not None else {},
+            sampler=self.options["sampler"],
+            objective_cost=self.objective_cost,
+            fingerprint=self.problem.graph.fingerprint,
+        )
 
     def open_study(self, episodes: int) -> optuna.Study:
         name, url = self.study_name(), self.storage_url()
@@ -194,10 +199,15 @@ class OptunaStrategy(Strategy):
         study = optuna.create_study(
             storage=storage, sampler=self.make_sampler(), study_name=name, directions=directions, load_if_exists=True
         )
-        describe_study(study, {**self.identity(), "episodes": episodes},
-                       args=self.spec.described if self.spec is not None else None,
-                       groups=[g.name for g in self.problem.graph.groups], where=where, resume=self.resume,
-                       role=self.role)
+        describe_study(
+            study,
+            {**self.identity(), "episodes": episodes},
+            args=self.spec.described if self.spec is not None else None,
+            groups=[g.name for g in self.problem.graph.groups],
+            where=where,
+            resume=self.resume,
+            role=self.role,
+        )
         return study
 
     # -- the search --------------------------------------------------------------------------------------------
@@ -320,8 +330,9 @@ class OptunaStrategy(Strategy):
                 time.sleep(POLL_S)
                 continue
             waiting = False
-            study.optimize(lambda t: self.objective(t, study, ctx, outcome), n_trials=1, catch=(Exception,),
-                           gc_after_trial=False)
+            study.optimize(
+                lambda t: self.objective(t, study, ctx, outcome), n_trials=1, catch=(Exception,), gc_after_trial=False
+            )
             if "error" in outcome:
                 failures += 1
                 print(f"trial failed: {outcome['error']}", file=sys.stderr, flush=True)
@@ -335,8 +346,11 @@ class OptunaStrategy(Strategy):
             if outcome.get("repeat"):
                 repeats += 1
                 if repeats >= max_repeats:  # converged, or the space has no policy left to propose
-                    study.set_user_attr(CONVERGED, f"the last {repeats} proposals were all policies already "
-                                                   f"evaluated; stopped at {trial_counts(study)[0]} of {episodes}")
+                    study.set_user_attr(
+                        CONVERGED,
+                        f"the last {repeats} proposals were all policies already "
+                        f"evaluated; stopped at {trial_counts(study)[0]} of {episodes}",
+                    )
                     return
 
 

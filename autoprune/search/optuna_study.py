@@ -114,8 +114,19 @@ def file_sha256(path: str | Path | None) -> str | None:
     return h.hexdigest()
 
 
-IDENTITY_KEYS = ("model", "input_shape", "data", "budget", "min_keep", "round_to", "criterion", "held_out", "reward",
-                 "seed", "table")
+IDENTITY_KEYS = (
+    "model",
+    "input_shape",
+    "data",
+    "budget",
+    "min_keep",
+    "round_to",
+    "criterion",
+    "held_out",
+    "reward",
+    "seed",
+    "table",
+)
 
 
 def study_identity(described: dict, *, sampler: str, objective_cost: str, fingerprint: str) -> dict:
@@ -136,8 +147,9 @@ def study_identity(described: dict, *, sampler: str, objective_cost: str, finger
     return json.loads(json.dumps(ident))
 
 
-def describe_study(study: optuna.Study, mine: dict, *, args: dict | None, groups: list[str], where: str,
-                   resume: bool, role: str) -> None:
+def describe_study(
+    study: optuna.Study, mine: dict, *, args: dict | None, groups: list[str], where: str, resume: bool, role: str
+) -> None:
     """Write the study's self-description (``args``: the spec that re-runs it; the group names; ``mine``: its
     identity), or check this worker against the one already there."""
     attrs = study.user_attrs

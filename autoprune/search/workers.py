@@ -96,8 +96,9 @@ def _last_error(log: Path) -> str:
 def worker_spec(strategy, study: optuna.Study, storage_url: str | None, n: int) -> dict:
     """What a child is started with: the search's :class:`~autoprune.spec.RunSpec` pointed at the shared study
     (one process each), whether to trust pickles, and its torch threads."""
-    spec = strategy.spec.replace(options={**strategy.spec.options, "storage": storage_url,
-                                          "study_name": study.study_name, "workers": 1})
+    spec = strategy.spec.replace(
+        options={**strategy.spec.options, "storage": storage_url, "study_name": study.study_name, "workers": 1}
+    )
     return {"spec": spec.to_json(), "trust_pickle": strategy.trust_pickle, "threads": worker_threads(n)}
 
 
@@ -124,8 +125,15 @@ def run_local_workers(strategy, study: optuna.Study, ctx: SearchContext, mirror:
     try:
         for path in log_paths:
             with open(path, "ab") as log:
-                procs.append(subprocess.Popen([sys.executable, "-m", CHILD_MODULE, str(spec_path)], stdout=log,
-                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env))
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", CHILD_MODULE, str(spec_path)],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        env=env,
+                    )
+                )
         _watch(procs, log_paths, study, o["max_retry"], ctx, mirror)
     finally:
         _stop(procs, study, o["max_retry"])
@@ -139,8 +147,14 @@ def run_local_workers(strategy, study: optuna.Study, ctx: SearchContext, mirror:
         )
 
 
-def _watch(procs: list[subprocess.Popen], log_paths: list[Path], study: optuna.Study, max_retry: int | None,
-           ctx: SearchContext, mirror: StudyMirror) -> None:
+def _watch(
+    procs: list[subprocess.Popen],
+    log_paths: list[Path],
+    study: optuna.Study,
+    max_retry: int | None,
+    ctx: SearchContext,
+    mirror: StudyMirror,
+) -> None:
     """Until every child has exited: a child that died gives its RUNNING trial back at once (not after a grace
     period), one that failed with an error stops the search with it, and the progress follows the study."""
     host, exited = socket.gethostname(), set()
