@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from autoprune.errors import UserError
+from autoprune.prune import CRITERIA
 from autoprune.reward import DEFAULT_REWARD, REWARDS
 from autoprune.search import SAMPLERS, STRATEGIES
 
@@ -148,7 +149,7 @@ def search(
         help="kept channels rounded to a multiple of this (default: the latency table's channel block for a "
         "latency budget, else 1)",
     ),
-    criterion: str = typer.Option("l2", help="channel importance: l1 | l2 | bn-scale | taylor | apoz | random"),
+    criterion: str = typer.Option("l2", help="channel importance: " + " | ".join(CRITERIA)),
     held_out: int = typer.Option(5000, help="held-out training images each reward is measured on"),
     finetune_epochs: float = typer.Option(1.0, help="fine-tuning epochs for the winner (0: none)"),
     finetune_lr: float | None = typer.Option(None, help="fine-tuning learning rate (default 0.01, a tenth of train's)"),
@@ -215,7 +216,7 @@ def _strategy_options(strategy: str, items: list[str], **optuna_flags) -> dict:
     cls = strategy_class(strategy)
     options = _parse_options(items)
     given = {k: v for k, v in optuna_flags.items() if v is not None and not (k == "workers" and v == 1)}
-    if given and strategy != "optuna":
+    if not set(given) <= set(cls.defaults):  # only the Optuna strategy runs a shared study
         raise UserError("--storage, --study and --workers share an Optuna study: add --strategy optuna")
     if optuna_flags.get("workers", 1) < 1:
         raise UserError(f"--workers {optuna_flags['workers']} must be at least 1")
@@ -343,7 +344,7 @@ def prune(
     out: Path = typer.Option(..., help="pruned model file (.pt, the whole module); its state_dict goes beside it"),
     onnx: Path | None = typer.Option(None, help="also export ONNX here"),
     weights: Path | None = typer.Option(None, help="a state_dict file"),
-    criterion: str = typer.Option("l2", help="channel importance: l1 | l2 | bn-scale | taylor | apoz | random"),
+    criterion: str = typer.Option("l2", help="channel importance: " + " | ".join(CRITERIA)),
     data: str | None = typer.Option(None, help="data for taylor / apoz / --reconstruct"),
     reconstruct: bool = typer.Option(False, help="refit the layers after each pruned group by least squares"),
     seed: int = typer.Option(0),

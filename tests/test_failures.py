@@ -281,3 +281,33 @@ def test_losing_the_database_mid_search_is_one_line_and_resume_continues(tmp_pat
     finally:
         subprocess.run([ROOT / ".ci" / "postgres.sh", "stop", pg], capture_output=True)
         shutil.rmtree(pg, ignore_errors=True)
+
+
+def test_a_heartbeat_thread_losing_the_database_prints_no_traceback(monkeypatch):
+    """Optuna's heartbeat thread raises when the database goes away mid-trial; the search reports that in one line,
+    so the thread's own traceback is not printed (not handed to the hook that prints it). Any other error in a
+    thread still is."""
+    import threading
+
+    import optuna
+
+    from autoprune.search.optuna_storage import quiet_heartbeat_failures
+
+    printed: list[BaseException] = []  # what Python's hook would print
+    monkeypatch.setattr(threading, "excepthook", lambda args: printed.append(args.exc_value))
+
+    def raise_in_thread(error: BaseException) -> None:
+        def run() -> None:
+            raise error
+
+        t = threading.Thread(target=run)
+        t.start()
+        t.join()
+
+    with quiet_heartbeat_failures():
+        raise_in_thread(optuna.exceptions.StorageInternalError("An exception is raised during the commit."))
+        assert printed == []
+        raise_in_thread(ValueError("a bug in a thread"))
+        assert [type(e) for e in printed] == [ValueError]
+    raise_in_thread(optuna.exceptions.StorageInternalError("after the search"))
+    assert len(printed) == 2  # the search's hook is gone with it

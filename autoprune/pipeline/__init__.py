@@ -60,7 +60,7 @@ def run(
     """
     started = time.perf_counter()
     phase = on_phase or (lambda _text: None)
-    if spec.strategy == "optuna" and spec.options.get("storage"):
+    if spec.options.get("storage"):
         check_storage(spec.options["storage"])  # an unreachable database fails now, before any model work
     run_dir = Path(out) if out is not None else None
     if run_dir is not None and run_dir.exists() and not run_dir.is_dir():

@@ -60,7 +60,7 @@ from optuna.trial import TrialState
 from autoprune.errors import UserError
 from autoprune.pareto import pareto_front
 from autoprune.search.base import SearchContext, Strategy
-from autoprune.search.optuna_storage import JOURNAL, open_storage, redact, storage_failure
+from autoprune.search.optuna_storage import JOURNAL, lost_storage, open_storage, quiet_heartbeat_failures, redact
 from autoprune.search.optuna_study import (
     CONVERGED,
     POLL_S,
@@ -220,18 +220,17 @@ class OptunaStrategy(Strategy):
             # a process that owned this storage was killed: its RUNNING trial is re-run (local workers still
             # alive, from a --workers parent that died, finish theirs)
             reap_dead_local_trials(study, self.options["max_retry"], "the search was interrupted", everyone=True)
-        from sqlalchemy.exc import SQLAlchemyError
-
         try:
-            if role == "read":
+            with quiet_heartbeat_failures():
+                if role == "read":
+                    mirror.sync()
+                elif self.options["workers"] > 1 and role == "search":
+                    run_local_workers(self, study, ctx, mirror)
+                else:
+                    self.run_trials(study, ctx, mirror, stop=parent_gone if role == "worker" else lambda: False)
                 mirror.sync()
-            elif self.options["workers"] > 1 and role == "search":
-                run_local_workers(self, study, ctx, mirror)
-            else:
-                self.run_trials(study, ctx, mirror, stop=parent_gone if role == "worker" else lambda: False)
-            mirror.sync()
         except Exception as e:  # noqa: BLE001 - the database going away mid-search surfaces in many shapes
-            lost = storage_failure(e, (SQLAlchemyError, optuna.exceptions.StorageInternalError))
+            lost = lost_storage(e)
             if lost is None:
                 raise
             url = self.storage_url()

@@ -7,8 +7,11 @@ Optuna keeps ``optuna/storages`` apart from ``optuna/samplers``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +126,27 @@ def storage_failure(e: BaseException, kinds: tuple[type[BaseException], ...]) ->
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return None
+
+
+def lost_storage(e: BaseException) -> BaseException | None:
+    """The database error behind ``e`` when the storage went away (:func:`storage_failure` for an RDB's kinds)."""
+    from sqlalchemy.exc import SQLAlchemyError  # Optuna's RDB storage brings SQLAlchemy; a journal file does not
+
+    return storage_failure(e, (SQLAlchemyError, optuna.exceptions.StorageInternalError))
+
+
+@contextlib.contextmanager
+def quiet_heartbeat_failures() -> Iterator[None]:
+    """While a search runs: Optuna's heartbeat thread raises when the database goes away, and Python would print
+    that thread's traceback. The trial loop reports the lost storage in one line, so the thread's is not printed."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is None or lost_storage(args.exc_value) is None:
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
