@@ -25,6 +25,7 @@ from autoprune.cost.latency_table import LatencyTable  # noqa: E402
 from autoprune.errors import UserError  # noqa: E402
 from autoprune.layers import LayerGraph, LayerGroup, analyze  # noqa: E402
 from autoprune.policy import Policy  # noqa: E402
+from autoprune.spec import RunSpec  # noqa: E402
 from autoprune.version import __version__  # noqa: E402, F401
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "LayerGroup",
     "Policy",
     "PolicyOutcome",
+    "RunSpec",
     "UserError",
     "analyze",
     "analyze_model",
