@@ -12,9 +12,9 @@ from functools import partial
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from autoprune.cli_console import console, err_console, shape_option
 from autoprune.errors import UserError
 from autoprune.prune import CRITERIA
 from autoprune.reward import DEFAULT_REWARD, REWARDS
@@ -26,9 +26,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Find how much to prune each layer of a CNN under a FLOPs, params or latency budget, then prune it.",
 )
-# Off a terminal (pipes, CI logs) rich would wrap at 80 columns and cut group names: print wide instead.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 @app.command()
@@ -81,12 +78,6 @@ def train(
     )
 
 
-def _shape(text: str | None) -> tuple[int, ...] | None:
-    from autoprune.models import parse_input_shape
-
-    return parse_input_shape(text) if text else None
-
-
 MODEL_HELP = "torchvision classifier (resnet18, mobilenet_v2, ...), resnet20/32/44/56, fmnist-resnet20, or pkg.mod:fn"
 SHAPE_HELP = "input shape NxCxHxW, e.g. 1x3x224x224 (default: the model's own)"
 
@@ -104,7 +95,7 @@ def info(
     from autoprune.api import analyze_model
     from autoprune.budget import format_cost
 
-    graph = analyze_model(model, _shape(input_shape), weights=weights, trust_pickle=trust_pickle)
+    graph = analyze_model(model, shape_option(input_shape), weights=weights, trust_pickle=trust_pickle)
     table = Table(title=f"{model} @ {'x'.join(map(str, graph.input_shape))}: {len(graph.groups)} prunable groups")
     for col in ("#", "group", "kind", "channels", "c_in", "kernel", "stride", "input", "FLOPs share", "params"):
         table.add_column(col, justify="left" if col in ("group", "kind") else "right", no_wrap=col == "group")
@@ -183,7 +174,7 @@ def search(
     options = _strategy_options(strategy, option, sampler=sampler, storage=storage, study_name=study, workers=workers)
     settings = dict(
         weights=weights,
-        input_shape=_shape(input_shape),
+        input_shape=shape_option(input_shape),
         table=table,
         force=force,
         strategy=strategy,
@@ -368,7 +359,7 @@ def prune(
         data=data,
         reconstruct=reconstruct,
         seed=seed,
-        input_shape=_shape(input_shape),
+        input_shape=shape_option(input_shape),
     )
     n = sum(p.numel() for p in pruned.parameters())
     console.print(f"pruned {pol.model}: {format_cost('params', n)} params -> {out}" + (f", {onnx}" if onnx else ""))

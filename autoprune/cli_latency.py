@@ -7,14 +7,13 @@ Thin: parse, call :mod:`autoprune.latency_workflows` / :mod:`autoprune.probe_tra
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from autoprune.cli_console import console, err_console, shape_option
 from autoprune.errors import UserError
 
 latency_app = typer.Typer(
@@ -23,8 +22,6 @@ latency_app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Device latency look-up tables: build on the device, validate, show, ship probes.",
 )
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _progress() -> Progress:
@@ -37,12 +34,6 @@ def _progress() -> Progress:
         console=err_console,
         transient=False,
     )
-
-
-def _shape(text: str | None) -> tuple[int, ...] | None:
-    from autoprune.models import parse_input_shape
-
-    return parse_input_shape(text) if text else None
 
 
 def _check_backend(backend: str, device: str, threads: int) -> None:
@@ -84,7 +75,7 @@ def build(
     from autoprune.latency_workflows import build_table
 
     _check_backend(backend, device, threads)
-    shape = _shape(input_shape)
+    shape = shape_option(input_shape)
     with _progress() as progress:
         task = progress.add_task(f"{model} probes", total=None)
         table = build_table(
@@ -338,7 +329,7 @@ def probes(
     from autoprune.probe_transfer import export_probes
 
     n = export_probes(
-        model, _shape(input_shape), out, threads=threads, grid=grid, block=block, align=align, weights=weights
+        model, shape_option(input_shape), out, threads=threads, grid=grid, block=block, align=align, weights=weights
     )
     console.print(
         f"{n['probes']} probe models + {n['networks']} calibration networks -> {out}\n"
