@@ -230,8 +230,9 @@ def build_model(
     if weights is None and use_default_weights and spec.default_weights is not None:
         if not spec.default_weights.is_file():
             raise UserError(
-                f"the demo checkpoint {spec.default_weights} is missing: run `autoprune train --model {name}` "
-                "or reinstall autoprune"
+                f"the checkpoint of {name} ({spec.default_weights}) is missing: train it with `autoprune train "
+                f"--model {name} --data fashion-mnist --out {spec.default_weights}` (benchmarks/README.md has the "
+                "command it was trained with), or pass --weights"
             )
         weights = spec.default_weights
     if weights is not None:
