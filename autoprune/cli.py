@@ -137,8 +137,8 @@ def search(
     min_keep: float = typer.Option(0.1, help="smallest keep ratio of any group"),
     round_to: int | None = typer.Option(
         None,
-        help="kept channels rounded to a multiple of this (default: the latency table's channel block for a "
-        "latency budget, else 1)",
+        help="kept channels rounded to a multiple of this (default: this device's channel block, from its latency "
+        "table, else 8, for every budget: other widths run on slower kernels; 1: any width)",
     ),
     criterion: str = typer.Option("l2", help="channel importance: " + " | ".join(CRITERIA)),
     held_out: int = typer.Option(5000, help="held-out training images each reward is measured on"),

@@ -7,6 +7,8 @@ A model is named by a string so that a policy file can say which model it belong
   projection shortcut where the shape changes (option B) so every residual coupling is visible to the dependency
   graph;
 * ``fmnist-resnet20``: the demo model (ResNet-20, 1x28x28, 10 classes) with its committed checkpoint;
+* ``fmnist-mobilenetv2``: a compact MobileNetV2 (inverted residuals, depthwise convolutions) for 1x28x28, 10
+  classes, with its committed checkpoint: a model where capacity is scarce, so how it is pruned matters;
 * ``package.module:factory``: a user function returning an ``nn.Module``.
 
 Weights come from a state_dict file loaded with ``weights_only=True``; a whole pickled module is unpickled only
@@ -28,6 +30,11 @@ from autoprune.errors import UserError
 
 DEMO_MODEL = "fmnist-resnet20"
 DEMO_CHECKPOINT = Path(__file__).parent / "checkpoints" / "fmnist-resnet20.pt"
+COMPACT_MODEL = "fmnist-mobilenetv2"
+COMPACT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "fmnist-mobilenetv2.pt"
+# MobileNetV2's (expansion t, channels c, blocks n, stride s) rows for a 28x28 input: the stem keeps 28x28 (the
+# ImageNet net halves 224 five times; here two halvings leave 7x7 for the last blocks), and half the ImageNet depth.
+COMPACT_SETTING = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 2, 1], [6, 96, 1, 1]]
 CIFAR_RESNET_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56}
 _INPUT_SHAPE_OVERRIDES = {"inception_v3": (1, 3, 299, 299)}
 
@@ -57,6 +64,21 @@ class BasicBlock(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
+
+
+def compact_mobilenet_v2(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """torchvision's MobileNetV2 with :data:`COMPACT_SETTING`, a stride-1 stem for ``in_channels`` and a 512-wide
+    last layer (ImageNet's 1280 is sized for 1000 classes)."""
+    from torchvision.models import MobileNetV2
+    from torchvision.ops.misc import Conv2dNormActivation
+
+    net = MobileNetV2(num_classes=num_classes, inverted_residual_setting=COMPACT_SETTING, dropout=0.1)
+    net.features[0] = Conv2dNormActivation(in_channels, 32, stride=1, activation_layer=nn.ReLU6)
+    last_in = net.features[-1][0].in_channels
+    net.features[-1] = Conv2dNormActivation(last_in, 512, kernel_size=1, activation_layer=nn.ReLU6)
+    net.classifier[-1] = nn.Linear(512, num_classes)
+    net.last_channel = 512
+    return net
 
 
 class CifarResNet(nn.Module):
@@ -99,6 +121,8 @@ def resolve(name: str, num_classes: int | None = None, in_channels: int | None =
     """Resolve a model name to its spec (no weights are loaded)."""
     if name == DEMO_MODEL:
         return ModelSpec(name, (1, 1, 28, 28), 10, DEMO_CHECKPOINT)
+    if name == COMPACT_MODEL:
+        return ModelSpec(name, (1, in_channels or 1, 28, 28), num_classes or 10, COMPACT_CHECKPOINT)
     if name in CIFAR_RESNET_DEPTHS:
         c = in_channels or 3
         return ModelSpec(name, (1, c, 32, 32), num_classes or 10)
@@ -109,7 +133,7 @@ def resolve(name: str, num_classes: int | None = None, in_channels: int | None =
         return ModelSpec(name, shape, num_classes or 1000)
     raise UserError(
         f"unknown model {name!r}: use a torchvision classifier (e.g. resnet18), resnet20/32/44/56, "
-        f"{DEMO_MODEL}, or package.module:factory"
+        f"{DEMO_MODEL}, {COMPACT_MODEL}, or package.module:factory"
     )
 
 
@@ -130,6 +154,8 @@ def _build_architecture(spec: ModelSpec, in_channels: int | None) -> nn.Module:
     name = spec.name
     if name == DEMO_MODEL:
         return CifarResNet(20, num_classes=10, in_channels=1)
+    if name == COMPACT_MODEL:
+        return compact_mobilenet_v2(spec.num_classes, in_channels or 1)
     if name in CIFAR_RESNET_DEPTHS:
         return CifarResNet(CIFAR_RESNET_DEPTHS[name], spec.num_classes, in_channels or 3)
     if ":" in name:
@@ -204,8 +230,9 @@ def build_model(
     if weights is None and use_default_weights and spec.default_weights is not None:
         if not spec.default_weights.is_file():
             raise UserError(
-                f"the demo checkpoint {spec.default_weights} is missing: run `autoprune train --model {name}` "
-                "or reinstall autoprune"
+                f"the checkpoint of {name} ({spec.default_weights}) is missing: train it with `autoprune train "
+                f"--model {name} --data fashion-mnist --out {spec.default_weights}` (benchmarks/README.md has the "
+                "command it was trained with), or pass --weights"
             )
         weights = spec.default_weights
     if weights is not None:

@@ -50,7 +50,7 @@ class RunSpec:
     episodes: int = 300
     seed: int = 0
     min_keep: float = 0.1
-    round_to: int | None = None  # None: the latency table's channel block for a latency budget, else 1
+    round_to: int | None = None  # None: this device's channel block (its table's, else 8), for every budget
     criterion: str = "l2"
     held_out: int | None = 5000
     finetune_epochs: float = 1.0

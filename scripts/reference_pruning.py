@@ -21,9 +21,14 @@ from autoprune.reward import Evaluator
 
 
 def prune_global_magnitude(
-    model: nn.Module, input_shape: tuple[int, ...], ratio: float, ignored: list[nn.Module] | None = None
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    ratio: float,
+    ignored: list[nn.Module] | None = None,
+    round_to: int | None = None,
 ) -> nn.Module:
-    """A copy of ``model`` with Torch-Pruning's global L2 magnitude pruning at channel ratio ``ratio``."""
+    """A copy of ``model`` with Torch-Pruning's global L2 magnitude pruning at channel ratio ``ratio``; ``round_to``
+    keeps channel counts multiples of the device's block, as autoprune's policies are."""
     m = copy.deepcopy(model).eval()
     example = torch.randn(*input_shape)
     names = {id(mod): n for n, mod in model.named_modules()}
@@ -36,6 +41,7 @@ def prune_global_magnitude(
         pruning_ratio=ratio,
         global_pruning=True,
         ignored_layers=ignored_copy,
+        round_to=round_to if round_to and round_to > 1 else None,
     )
     pruner.step()
     return m.eval()
@@ -47,17 +53,18 @@ def global_magnitude_at_flops(
     flops_limit: float,
     ignored: list[nn.Module] | None = None,
     iterations: int = 14,
+    round_to: int | None = None,
 ) -> tuple[nn.Module, float, float]:
     """The largest-FLOPs global-magnitude pruning whose FLOPs meet ``flops_limit``: (model, ratio, flops)."""
     example = torch.randn(*input_shape)
     lo, hi = 0.0, 0.95  # ratio hi meets the limit (checked), lo does not
-    best = prune_global_magnitude(model, input_shape, hi, ignored)
+    best = prune_global_magnitude(model, input_shape, hi, ignored, round_to)
     best_flops = tp.utils.count_ops_and_params(best, example)[0]
     if best_flops > flops_limit:
         raise ValueError("global magnitude pruning cannot reach the FLOPs limit")
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        m = prune_global_magnitude(model, input_shape, mid, ignored)
+        m = prune_global_magnitude(model, input_shape, mid, ignored, round_to)
         flops = tp.utils.count_ops_and_params(m, example)[0]
         if flops <= flops_limit:
             hi, best, best_flops = mid, m, flops

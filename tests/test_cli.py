@@ -35,7 +35,10 @@ def test_uniform_search_then_prune(run_cli, tmp_path):
     policy = json.loads((run / "policy.json").read_text())
     assert policy["search"]["strategy"] == "uniform"
     assert (run / "report.md").is_file() and (run / "history.csv").is_file()
-    assert 0.45 <= policy["metrics"]["flops_share"] <= 0.5
+    assert 0.40 <= policy["metrics"]["flops_share"] <= 0.5
+    # no table of this device for this model: kept channels are whole blocks of 8, so the cut is a speed-up too
+    assert policy["search"]["round_to"] == 8
+    assert all(g["kept"] % 8 == 0 or g["kept"] == g["channels"] for g in policy["groups"])
     assert (run / "pruned.onnx").is_file() and (run / "pruned_state.pt").is_file()
 
     out_pt = tmp_path / "p.pt"

@@ -96,3 +96,20 @@ def test_fashion_mnist_from_idx_files(tmp_path, monkeypatch):
     d = load_data("fashion-mnist")
     assert (len(d.train), len(d.held_out), len(d.test)) == (108, 12, 30)
     assert d.image_shape == (1, 28, 28) and d.num_classes == 10
+
+
+def test_the_compact_model_is_a_mobilenet_v2_for_28x28_that_prunes():
+    """fmnist-mobilenetv2: inverted residuals with depthwise convolutions on a 1x28x28 input; its depthwise couplings
+    are groups of their own kind, and a pruned copy is a smaller dense network that still runs."""
+    from autoprune.layers import analyze
+    from autoprune.prune import ChannelPruner
+
+    net, spec = build_model("fmnist-mobilenetv2", use_default_weights=False)
+    assert spec.input_shape == (1, 1, 28, 28) and net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    graph = analyze(net, spec.input_shape, "fmnist-mobilenetv2")
+    assert any(g.kind == "depthwise" for g in graph.groups)
+    pruner = ChannelPruner(net, spec.input_shape, graph=graph, model_name="fmnist-mobilenetv2")
+    half = [max(1, c // 2) for c in graph.channels]
+    pruned = pruner.apply(half)
+    assert pruned(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in net.parameters())

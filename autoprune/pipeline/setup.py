@@ -13,7 +13,7 @@ import torch.nn as nn
 from autoprune.cost.latency_table import LatencyTable
 from autoprune.cost.model import CostModel
 from autoprune.cost.speed_signature import SignatureCheck
-from autoprune.cost.table_choice import choose_table
+from autoprune.cost.table_choice import channel_block, choose_table
 from autoprune.data import CACHE_DIR, DataBundle, check_compatible, load_data
 from autoprune.errors import UserError
 from autoprune.latency_workflows import build_table
@@ -129,8 +129,12 @@ def prepare(
     elsewhere = table is not None and bool(table.device_differences())
     signature = check_table_speed(table, path, phase) if table is not None and not elsewhere else None
     round_to = spec.round_to
-    if round_to is None:  # a latency budget keeps whole blocks of the table's kernels: other widths run slower
-        round_to = max(1, table.block) if table is not None and "latency" in spec.budget.metrics else 1
+    if round_to is None:  # whole blocks of this device's kernels, so that a cut in FLOPs is also a speed-up
+        round_to = (
+            max(1, table.block)
+            if table is not None
+            else channel_block(spec.model, shape, CACHE_DIR / "latency_tables", threads=spec.threads)
+        )
     problem = Problem(graph, cost, spec.budget, min_keep=spec.min_keep, round_to=round_to)
     pruner = ChannelPruner(
         net, shape, graph=graph, criterion=spec.criterion, data=bundle.train if bundle else None, seed=spec.seed

@@ -1,0 +1,752 @@
+"""The search curve (issue 13): accuracy after the same fine-tune vs budget, per model, strategy and seed.
+
+For each model (``fmnist-resnet20``, the demo ResNet-20; ``fmnist-mobilenetv2``, the compact model), each budget
+(``flops=50%,30%,20%,10%`` and ``latency=70%,50%,35%`` of the unpruned model measured here; a budget below the
+model's floor, the cheapest policy ``--min-keep`` and the channel block allow, is searched at the floor) and each
+seed, every strategy is one cell: ``uniform``, ``reference`` (Torch-Pruning's global magnitude pruning at the same
+FLOPs; at a latency budget at the FLOPs share of the cell's uniform policy), ``ddpg``, ``optuna`` (TPE) and
+``netadapt``. A search cell is one ``autoprune.api.search`` call (``kd=True``, ``measure=True``, the cell's seed for
+the search and the fine-tune); the reference cell prunes with Torch-Pruning and then scores, fine-tunes and measures
+as the search's finish does. Every cell gets the same distilled fine-tune (``--finetune-epochs``).
+
+One row per finished cell is appended to ``--out`` at once; a cell whose (model, budget, strategy, seed,
+finetune_epochs, episodes) already has a row is skipped, so the curve is built across sittings (Ctrl-C loses at
+most the cell in flight; an interrupted search cell resumes from its run directory's journal). Then the plot
+(``--out`` with ``.png``) is drawn and the summary printed: mean ± std over seeds per (model, budget, strategy), each
+strategy minus uniform, and per (model, strategy) the lowest measured latency whose fine-tuned accuracy stays
+within 1 point of the unpruned model's (the axis NetAdapt argues on).
+
+    .venv/bin/python scripts/bench_curve.py                      # the whole curve (resumes what is done)
+    .venv/bin/python scripts/bench_curve.py --models fmnist-resnet20 --budgets flops=50%,30% --seeds 0
+    .venv/bin/python scripts/bench_curve.py --plot-only          # redraw the png, print the summary
+    .venv/bin/python scripts/bench_curve.py --smoke --models fmnist-resnet20 --strategies uniform,reference,ddpg
+
+``--smoke`` is tiny (4 episodes, 200 held-out images, 0.02 fine-tune epochs, seed 0, ``flops=50%``) and writes to
+``/tmp/bench_curve_smoke.csv`` and ``/tmp/bench_curve_smoke_runs/``, never to ``benchmarks/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import datetime as dt
+import math
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark's own modules beside it
+
+from reference_pruning import global_magnitude_at_flops  # noqa: E402
+
+from autoprune import api  # noqa: E402
+from autoprune.budget import parse_budget  # noqa: E402
+from autoprune.cost.measure import measure_interleaved  # noqa: E402
+from autoprune.data import DataBundle, load_data  # noqa: E402
+from autoprune.errors import UserError  # noqa: E402
+from autoprune.evaluate import accuracy  # noqa: E402
+from autoprune.finetune import DEFAULT_FINETUNE_LR, finetune  # noqa: E402
+from autoprune.models import COMPACT_MODEL, DEMO_MODEL, parse_input_shape  # noqa: E402
+from autoprune.pipeline import Setup, prepare  # noqa: E402
+from autoprune.pipeline.finish import evaluate_pruned  # noqa: E402
+from autoprune.policy import Policy  # noqa: E402
+from autoprune.search import SAMPLERS, STRATEGIES, SearchEvent  # noqa: E402
+from autoprune.spec import DEMO_DATA, DEMO_INPUT_SHAPE, RunSpec, load_spec  # noqa: E402
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+FULL = {
+    "models": f"{DEMO_MODEL},{COMPACT_MODEL}",
+    "budgets": "flops=50%,30%,20%,10%,latency=70%,50%,35%",
+    "strategies": "uniform,reference,ddpg,optuna,netadapt",
+    "seeds": "0,1,2",
+    "episodes": 150,
+    "finetune_epochs": 1.0,
+    "held_out": 1000,
+    "out": str(ROOT / "benchmarks" / "search_curve.csv"),
+    "runs": str(ROOT / "runs" / "search_curve"),  # runs/ is gitignored
+}
+SMOKE = FULL | {
+    "budgets": "flops=50%",
+    "seeds": "0",
+    "episodes": 4,
+    "finetune_epochs": 0.02,
+    "held_out": 200,
+    "out": "/tmp/bench_curve_smoke.csv",
+    "runs": "/tmp/bench_curve_smoke_runs",
+}
+KEY = ["model", "budget", "strategy", "seed", "finetune_epochs", "episodes"]  # a cell: its row is never recomputed
+COLUMNS = [
+    *KEY,
+    "budget_searched",  # the budget searched: ``budget``, or the model's floor when ``budget`` is below it
+    "held_out",
+    "input_shape",
+    "flops_share",
+    "params_share",
+    "latency_measured_us",
+    "latency_unpruned_us",  # the unpruned model, measured in the same interleaved rounds
+    "speedup",  # latency_unpruned_us / latency_measured_us
+    "latency_budget_met",  # latency budgets: the pruned model measured within the share of the unpruned one
+    "test_acc_unpruned",
+    "test_acc_before_ft",
+    "test_acc_ft",
+    "held_out_acc",  # before the fine-tune, all 5,000 held-out images
+    "search_seconds",
+    "cell_seconds",
+    "evaluations",
+    "round_to",
+    "threads",
+    "cpu_isa",
+    "run_dir",
+    "note",
+    "date",
+]
+WITHIN_POINTS = 1.0  # the latency axis: fine-tuned accuracy at most this many points under the unpruned model's
+
+
+class FlagError(Exception):
+    """A bad flag or input file: printed as one line."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    models: list[str]
+    budgets: list[str]  # normalised single-metric relative budgets, e.g. "flops=50%"
+    strategies: list[str]  # labels: uniform, reference, ddpg, optuna:tpe, netadapt, ...
+    seeds: list[int]
+    episodes: int
+    finetune_epochs: float
+    held_out: int
+    input_shape: tuple[int, ...]
+    threads: int
+    min_keep: float
+    out: Path
+    runs: Path
+    plot_only: bool
+
+    @property
+    def png(self) -> Path:
+        return self.out.with_suffix(".png")
+
+
+@dataclass
+class ModelContext:
+    """A model's unpruned network and input, prepared once per budget metric (its floor, its latency table)."""
+
+    name: str
+    setups: dict[str, Setup]  # per metric, prepared at ``metric=100%``
+    bundle: DataBundle | None = None  # the data, loaded for the reference cells only
+    searched: dict[str, str] = field(default_factory=dict)  # searched budget -> the requested budget it stands for
+
+    @property
+    def any(self) -> Setup:
+        return next(iter(self.setups.values()))
+
+    def floor_share(self, metric: str) -> float:
+        problem = self.setups[metric].problem
+        return float(problem.cost(problem.floor)[metric] / problem.cost.baseline[metric])
+
+    def data(self) -> DataBundle:
+        if self.bundle is None:
+            self.bundle = load_data(DEMO_DATA, tuple(self.any.shape[1:]))
+        return self.bundle
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Flags
+
+
+def parse_budgets(text: str) -> list[str]:
+    """``flops=50%,30%,latency=70%`` -> ["flops=50%", "flops=30%", "latency=70%"]: a bare share takes the metric
+    before it; only shares of the unpruned model (the curve's x axis)."""
+    budgets: list[str] = []
+    metric = None
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        if "=" in token:
+            metric, _, value = token.partition("=")
+        elif metric is None:
+            raise FlagError(f"--budgets {text!r}: {token!r} needs a metric before it, e.g. flops={token}")
+        else:
+            value = token
+        try:
+            (constraint,) = parse_budget(f"{metric}={value}").constraints
+        except UserError as e:
+            raise FlagError(f"--budgets: {e}") from e
+        if not constraint.relative:
+            raise FlagError(f"--budgets: {constraint.text} is not a share: give shares of the unpruned model (50%)")
+        if constraint.text not in budgets:
+            budgets.append(constraint.text)
+    if not budgets:
+        raise FlagError("--budgets is empty: give e.g. flops=50%,30%,latency=70%")
+    return budgets
+
+
+def parse_strategies(text: str) -> list[str]:
+    """Strategy labels, uniform first and reference second (the reference at a latency budget needs uniform's row)."""
+    labels: list[str] = []
+    for token in (t.strip() for t in text.split(",") if t.strip()):
+        name, _, sampler = token.partition(":")
+        if name == "optuna":
+            sampler = sampler or "tpe"
+            if sampler not in SAMPLERS:
+                raise FlagError(f"--strategies: unknown Optuna sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+            token = f"optuna:{sampler}"
+        elif sampler or (name not in STRATEGIES and name != "reference"):
+            raise FlagError(
+                f"--strategies: unknown {token!r}: use reference, {', '.join(STRATEGIES)}, optuna:<sampler>"
+            )
+        if token not in labels:
+            labels.append(token)
+    if not labels:
+        raise FlagError("--strategies is empty: give e.g. uniform,reference,ddpg")
+    return sorted(labels, key=lambda s: {"uniform": 0, "reference": 1}.get(s, 2))
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", help=f"comma-separated (default {FULL['models']})")
+    ap.add_argument("--budgets", help=f"comma-separated shares (default {FULL['budgets']})".replace("%", "%%"))
+    ap.add_argument("--strategies", help=f"comma-separated (default {FULL['strategies']})")
+    ap.add_argument("--seeds", help="comma-separated (default 0,1,2)")
+    ap.add_argument("--episodes", type=int, help="evaluations per search (default 150; uniform makes 1)")
+    ap.add_argument("--finetune-epochs", type=float, help="the same distilled fine-tune for every cell (default 1)")
+    ap.add_argument("--held-out", type=int, help="held-out images the search's reward scores (default 1000)")
+    ap.add_argument(
+        "--input-shape",
+        default="x".join(map(str, DEMO_INPUT_SHAPE)),
+        help="NxCxHxW, searched and timed (default: the demo's batch of 64)",
+    )
+    ap.add_argument("--threads", type=int, default=2, help="onnxruntime threads for the latency (default 2)")
+    ap.add_argument("--min-keep", type=float, default=0.1, help="the smallest keep ratio of a group (default 0.1)")
+    ap.add_argument("--out", help=f"the CSV appended to (default {FULL['out']}); the plot is beside it (.png)")
+    ap.add_argument("--runs", help=f"where the cells' run directories go (default {FULL['runs']})")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the png and print the summary from --out")
+    ap.add_argument("--smoke", action="store_true", help="tiny settings; CSV and runs under /tmp")
+    a = ap.parse_args(argv)
+    d = SMOKE if a.smoke else FULL
+    pick = {k: getattr(a, k) if getattr(a, k) is not None else d[k] for k in d}
+    try:
+        seeds = [int(s) for s in pick["seeds"].split(",") if s.strip()]
+    except ValueError as e:
+        raise FlagError(f"--seeds {pick['seeds']!r} is not a comma-separated list of integers") from e
+    try:
+        shape = parse_input_shape(a.input_shape)
+    except UserError as e:
+        raise FlagError(f"--input-shape: {e}") from e
+    if not seeds or pick["episodes"] < 1 or pick["held_out"] < 1 or pick["finetune_epochs"] < 0 or a.threads < 1:
+        raise FlagError("--seeds needs a seed; --episodes, --held-out, --threads at least 1; --finetune-epochs >= 0")
+    return Settings(
+        models=[m.strip() for m in pick["models"].split(",") if m.strip()],
+        budgets=parse_budgets(pick["budgets"]),
+        strategies=parse_strategies(pick["strategies"]),
+        seeds=seeds,
+        episodes=pick["episodes"],
+        finetune_epochs=pick["finetune_epochs"],
+        held_out=pick["held_out"],
+        input_shape=shape,
+        threads=a.threads,
+        min_keep=a.min_keep,
+        out=Path(pick["out"]),
+        runs=Path(pick["runs"]),
+        plot_only=a.plot_only,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The CSV
+
+
+def cpu_isa() -> str:
+    """The vector ISA of this CPU (``grep -o 'avx512[a-z]*\\|avx2' /proc/cpuinfo | sort -u``, joined)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    return " ".join(sorted(set(re.findall(r"avx512[a-z]*|avx2", text)))) or "none"
+
+
+def read_rows(out: Path) -> pd.DataFrame:
+    """The CSV's rows (empty with the columns when there is none); one with other columns is refused."""
+    if not out.is_file() or out.stat().st_size == 0:
+        return pd.DataFrame(columns=COLUMNS)
+    with out.open(newline="") as f:
+        header = next(csv.reader(f), [])
+    if header != COLUMNS:
+        raise FlagError(f"{out} has other columns than this script writes: pass another --out")
+    return pd.read_csv(out)
+
+
+def cell_key(model: str, budget: str, strategy: str, seed: int, ft: float, episodes: int) -> tuple:
+    return (model, budget, strategy, int(seed), float(ft), int(episodes))
+
+
+def done_keys(out: Path) -> set[tuple]:
+    return {cell_key(*r) for r in read_rows(out)[KEY].itertuples(index=False)}
+
+
+def append_row(out: Path, row: dict) -> None:
+    """One finished cell, appended at once (a fixed header: parallel sittings never overwrite each other's rows)."""
+    new = not out.is_file() or out.stat().st_size == 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="raise")
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Cells
+
+
+def phase_printer(label: str) -> Callable[[str], None]:
+    return lambda text: console.print(f"    [dim]{label}: {text}[/dim]", highlight=False, soft_wrap=True)
+
+
+def prepare_model(name: str, s: Settings) -> ModelContext | None:
+    """The model at ``metric=100%`` for each metric of the budgets (the latency table is chosen or built here,
+    once); None, said in one line, when the model cannot be built (e.g. its checkpoint is not trained yet)."""
+    setups: dict[str, Setup] = {}
+    for metric in dict.fromkeys(b.partition("=")[0] for b in s.budgets):
+        spec = RunSpec.create(
+            f"{metric}=100%",
+            name,
+            None,
+            strategy="uniform",
+            input_shape=s.input_shape,
+            threads=s.threads,
+            min_keep=s.min_keep,
+        )
+        try:
+            setups[metric] = prepare(spec, on_phase=phase_printer(name), on_table_progress=None)
+        except UserError as e:
+            console.print(f"[yellow]skipping model {name}: {e}[/yellow]", highlight=False, soft_wrap=True)
+            return None
+    return ModelContext(name, setups)
+
+
+def searched_budget(ctx: ModelContext, budget: str) -> tuple[str, str] | None:
+    """The budget to search for ``budget`` (itself, or the model's floor when it is below it) and a note; None when
+    that floor was searched already for another budget."""
+    metric, _, value = budget.partition("=")
+    share, floor = float(value.rstrip("%")) / 100, ctx.floor_share(metric)
+    searched, note = budget, ""
+    if share < floor:
+        searched = f"{metric}={math.ceil(floor * 1000) / 10:g}%"  # the floor, rounded up to a tenth of a percent
+        round_to = ctx.setups[metric].problem.round_to
+        note = f"{budget} is below the floor ({floor:.2%}, round-to {round_to}): searched at {searched}"
+    if searched in ctx.searched and ctx.searched[searched] != budget:
+        console.print(f"  {ctx.name} {budget}: the floor {searched} is searched already as {ctx.searched[searched]}")
+        return None
+    ctx.searched[searched] = budget
+    return searched, note
+
+
+def run_dir_for(s: Settings, model: str, budget: str, strategy: str, seed: int, episodes: int) -> Path:
+    safe = budget.replace("=", "-").replace("%", "pct")
+    return s.runs / model / safe / f"{strategy.replace(':', '-')}-e{episodes}-ft{s.finetune_epochs:g}-s{seed}"
+
+
+def finished_policy(run_dir: Path) -> Policy | None:
+    """The policy of a run directory whose search finished (an interrupted one's policy has no test accuracy)."""
+    path = run_dir / "policy.json"
+    if not path.is_file():
+        return None
+    policy = Policy.load(path)
+    done = "test_accuracy" in policy.metrics and not policy.search.get("interrupted")
+    return policy if done and "latency_measured_us" in policy.metrics else None
+
+
+def same_search(run_dir: Path, spec: RunSpec) -> bool:
+    """Whether ``run_dir`` holds (or held, interrupted) this very search; False when it holds none."""
+    if not (run_dir / "args.json").is_file():
+        return False
+    old = {k: v for k, v in load_spec(run_dir).to_json().items() if k != "table"}
+    if old != {k: v for k, v in spec.to_json().items() if k != "table"}:
+        raise FlagError(f"{run_dir} holds a search with other settings: remove it or pass another --runs")
+    return True
+
+
+def search_cell(ctx: ModelContext, s: Settings, budget: str, searched: str, strategy: str, seed: int) -> dict:
+    """One ``api.search`` cell: search, prune, score, the distilled fine-tune, measure; its CSV row."""
+    name, _, sampler = strategy.partition(":")
+    episodes = 1 if name == "uniform" else s.episodes
+    settings = dict(
+        strategy=name,
+        options={"sampler": sampler} if sampler else {},
+        episodes=episodes,
+        seed=seed,
+        held_out=s.held_out,
+        finetune_epochs=s.finetune_epochs,
+        kd=True,
+        measure=True,
+        threads=s.threads,
+        input_shape=s.input_shape,
+        min_keep=s.min_keep,
+    )
+    run_dir = run_dir_for(s, ctx.name, budget, strategy, seed, episodes)
+    resume = same_search(run_dir, RunSpec.create(searched, ctx.name, DEMO_DATA, **settings))
+    started = time.perf_counter()
+    policy = finished_policy(run_dir) if resume else None
+    note = "read from its finished run directory" if policy is not None else ""
+    if policy is None:
+        label = f"{strategy} s{seed}"
+        outcome = api.search(
+            ctx.name,
+            DEMO_DATA,
+            searched,
+            out=run_dir,
+            resume=resume,
+            callback=progress_printer(label, episodes),
+            on_phase=phase_printer(label),
+            **settings,
+        )
+        policy = outcome.policy
+    m, search = policy.metrics, policy.search
+    checks = m.get("latency_checks")
+    return {
+        "episodes": episodes,
+        "flops_share": m["flops_share"],
+        "params_share": m["params_share"],
+        "latency_measured_us": m["latency_measured_us"],
+        "latency_unpruned_us": m["unpruned"]["latency_measured_us"],
+        "latency_budget_met": checks[-1]["met"] if checks else "",
+        "test_acc_unpruned": m["unpruned"]["test_accuracy"],
+        "test_acc_before_ft": m["test_accuracy_before_finetune"],
+        "test_acc_ft": m["test_accuracy"],
+        "held_out_acc": m["held_out_accuracy"],
+        "search_seconds": search["search_seconds"],
+        "cell_seconds": time.perf_counter() - started,
+        "evaluations": search["evaluations"],
+        "round_to": search["round_to"],
+        "run_dir": str(run_dir),
+        "note": note,
+    }
+
+
+def progress_printer(label: str, episodes: int) -> Callable[[SearchEvent], None]:
+    every = max(1, episodes // 10)
+
+    def show(ev: SearchEvent) -> None:
+        if ev.evaluation % every == 0 or ev.evaluation == ev.episodes:
+            best = "-" if ev.best_reward is None else f"{ev.best_reward:.4f}"
+            console.print(
+                f"    {label}: {ev.evaluation}/{ev.episodes} best {best} t={ev.seconds:.0f}s", highlight=False
+            )
+
+    return show
+
+
+def classifier(net: nn.Module) -> list[nn.Module]:
+    """The last linear layer, left whole as autoprune leaves it."""
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    return linears[-1:]
+
+
+def reference_target(ctx: ModelContext, s: Settings, budget: str, searched: str, seed: int) -> tuple[float, str]:
+    """The FLOPs share the reference prunes to: the budget's at a FLOPs budget; at a latency (or params) budget
+    the share of the uniform policy of the same cell group (its row in --out)."""
+    metric, _, value = searched.partition("=")
+    if metric == "flops":
+        return float(value.rstrip("%")) / 100, ""
+    rows = read_rows(s.out)
+    rows = rows[(rows["model"] == ctx.name) & (rows["budget"] == budget) & (rows["strategy"] == "uniform")]
+    rows = rows[np.isclose(rows["finetune_epochs"].astype(float), s.finetune_epochs)]
+    if rows.empty:
+        raise FlagError(f"{ctx.name} {budget}: the reference needs the uniform row first: add uniform to --strategies")
+    same = rows[rows["seed"].astype(int) == seed]
+    share = float((same if not same.empty else rows)["flops_share"].iloc[-1])
+    return share, f"flops target = uniform's flops_share {share:.4f} at {searched}"
+
+
+def reference_cell(ctx: ModelContext, s: Settings, budget: str, searched: str, strategy: str, seed: int) -> dict:
+    """Torch-Pruning's global magnitude pruning at a FLOPs share, then the search's scoring, distilled fine-tune
+    (same lr, seed, epochs) and interleaved measurement."""
+    share, note = reference_target(ctx, s, budget, searched, seed)
+    setup, data = ctx.any, ctx.data()
+    net, shape = setup.net, setup.shape
+    one = (1, *shape[1:])
+    started = time.perf_counter()
+    base_flops, base_params = tp.utils.count_ops_and_params(net, torch.randn(*one))
+    round_to = ctx.any.problem.round_to  # the device's channel block, as the searched policies use
+    pruned, _, flops = global_magnitude_at_flops(
+        net, one, share * base_flops, ignored=classifier(net), round_to=round_to
+    )
+    search_seconds = time.perf_counter() - started
+    params = tp.utils.count_ops_and_params(pruned, torch.randn(*one))[1]
+    before = evaluate_pruned(pruned, data, seed=seed)
+    if s.finetune_epochs > 0:
+        finetune(pruned, data, epochs=s.finetune_epochs, lr=DEFAULT_FINETUNE_LR, teacher=net, seed=seed)
+    table = ctx.setups["latency"].table if searched.startswith("latency") else None
+    backend, threads = (table.backend, table.threads) if table is not None else ("onnxruntime", s.threads)
+    with table.measuring() if table is not None else contextlib.nullcontext():
+        unpruned_t, pruned_t = measure_interleaved([net, pruned], shape, backend, threads, 10, 100, 3)
+    met = ""
+    if searched.startswith("latency"):
+        met = pruned_t.median_us <= float(searched.partition("=")[2].rstrip("%")) / 100 * unpruned_t.median_us
+    return {
+        "episodes": 0,
+        "flops_share": flops / base_flops,
+        "params_share": params / base_params,
+        "latency_measured_us": pruned_t.median_us,
+        "latency_unpruned_us": unpruned_t.median_us,
+        "latency_budget_met": met,
+        "test_acc_unpruned": accuracy(net, data.test),
+        "test_acc_before_ft": before["test_accuracy"],
+        "test_acc_ft": accuracy(pruned, data.test),
+        "held_out_acc": before["held_out_accuracy"],
+        "search_seconds": search_seconds,
+        "cell_seconds": time.perf_counter() - started,
+        "evaluations": 0,
+        "round_to": round_to,
+        "run_dir": "",
+        "note": note,
+    }
+
+
+def run_cells(s: Settings) -> None:
+    """Every missing cell, in order model > budget > strategy > seed; a row appended as each finishes."""
+    done, isa = done_keys(s.out), cpu_isa()
+    for model in s.models:
+        ctx = prepare_model(model, s)
+        if ctx is None:
+            continue
+        for budget in s.budgets:
+            target = searched_budget(ctx, budget)
+            if target is None:
+                continue
+            for strategy in s.strategies:
+                episodes = {"uniform": 1, "reference": 0}.get(strategy, s.episodes)
+                for seed in s.seeds:
+                    key = cell_key(model, budget, strategy, seed, s.finetune_epochs, episodes)
+                    if key in done:
+                        console.print(f"  [dim]skip (in {s.out}): {model} {budget} {strategy} seed {seed}[/dim]")
+                        continue
+                    append_row(s.out, run_cell(ctx, s, budget, target, strategy, seed, isa))
+                    done.add(key)
+
+
+def run_cell(
+    ctx: ModelContext, s: Settings, budget: str, target: tuple[str, str], strategy: str, seed: int, isa: str
+) -> dict:
+    """One cell's CSV row."""
+    searched, floor_note = target
+    console.print(
+        f"[bold]cell[/bold] {ctx.name} {budget} {strategy} seed {seed}"
+        + (f" (at {searched})" if searched != budget else "")
+    )
+    cell = reference_cell if strategy == "reference" else search_cell
+    row = cell(ctx, s, budget, searched, strategy, seed)
+    row.update(
+        model=ctx.name,
+        budget=budget,
+        budget_searched=searched,
+        strategy=strategy,
+        seed=seed,
+        finetune_epochs=s.finetune_epochs,
+        held_out=s.held_out if strategy not in ("uniform", "reference") else "",
+        input_shape="x".join(map(str, s.input_shape)),
+        speedup=row["latency_unpruned_us"] / row["latency_measured_us"],
+        threads=s.threads,
+        cpu_isa=isa,
+        note="; ".join(n for n in (floor_note, row["note"]) if n),
+        date=dt.datetime.now().isoformat(timespec="seconds"),
+    )
+    console.print(f"  done: {describe(row)}", highlight=False)
+    return row
+
+
+def describe(row: dict) -> str:
+    return (
+        f"flops {row['flops_share']:.1%}, {row['latency_measured_us'] / 1000:.2f} ms (x{row['speedup']:.2f}), "
+        f"test {row['test_acc_before_ft']:.2%} -> {row['test_acc_ft']:.2%} (unpruned {row['test_acc_unpruned']:.2%}), "
+        f"search {row['search_seconds']:.0f}s, cell {row['cell_seconds']:.0f}s"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Summary and plot
+
+
+def cell_means(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, budget, strategy): mean and std over seeds (accuracies in points), one fine-tune length only."""
+    df = df[df["test_acc_ft"].notna()].copy()
+    fts = sorted(df["finetune_epochs"].unique())
+    if len(fts) > 1:
+        console.print(f"[yellow]--out mixes fine-tunes {fts}: the summary shows {fts[-1]} epoch(s) only[/yellow]")
+        df = df[df["finetune_epochs"] == fts[-1]]
+    counts = df.groupby(["model", "strategy"])["episodes"].transform("nunique")
+    df["strategy"] = np.where(counts > 1, df["strategy"] + " (" + df["episodes"].astype(str) + " ep)", df["strategy"])
+    for c in ("test_acc_ft", "test_acc_before_ft", "test_acc_unpruned"):
+        df[c] = 100 * df[c]
+    df["metric"] = df["budget_searched"].str.partition("=")[0]
+    df["share"] = df["budget_searched"].str.partition("=")[2].str.rstrip("%").astype(float)
+    keys = ["model", "metric", "share", "budget", "strategy"]
+    g = df.groupby(keys, sort=True)
+    out = g.agg(
+        n=("seed", "nunique"),
+        acc=("test_acc_ft", "mean"),
+        acc_std=("test_acc_ft", "std"),
+        before=("test_acc_before_ft", "mean"),
+        unpruned=("test_acc_unpruned", "mean"),
+        flops=("flops_share", "mean"),
+        latency_us=("latency_measured_us", "mean"),
+        speedup=("speedup", "mean"),
+        search_s=("search_seconds", "mean"),
+        isa=("cpu_isa", lambda x: ",".join(sorted(set(map(str, x))))),
+    )
+    return out.reset_index().fillna({"acc_std": 0.0})
+
+
+def print_summary(means: pd.DataFrame) -> None:
+    t = Table(title="test accuracy after the fine-tune, mean ± std over seeds (points)")
+    for c in ("model", "budget", "strategy", "n", "flops", "latency", "speedup", "before FT", "after FT", "− uniform"):
+        t.add_column(c, justify="left" if c in ("model", "budget", "strategy") else "right")
+    for _, r in means.iterrows():
+        uni = means[
+            (means["model"] == r["model"]) & (means["budget"] == r["budget"]) & (means["strategy"] == "uniform")
+        ]
+        diff = ""
+        if r["strategy"] != "uniform" and not uni.empty:
+            u = uni.iloc[0]
+            se = math.hypot(r["acc_std"] / math.sqrt(r["n"]), u["acc_std"] / math.sqrt(u["n"]))
+            diff = f"{r['acc'] - u['acc']:+.2f} ± {se:.2f}"
+        t.add_row(
+            r["model"],
+            r["budget"],
+            r["strategy"],
+            str(r["n"]),
+            f"{100 * r['flops']:.1f}%",
+            f"{r['latency_us'] / 1000:.2f} ms",
+            f"x{r['speedup']:.2f}",
+            f"{r['before']:.2f}",
+            f"{r['acc']:.2f} ± {r['acc_std']:.2f}",
+            diff,
+        )
+    console.print(t)
+    print_latency_axis(means)
+
+
+def print_latency_axis(means: pd.DataFrame) -> None:
+    """Per (model, strategy): the lowest measured latency whose mean fine-tuned accuracy is within 1 point."""
+    t = Table(
+        title=f"lowest measured latency within {WITHIN_POINTS:g} point of unpruned (cell means over seeds; ranked by "
+        "the speedup over the unpruned model timed in the same rounds, which a busy machine's drift cancels out of)"
+    )
+    for c in ("model", "strategy", "budget", "latency", "speedup", "after FT", "unpruned", "CPU ISA"):
+        t.add_column(c, justify="left" if c in ("model", "strategy", "budget", "CPU ISA") else "right")
+    for (model, strategy), g in means.groupby(["model", "strategy"], sort=True):
+        ok = g[g["acc"] >= g["unpruned"] - WITHIN_POINTS]
+        if ok.empty:
+            t.add_row(
+                model, strategy, "none within", "", "", f"best {g['acc'].max():.2f}", f"{g['unpruned'].mean():.2f}"
+            )
+            continue
+        r = ok.loc[ok["speedup"].idxmax()]
+        t.add_row(
+            model,
+            strategy,
+            r["budget"],
+            f"{r['latency_us'] / 1000:.2f} ms",
+            f"x{r['speedup']:.2f}",
+            f"{r['acc']:.2f}",
+            f"{r['unpruned']:.2f}",
+            r["isa"],
+        )
+    console.print(t)
+
+
+def plot(means: pd.DataFrame, png: Path) -> None:
+    """One row of panels per model, one panel per budget metric: accuracy after fine-tuning vs budget share."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted(dict.fromkeys(means["model"]), key=lambda m: (m != DEMO_MODEL, m != COMPACT_MODEL, m))
+    metrics = sorted(dict.fromkeys(means["metric"]), key=lambda m: (m != "flops", m))
+    strategies = sorted(dict.fromkeys(means["strategy"]), key=lambda x: {"uniform": 0, "reference": 1}.get(x, 2))
+    fig, axes = plt.subplots(
+        len(models), len(metrics), figsize=(6 * len(metrics), 4 * len(models)), squeeze=False, sharey="row"
+    )
+    for i, model in enumerate(models):
+        for j, metric in enumerate(metrics):
+            ax, sub = axes[i][j], means[(means["model"] == model) & (means["metric"] == metric)]
+            for k, strategy in enumerate(strategies):
+                r = sub[sub["strategy"] == strategy].sort_values("share")
+                if r.empty:
+                    continue
+                dx = (k - (len(strategies) - 1) / 2) * 0.3  # side by side, so the error bars do not hide each other
+                ax.errorbar(r["share"] + dx, r["acc"], yerr=r["acc_std"], marker="o", capsize=3, label=strategy)
+            if not sub.empty:
+                unpruned = sub["unpruned"].mean()
+                ax.axhline(unpruned, color="black", linestyle="--", linewidth=1, label=f"unpruned {unpruned:.2f}")
+                ax.axhline(unpruned - WITHIN_POINTS, color="grey", linestyle=":", linewidth=1, label="unpruned − 1")
+            ax.set_title(f"{model}, {metric} budgets")
+            ax.set_xlabel(
+                f"{metric} budget (% of the unpruned model{', measured here' if metric == 'latency' else ''})"
+            )
+            ax.set_ylabel("test accuracy after fine-tune (%)")
+            ax.set_xticks(sorted(sub["share"].unique()))
+            ax.set_xlim(sub["share"].max() + 3, sub["share"].min() - 3)  # tighter budgets to the right
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    isa = ",".join(sorted(set(",".join(means["isa"]).split(","))))
+    fig.suptitle(f"search curve: mean ± std over seeds (CPU ISA {isa})")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    console.print(f"wrote {png}")
+
+
+def report(s: Settings) -> None:
+    """The summary tables and the plot, from every row of --out."""
+    if not s.out.is_file() and s.plot_only:
+        raise FlagError(f"{s.out} does not exist: run the curve first (or pass --out)")
+    if not s.out.is_file():
+        console.print(f"no cell has finished: {s.out} was not written")
+        return
+    means = cell_means(read_rows(s.out))
+    if means.empty:
+        console.print(f"{s.out} has no finished cell yet")
+        return
+    print_summary(means)
+    plot(means, s.png)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        s = parse_args(argv)
+        if not s.plot_only:
+            run_cells(s)
+        report(s)
+    except (FlagError, UserError) as e:
+        print(f"bench_curve: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "bench_curve: interrupted; the finished cells are in --out: run the same command to resume", file=sys.stderr
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
