@@ -28,7 +28,6 @@ within 1 point of the unpruned model's (the axis NetAdapt argues on).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import datetime as dt
 import math
@@ -55,7 +54,6 @@ from reference_pruning import global_magnitude_at_flops  # noqa: E402
 
 from autoprune import api  # noqa: E402
 from autoprune.budget import parse_budget  # noqa: E402
-from autoprune.cost.measure import measure_interleaved  # noqa: E402
 from autoprune.data import DataBundle, load_data  # noqa: E402
 from autoprune.errors import UserError  # noqa: E402
 from autoprune.evaluate import accuracy  # noqa: E402
@@ -63,6 +61,7 @@ from autoprune.finetune import DEFAULT_FINETUNE_LR, finetune  # noqa: E402
 from autoprune.models import COMPACT_MODEL, DEMO_MODEL, parse_input_shape  # noqa: E402
 from autoprune.pipeline import Setup, prepare  # noqa: E402
 from autoprune.pipeline.finish import evaluate_pruned  # noqa: E402
+from autoprune.pipeline.verify import time_pair  # noqa: E402
 from autoprune.policy import Policy  # noqa: E402
 from autoprune.search import SAMPLERS, STRATEGIES, SearchEvent  # noqa: E402
 from autoprune.spec import DEMO_DATA, DEMO_INPUT_SHAPE, RunSpec, load_spec  # noqa: E402
@@ -494,9 +493,7 @@ def reference_cell(ctx: ModelContext, s: Settings, budget: str, searched: str, s
     if s.finetune_epochs > 0:
         finetune(pruned, data, epochs=s.finetune_epochs, lr=DEFAULT_FINETUNE_LR, teacher=net, seed=seed)
     table = ctx.setups["latency"].table if searched.startswith("latency") else None
-    backend, threads = (table.backend, table.threads) if table is not None else ("onnxruntime", s.threads)
-    with table.measuring() if table is not None else contextlib.nullcontext():
-        unpruned_t, pruned_t = measure_interleaved([net, pruned], shape, backend, threads, 10, 100, 3)
+    unpruned_t, pruned_t = time_pair(net, pruned, shape, table, s.threads)
     met = ""
     if searched.startswith("latency"):
         met = pruned_t.median_us <= float(searched.partition("=")[2].rstrip("%")) / 100 * unpruned_t.median_us

@@ -209,19 +209,24 @@ def test_a_latency_budget_not_met_when_measured_exits_3(measured_ms, code, capsy
     assert ("NOT met" in out) == (code is not None) and ("exit 3" in err) == (code is not None)
 
 
+UNIFORM_SEARCH = (
+    "search",
+    "--model",
+    "resnet20",
+    "--input-shape",
+    "1x3x16x16",
+    "--budget",
+    "flops=50%",
+    "--strategy",
+    "uniform",
+)
+
+
 @pytest.fixture
 def uniform_run(run_cli, tmp_path):
     run = tmp_path / "run"
     code, _, err = run_cli(
-        "search",
-        "--model",
-        "resnet20",
-        "--input-shape",
-        "1x3x16x16",
-        "--budget",
-        "flops=50%",
-        "--strategy",
-        "uniform",
+        *UNIFORM_SEARCH,
         "--no-measure",
         "--out",
         run,
@@ -263,15 +268,7 @@ def test_search_out_naming_a_file_is_one_line(run_cli, tmp_path):
     f.write_text("mine")
     line = one_line_error(
         *run_cli(
-            "search",
-            "--model",
-            "resnet20",
-            "--input-shape",
-            "1x3x16x16",
-            "--budget",
-            "flops=50%",
-            "--strategy",
-            "uniform",
+            *UNIFORM_SEARCH,
             "--out",
             f,
         )[::2]

@@ -3,7 +3,6 @@ scored, fine-tuned, measured end to end and written down as a :class:`~autoprune
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 
@@ -12,13 +11,13 @@ import torch
 import torch.nn as nn
 import torch_pruning
 
-from autoprune.cost.measure import Timing, measure_interleaved
+from autoprune.cost.measure import Timing
 from autoprune.data import DataBundle
 from autoprune.evaluate import accuracy, recalibrate_bn
 from autoprune.finetune import DEFAULT_FINETUNE_LR, finetune
 from autoprune.pipeline.run_dir import PolicyOutcome, cost_metrics
 from autoprune.pipeline.setup import Setup
-from autoprune.pipeline.verify import meet_measured_latency
+from autoprune.pipeline.verify import meet_measured_latency, time_pair
 from autoprune.policy import Policy
 from autoprune.search import SearchResult, uniform_kept
 from autoprune.version import __version__
@@ -94,10 +93,7 @@ def _measure(
     table = setup.table
     if timings is None:
         phase("measuring end-to-end latency")
-        backend, threads = (table.backend, table.threads) if table is not None else ("onnxruntime", setup.spec.threads)
-        # interleaved rounds (median of 100 runs in each of 3), so a slow spell of the machine hits both models
-        with table.measuring() if table is not None else contextlib.nullcontext():
-            timings = measure_interleaved([setup.net, pruned], setup.shape, backend, threads, 10, 100, 3)
+        timings = time_pair(setup.net, pruned, setup.shape, table, setup.spec.threads)
     unpruned["latency_measured_us"], metrics["latency_measured_us"] = (t.median_us for t in timings)
     if setup.elsewhere:  # timed here; the budget is the table's device's
         metrics["latency_measured_elsewhere"] = True
