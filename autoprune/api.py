@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from autoprune import atomic
 from autoprune.budget import Budget
+from autoprune.compute import resolve_for_processes
 from autoprune.cost.model import CostModel
 from autoprune.data import DataBundle, check_compatible, load_data
 from autoprune.errors import UserError
@@ -16,12 +17,20 @@ from autoprune.evaluate import accuracy
 from autoprune.layers import LayerGraph, analyze
 from autoprune.models import (
     build_model,
+    input_normalisation,
     require_trusted_factory,
     resolve,
 )
 from autoprune.pipeline import RunOutcome, run
 from autoprune.pipeline.finish import evaluate_pruned, versions
-from autoprune.pipeline.policy_jobs import apply_policy, export_policy, finetune_policy, load_pruned, prune_with_policy
+from autoprune.pipeline.policy_jobs import (
+    apply_policy,
+    checkpoint_path,
+    export_policy,
+    finetune_policy,
+    load_pruned,
+    prune_with_policy,
+)
 from autoprune.pipeline.run_dir import PolicyOutcome, save_outcome
 from autoprune.pipeline.setup import load_model
 from autoprune.search.optuna_study import study_args
@@ -43,10 +52,20 @@ def train_model(
     num_classes: int | None = None,
     seed: int = 0,
     on_step: Callable[[int, int, float, int, int], None] | None = None,
+    device: str = "auto",
+    amp: str = "auto",
+    loader_workers: int | None = None,
+    resume: bool = False,
 ) -> dict:
-    """Train ``model`` on ``data`` and save ``{"state_dict", "meta"}`` to ``out`` (loadable with weights_only)."""
+    """Train ``model`` on ``data`` and save ``{"state_dict", "meta"}`` to ``out`` (loadable with weights_only).
+
+    The whole state is saved after every epoch to ``OUT.checkpoint.pt``; ``resume`` continues from it. Started by
+    torchrun, each process trains on its shard with DDP and rank 0 writes (the others return ``{}``)."""
+    compute, world = resolve_for_processes(device, amp, loader_workers)
     spec = resolve(model, num_classes)
-    bundle = load_data(data, spec.input_shape[1:], num_classes=spec.num_classes, seed=seed)
+    stats = input_normalisation(model)
+    bundle = load_data(data, spec.input_shape[1:], num_classes=spec.num_classes, seed=seed, stats=stats)
+    bundle = bundle.to(compute.device, loader_workers=compute.loader_workers)
     net, spec = build_model(
         model,
         weights,
@@ -62,14 +81,19 @@ def train_model(
         if on_step is not None:
             on_step(step, total, loss, (step - 1) // steps_per_epoch + 1, n_epochs)
 
-    log = train(
-        net,
-        bundle.train,
-        TrainConfig(
-            epochs=epochs, lr=lr, batch_size=batch_size, schedule=schedule, weight_decay=weight_decay, seed=seed
-        ),
-        on_step=step_cb,
+    config = TrainConfig(
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        schedule=schedule,
+        weight_decay=weight_decay,
+        seed=seed,
+        checkpoint=checkpoint_path(out),
+        resume=resume,
     )
+    log = train(net, bundle.train, config, on_step=step_cb, compute=compute, world=world)
+    if not world.main:
+        return {}
     result = {
         "model": model,
         "data": data,
@@ -77,9 +101,12 @@ def train_model(
         "lr": lr,
         "schedule": schedule,
         "seed": seed,
-        "test_accuracy": accuracy(net, bundle.test),
-        "held_out_accuracy": accuracy(net, bundle.held_out),
+        "test_accuracy": accuracy(net, bundle.test, compute=compute),
+        "held_out_accuracy": accuracy(net, bundle.held_out, compute=compute),
         "seconds": log.seconds,
+        "images_per_second": log.images_per_second,
+        "nproc": world.size,
+        "compute": compute.describe(),
     }
     atomic.torch_save({"state_dict": net.state_dict(), "meta": result}, out)
     return result

@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from autoprune.cli_console import console, err_console, shape_option
+from autoprune.cli_console import RANK0, console, err_console, shape_option
 from autoprune.errors import UserError
 from autoprune.prune import CRITERIA
 from autoprune.reward import DEFAULT_REWARD, REWARDS
@@ -26,6 +26,54 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Find how much to prune each layer of a CNN under a FLOPs, params or latency budget, then prune it.",
 )
+
+
+def device_option():
+    return typer.Option(
+        "auto", help="where the passes over data run: auto (a CUDA GPU when PyTorch sees one) | cpu | cuda | cuda:N"
+    )
+
+
+def amp_option():
+    return typer.Option(
+        "auto", help="mixed precision: auto (bf16 on a GPU with it, else fp16; off on the CPU) | bf16 | fp16 | off"
+    )
+
+
+def loader_workers_option():
+    return typer.Option(
+        None, help="image-decoding processes for imagefolder data (default: 0 on the CPU, up to 8 on a GPU)"
+    )
+
+
+def nproc_option(what: str):
+    return typer.Option(
+        1,
+        help=f"{what} in N processes with torch.distributed (DDP; gloo on CPUs, NCCL on GPUs), as "
+        "torchrun --nproc-per-node N -m autoprune ...",
+    )
+
+
+def _relaunch_if_asked(nproc: int) -> None:
+    """``--nproc N``: run this very command as N torchrun processes and exit with their code."""
+    if nproc != 1:
+        from autoprune.distributed import relaunch, without_flag
+
+        raise typer.Exit(relaunch(nproc, without_flag(sys.argv[1:], "--nproc")))
+
+
+class _Throughput:
+    """images/s for a progress line: the steps done in this run times the batch, over the seconds since the first."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size, self.first, self.t0 = batch_size, None, time.perf_counter()
+
+    def __call__(self, step: int) -> str:
+        if self.first is None:
+            self.first, self.t0 = step, time.perf_counter()
+            return ""
+        seconds = time.perf_counter() - self.t0
+        return f" {(step - self.first) * self.batch_size / seconds:,.0f} img/s" if seconds > 0 else ""
 
 
 @app.command()
@@ -41,21 +89,31 @@ def train(
     weights: Path | None = typer.Option(None, help="start from these weights (a state_dict)"),
     num_classes: int | None = typer.Option(None, help="classifier outputs (defaults to the dataset's classes)"),
     seed: int = typer.Option(0),
+    device: str = device_option(),
+    amp: str = amp_option(),
+    loader_workers: int | None = loader_workers_option(),
+    nproc: int = nproc_option("train"),
+    resume: bool = typer.Option(False, help="continue from OUT.checkpoint.pt (saved after every epoch)"),
 ) -> None:
     """Train a model from scratch (or from --weights); used to make the demo checkpoint."""
     import torch
 
     from autoprune.api import train_model
 
+    _relaunch_if_asked(nproc)
     torch.manual_seed(seed)
     last_epoch = [0]
+    speed = _Throughput(batch_size)
     with _progress() as progress:
         task = progress.add_task("train", total=None)
 
         def on_epoch_step(step: int, total: int, loss: float, epoch: int, n_epochs: int) -> None:
-            progress.update(task, completed=step, total=total, description=f"epoch {epoch}/{n_epochs} loss {loss:.3f}")
-            if epoch != last_epoch[0] and progress.disable:  # one line per epoch in logs
-                err_console.print(f"epoch {epoch}/{n_epochs} step {step}/{total} loss {loss:.3f}")
+            rate = speed(step)
+            progress.update(
+                task, completed=step, total=total, description=f"epoch {epoch}/{n_epochs} loss {loss:.3f}{rate}"
+            )
+            if epoch != last_epoch[0] and progress.disable and RANK0:  # one line per epoch in logs
+                err_console.print(f"epoch {epoch}/{n_epochs} step {step}/{total} loss {loss:.3f}{rate}")
                 last_epoch[0] = epoch
 
         result = train_model(
@@ -71,10 +129,17 @@ def train(
             num_classes=num_classes,
             seed=seed,
             on_step=on_epoch_step,
+            device=device,
+            amp=amp,
+            loader_workers=loader_workers,
+            resume=resume,
         )
+    if not result:  # a torchrun rank other than 0
+        return
     console.print(
         f"test accuracy {result['test_accuracy']:.2%}  held-out {result['held_out_accuracy']:.2%}  "
-        f"({result['seconds']:.0f} s) -> {out}"
+        f"({result['seconds']:.0f} s, {result['images_per_second']:,.0f} img/s on {result['compute']['device']}, "
+        f"{result['nproc']} process(es)) -> {out}"
     )
 
 
@@ -157,7 +222,16 @@ def search(
     study: str | None = typer.Option(
         None, help="optuna: study name (default autoprune-<sampler>); same --storage and --study: one shared search"
     ),
-    workers: int = typer.Option(1, help="optuna: local worker processes sharing the study (torch threads split)"),
+    workers: int = typer.Option(
+        1, help="optuna: local worker processes sharing the study (torch threads split; each GPU its own worker)"
+    ),
+    device: str = typer.Option(
+        "auto",
+        help="auto (a CUDA GPU when PyTorch sees one) | cpu | cuda | cuda:N; with --workers a list cuda:0,cuda:1",
+    ),
+    amp: str = amp_option(),
+    loader_workers: int | None = loader_workers_option(),
+    nproc: int = nproc_option("fine-tune the winner"),
 ) -> None:
     """Search per-group keep ratios under a budget, prune, fine-tune, export, measure and report."""
     from autoprune import api
@@ -191,6 +265,10 @@ def search(
         kd=kd,
         measure=measure,
         threads=threads,
+        device=device,
+        amp=amp,
+        loader_workers=loader_workers,
+        nproc=nproc,
     )
     spec = RunSpec.create(budget, model, data, **settings)  # a malformed budget fails here, before any loading
     run_dir = out or Path("runs") / f"{(model or DEMO_MODEL).replace(':', '_').replace('.', '_')}-{_slug(budget)}"
@@ -343,6 +421,8 @@ def prune(
     input_shape: str | None = typer.Option(
         None, help="NxCxHxW to export at (default: the policy's; only the batch may differ from it)"
     ),
+    device: str = device_option(),
+    amp: str = amp_option(),
 ) -> None:
     """Apply a policy: write a physically smaller model."""
     from autoprune.api import prune_with_policy
@@ -360,6 +440,8 @@ def prune(
         reconstruct=reconstruct,
         seed=seed,
         input_shape=shape_option(input_shape),
+        device=device,
+        amp=amp,
     )
     n = sum(p.numel() for p in pruned.parameters())
     console.print(f"pruned {pol.model}: {format_cost('params', n)} params -> {out}" + (f", {onnx}" if onnx else ""))
@@ -372,33 +454,58 @@ def finetune(
     data: str = typer.Option(..., help="fashion-mnist | cifar10 | cifar100 | imagefolder:PATH | synthetic"),
     epochs: float = typer.Option(1.0, help="fine-tuning epochs"),
     lr: float | None = typer.Option(None, help="learning rate (default 0.01, a tenth of train's)"),
+    batch_size: int = typer.Option(128, help="the global batch (each of N processes takes batch/N)"),
     weights: Path | None = typer.Option(None, help="the unpruned model's state_dict"),
-    kd: bool = typer.Option(False, help="distil from the unpruned model's logits"),
+    kd: bool = typer.Option(False, "--kd/--no-kd", help="distil from the unpruned model's logits"),
+    criterion: str = typer.Option("l2", help="channel importance the policy is applied with: " + " | ".join(CRITERIA)),
     out: Path | None = typer.Option(None, help="write the fine-tuned pruned model here (.pt; state_dict beside)"),
     seed: int = typer.Option(0),
     trust_pickle: bool = typer.Option(False, help="allow unpickling a whole saved module"),
+    device: str = device_option(),
+    amp: str = amp_option(),
+    loader_workers: int | None = loader_workers_option(),
+    nproc: int = nproc_option("fine-tune"),
+    checkpoint: Path | None = typer.Option(None, help="per-epoch checkpoint (default: OUT.checkpoint.pt beside --out)"),
+    resume: bool = typer.Option(False, help="continue from the checkpoint after a kill"),
 ) -> None:
-    """Prune a trained model by a policy and fine-tune it (optionally distilled)."""
+    """Prune a trained model by a policy and fine-tune it (optionally distilled; on a GPU; in N processes)."""
     from autoprune.api import finetune_policy
 
+    _relaunch_if_asked(nproc)
+    speed = _Throughput(batch_size)
     with _progress() as progress:
         task = progress.add_task("fine-tune", total=None)
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            progress.update(task, completed=step, total=total, description=f"fine-tune loss {loss:.3f}{speed(step)}")
+
         _, metrics = finetune_policy(
             model,
             policy,
             data,
             epochs=epochs,
             lr=lr,
+            batch_size=batch_size,
             weights=weights,
             kd=kd,
             out=out,
             seed=seed,
+            criterion=criterion,
             trust_pickle=trust_pickle,
-            on_step=lambda s, t, loss: progress.update(task, completed=s, total=t),
+            on_step=on_step,
+            device=device,
+            amp=amp,
+            loader_workers=loader_workers,
+            checkpoint=checkpoint,
+            resume=resume,
         )
+    if not metrics:  # a torchrun rank other than 0
+        return
+    resumed = f", resumed at step {metrics['resumed_at_step']}" if metrics["resumed_at_step"] else ""
     console.print(
         f"test accuracy {metrics['test_accuracy_before_finetune']:.2%} -> {metrics['test_accuracy']:.2%} "
-        f"after {epochs} epoch(s) ({metrics['seconds']:.0f} s)" + (f"; saved {out}" if out else "")
+        f"after {epochs} epoch(s) ({metrics['seconds']:.0f} s, {metrics['images_per_second']:,.0f} img/s on "
+        f"{metrics['compute']['device']}, {metrics['nproc']} process(es){resumed})" + (f"; saved {out}" if out else "")
     )
 
 
@@ -459,7 +566,7 @@ def _progress() -> Progress:
         TimeRemainingColumn(),
         console=err_console,
         transient=False,
-        disable=not err_console.is_terminal,
+        disable=not err_console.is_terminal or not RANK0,
     )
 
 

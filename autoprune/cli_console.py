@@ -3,6 +3,7 @@ of an ``NxCxHxW`` flag."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rich.console import Console
@@ -10,7 +11,9 @@ from rich.console import Console
 from autoprune.models import parse_input_shape
 
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns and cut group names: print wide instead.
-console = Console(width=None if sys.stdout.isatty() else 160)
+# Under torchrun only rank 0 prints results and progress (every rank still prints its errors).
+RANK0 = os.environ.get("RANK", "0") == "0"
+console = Console(width=None if sys.stdout.isatty() else 160, quiet=not RANK0)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autoprune.distributed import SINGLE, World
 from autoprune.errors import UserError
 
 FASHION_MNIST_DIRS = [Path("/usr/share/datasets/fashion-mnist")]
@@ -39,12 +40,18 @@ class Split:
         raise NotImplementedError
 
     def batches(
-        self, batch_size: int, *, shuffle: bool = False, augment: bool = False, seed: int = 0
+        self, batch_size: int, *, shuffle: bool = False, augment: bool = False, seed: int = 0, world: World = SINGLE
     ) -> Iterator[Batch]:
+        """Normalised batches in order (or shuffled by ``seed``); with ``world``, this rank's shard of them."""
         raise NotImplementedError
 
     def subset(self, n: int) -> Split:
         """The first ``n`` samples (deterministic): smaller evaluations for tests and fast rewards."""
+        raise NotImplementedError
+
+    def to(self, device: torch.device, *, loader_workers: int = 0) -> Split:
+        """The same samples served on ``device``: in-memory images move there once; images read from disk keep
+        their loader, with ``loader_workers`` decoding processes and pinned memory for a GPU."""
         raise NotImplementedError
 
 
@@ -61,20 +68,36 @@ class TensorSplit(Split):
         return len(self.labels)
 
     def subset(self, n: int) -> TensorSplit:
+        return self._with(self.images[:n], self.labels[:n], self.mean, self.std)
+
+    def to(self, device: torch.device, *, loader_workers: int = 0) -> TensorSplit:
+        if self.images.device == torch.device(device):
+            return self
+        return self._with(*(t.to(device) for t in (self.images, self.labels, self.mean, self.std)))
+
+    @staticmethod
+    def _with(images, labels, mean, std) -> TensorSplit:
         sub = TensorSplit.__new__(TensorSplit)
-        sub.images, sub.labels, sub.mean, sub.std = self.images[:n], self.labels[:n], self.mean, self.std
+        sub.images, sub.labels, sub.mean, sub.std = images, labels, mean, std
         return sub
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean) / self.std
 
     def batches(
-        self, batch_size: int, *, shuffle: bool = False, augment: bool = False, seed: int = 0
+        self, batch_size: int, *, shuffle: bool = False, augment: bool = False, seed: int = 0, world: World = SINGLE
     ) -> Iterator[Batch]:
         n = len(self)
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)  # the order: the same on every rank
         order = torch.randperm(n, generator=gen) if shuffle else None
-        for start in range(0, n, batch_size):
+        if world.distributed:
+            order = world.shard(n, order)
+            batch_size = max(1, batch_size // world.size)
+            if world.rank > 0:  # each rank's own crops and flips
+                gen = torch.Generator().manual_seed(seed * 7919 + world.rank)
+        if order is not None:
+            order = order.to(self.images.device)
+        for start in range(0, n if order is None else len(order), batch_size):
             idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
             x, y = self.images[idx], self.labels[idx]
             if augment:
@@ -83,46 +106,102 @@ class TensorSplit(Split):
 
 
 def _random_crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
-    """Standard small-image augmentation: pad-and-crop by up to ``pad`` pixels, horizontal flip."""
+    """Standard small-image augmentation: pad-and-crop by up to ``pad`` pixels, horizontal flip (the random draws
+    on the CPU's generator, the indexing where the images are)."""
     n, _, h, w = x.shape
+    dev = x.device
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).view(n, 1, h, 1)
-    cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).view(n, 1, 1, w)
-    out = padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(x.shape[1]).view(1, -1, 1, 1), rows, cols]
-    flip = torch.rand(n, generator=gen) < 0.5
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(dev)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(dev)
+    rows = (dy.view(n, 1) + torch.arange(h, device=dev).view(1, h)).view(n, 1, h, 1)
+    cols = (dx.view(n, 1) + torch.arange(w, device=dev).view(1, w)).view(n, 1, 1, w)
+    channels = torch.arange(x.shape[1], device=dev).view(1, -1, 1, 1)
+    out = padded[torch.arange(n, device=dev).view(n, 1, 1, 1), channels, rows, cols]
+    flip = (torch.rand(n, generator=gen) < 0.5).to(dev)
     out[flip] = out[flip].flip(-1)
     return out
 
 
 class FolderSplit(Split):
-    """Images read from disk through torchvision (``imagefolder:PATH``), resized to the model's input."""
+    """Images read from disk through torchvision (``imagefolder:PATH``), decoded by a ``DataLoader``.
 
-    def __init__(self, dataset, indices: list[int], num_workers: int = 0) -> None:
-        self.dataset, self.indices, self.num_workers = dataset, indices, num_workers
+    ``train_ds`` and ``eval_ds`` are the same files under the two standard transforms (:func:`folder_transforms`):
+    batches with ``augment`` use the training one (random resized crop and flip), the others the evaluation one
+    (resize and centre crop), so the held-out split carved from the training folder is scored like a test set.
+    """
+
+    def __init__(
+        self, train_ds, eval_ds, indices: list[int], *, device: torch.device | None = None, num_workers: int = 0
+    ) -> None:
+        self.train_ds, self.eval_ds, self.indices = train_ds, eval_ds, indices
+        self.device, self.num_workers = device or torch.device("cpu"), num_workers
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def subset(self, n: int) -> FolderSplit:
-        return FolderSplit(self.dataset, self.indices[:n], self.num_workers)
+        return FolderSplit(
+            self.train_ds, self.eval_ds, self.indices[:n], device=self.device, num_workers=self.num_workers
+        )
+
+    def to(self, device: torch.device, *, loader_workers: int = 0) -> FolderSplit:
+        return FolderSplit(
+            self.train_ds, self.eval_ds, self.indices, device=torch.device(device), num_workers=loader_workers
+        )
 
     def batches(
-        self, batch_size: int, *, shuffle: bool = False, augment: bool = False, seed: int = 0
+        self, batch_size: int, *, shuffle: bool = False, augment: bool = False, seed: int = 0, world: World = SINGLE
     ) -> Iterator[Batch]:
-        from torch.utils.data import DataLoader, Subset
+        from torch.utils.data import DataLoader
 
-        indices = self.indices
-        if shuffle:
-            perm = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed)).tolist()
-            indices = [indices[i] for i in perm]
-        loader = DataLoader(Subset(self.dataset, indices), batch_size=batch_size, num_workers=self.num_workers)
+        order = torch.randperm(len(self.indices), generator=torch.Generator().manual_seed(seed)) if shuffle else None
+        if world.distributed:
+            order = world.shard(len(self.indices), order)
+            batch_size = max(1, batch_size // world.size)
+        indices = self.indices if order is None else [self.indices[i] for i in order.tolist()]
+        pin = self.device.type == "cuda"
+        samples = _SeededSamples(self.train_ds if augment else self.eval_ds, indices, seed * 7919 + world.rank)
+        loader = DataLoader(samples, batch_size=batch_size, num_workers=self.num_workers, pin_memory=pin)
         for x, y in loader:
-            if augment:
-                flip = torch.rand(len(x), generator=torch.Generator().manual_seed(seed)) < 0.5
-                x[flip] = x[flip].flip(-1)
-            yield x, y
+            yield x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin)
+
+
+class _SeededSamples:
+    """``dataset[indices[i]]`` with the random transforms seeded by (seed, i): the crops and flips of an epoch are
+    a function of the seed, whatever the number of loader workers, and leave the global RNG as it was."""
+
+    def __init__(self, dataset, indices: list[int], seed: int) -> None:
+        self.dataset, self.indices, self.seed = dataset, indices, seed
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + i)
+            return self.dataset[self.indices[i]]
+
+
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def folder_transforms(image_shape: tuple[int, int, int], stats: tuple[tuple, tuple] = IMAGENET_STATS):
+    """The standard ImageNet-style pipelines for a C x H x W input: training = ``RandomResizedCrop`` to H x W and a
+    horizontal flip; evaluation = resize the short side to 256/224 of the crop, then ``CenterCrop``. A 1-channel
+    model gets grayscale images. ``stats`` is the model's per-channel normalisation."""
+    from torchvision import transforms
+
+    c, h, w = image_shape
+    mean, std = stats
+    if len(mean) != c:
+        mean, std = (tuple(mean)[:1] * c, tuple(std)[:1] * c) if c != 3 else IMAGENET_STATS
+    gray = [transforms.Grayscale(c)] if c != 3 else []
+    tail = [*gray, transforms.ToTensor(), transforms.Normalize(mean, std)]
+    train = transforms.Compose([transforms.RandomResizedCrop((h, w)), transforms.RandomHorizontalFlip(), *tail])
+    evaluation = transforms.Compose(
+        [transforms.Resize(int(round(max(h, w) * 256 / 224))), transforms.CenterCrop((h, w)), *tail]
+    )
+    return train, evaluation
 
 
 @dataclass
@@ -133,6 +212,13 @@ class DataBundle:
     test: Split
     num_classes: int
     image_shape: tuple[int, int, int]  # C, H, W
+
+    def to(self, device: torch.device, *, loader_workers: int = 0) -> DataBundle:
+        """The bundle served on ``device`` (see :meth:`Split.to`): moved once, not per batch."""
+        train, held_out, test = (
+            s.to(device, loader_workers=loader_workers) for s in (self.train, self.held_out, self.test)
+        )
+        return DataBundle(self.name, train, held_out, test, self.num_classes, self.image_shape)
 
 
 def held_out_indices(n: int, held_out: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,49 +317,60 @@ def load_cifar(which: str, held_out: int | None = None, seed: int = 0) -> DataBu
     return _bundle_from_tensors(which, xtr, ytr, xte, yte, n_classes, stats, held_out, seed)
 
 
-def load_imagefolder(path: str, image_shape: tuple[int, int, int], held_out: int | None, seed: int) -> DataBundle:
-    """``PATH/{train,val|test}/CLASS/*.jpg``, or one ``PATH/CLASS/*.jpg`` tree split three ways."""
-    from torchvision import datasets, transforms
+def load_imagefolder(
+    path: str,
+    image_shape: tuple[int, int, int],
+    held_out: int | None,
+    seed: int,
+    stats: tuple[tuple, tuple] = IMAGENET_STATS,
+) -> DataBundle:
+    """``PATH/{train,val|test}/CLASS/*.jpg``, or one ``PATH/CLASS/*.jpg`` tree split three ways.
+
+    The held-out split is carved from the training images (``held_out`` of them, deterministic given ``seed``; AMC
+    scores a policy on 3,000) and evaluated with the evaluation transform, like the test split.
+    """
+    from torchvision import datasets
 
     root = Path(path).expanduser()
     if not root.is_dir():
         raise UserError(f"image folder {str(root)!r} does not exist: pass imagefolder:PATH to a class-per-folder tree")
-    _, h, w = image_shape
-    tf = transforms.Compose(
-        [
-            transforms.Resize(int(round(max(h, w) * 256 / 224))),
-            transforms.CenterCrop((h, w)),
-            transforms.ToTensor(),
-            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-        ]
-    )
+    train_tf, eval_tf = folder_transforms(image_shape, stats)
     test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
     try:
         if (root / "train").is_dir() and test_dir is not None:
-            train_ds = datasets.ImageFolder(str(root / "train"), tf)
-            test_ds = datasets.ImageFolder(str(test_dir), tf)
+            train_ds, train_eval = (datasets.ImageFolder(str(root / "train"), tf) for tf in (train_tf, eval_tf))
+            test_ds = datasets.ImageFolder(str(test_dir), eval_tf)
             n_held = default_held_out_size(len(train_ds)) if held_out is None else held_out
+            _check_held_out(n_held, len(train_ds), root)
             tr, ho = held_out_indices(len(train_ds), n_held, seed)
             splits = (
-                FolderSplit(train_ds, tr.tolist()),
-                FolderSplit(train_ds, ho.tolist()),
-                FolderSplit(test_ds, list(range(len(test_ds)))),
+                FolderSplit(train_ds, train_eval, tr.tolist()),
+                FolderSplit(train_ds, train_eval, ho.tolist()),
+                FolderSplit(test_ds, test_ds, list(range(len(test_ds)))),
             )
             n_classes = len(train_ds.classes)
         else:
-            ds = datasets.ImageFolder(str(root), tf)
+            ds, ds_eval = (datasets.ImageFolder(str(root), tf) for tf in (train_tf, eval_tf))
             perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist()
             n_test = max(1, len(ds) // 5)
             n_held = max(1, len(ds) // 10) if held_out is None else held_out
+            _check_held_out(n_held, len(ds) - n_test, root)
             splits = (
-                FolderSplit(ds, sorted(perm[n_test + n_held :])),
-                FolderSplit(ds, sorted(perm[n_test : n_test + n_held])),
-                FolderSplit(ds, sorted(perm[:n_test])),
+                FolderSplit(ds, ds_eval, sorted(perm[n_test + n_held :])),
+                FolderSplit(ds, ds_eval, sorted(perm[n_test : n_test + n_held])),
+                FolderSplit(ds, ds_eval, sorted(perm[:n_test])),
             )
             n_classes = len(ds.classes)
     except (FileNotFoundError, RuntimeError) as e:
         raise UserError(f"cannot read image folder {root}: {e}") from e
     return DataBundle(f"imagefolder:{path}", *splits, n_classes, image_shape)
+
+
+def _check_held_out(n_held: int, n_train: int, root: Path) -> None:
+    if not 1 <= n_held < n_train:
+        raise UserError(
+            f"--held-out {n_held} leaves no training images in {root} ({n_train} available): pass a smaller --held-out"
+        )
 
 
 def make_synthetic(
@@ -308,14 +405,16 @@ def load_data(
     num_classes: int = 10,
     held_out: int | None = None,
     seed: int = 0,
+    stats: tuple[tuple, tuple] = IMAGENET_STATS,
 ) -> DataBundle:
-    """Resolve a dataset name. ``image_shape`` (C, H, W) is needed for ``imagefolder`` and ``synthetic``."""
+    """Resolve a dataset name. ``image_shape`` (C, H, W) is needed for ``imagefolder`` and ``synthetic``;
+    ``stats`` (per-channel mean and std, the model's) normalises an ``imagefolder``."""
     if spec == "fashion-mnist":
         return load_fashion_mnist(held_out, seed)
     if spec in ("cifar10", "cifar100"):
         return load_cifar(spec, held_out, seed)
     if spec.startswith("imagefolder:"):
-        return load_imagefolder(spec.partition(":")[2], image_shape or (3, 224, 224), held_out, seed)
+        return load_imagefolder(spec.partition(":")[2], image_shape or (3, 224, 224), held_out, seed, stats)
     if spec == "synthetic" or spec.startswith("synthetic:"):
         n = int(spec.partition(":")[2] or 512)
         return make_synthetic(image_shape or (3, 32, 32), num_classes, n_train=n, held_out=held_out, seed=seed)

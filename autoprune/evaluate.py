@@ -13,17 +13,19 @@ from itertools import islice
 import torch
 import torch.nn as nn
 
+from autoprune.compute import CPU, Compute, placed
 from autoprune.data import Split
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, split: Split, batch_size: int = 500) -> float:
-    """Top-1 accuracy of ``model`` on ``split``, in [0, 1]."""
-    model.eval()
+def accuracy(model: nn.Module, split: Split, batch_size: int = 500, *, compute: Compute = CPU) -> float:
+    """Top-1 accuracy of ``model`` on ``split``, in [0, 1], computed on ``compute`` (the model ends on the CPU)."""
     correct = total = 0
-    for x, y in split.batches(batch_size):
-        correct += (model(x).argmax(1) == y).sum().item()
-        total += len(y)
+    with placed(model, compute) as net, compute.autocast():
+        net.eval()
+        for x, y in split.batches(batch_size):
+            correct += (net(compute.batch(x)).argmax(1) == y.to(compute.device)).sum().item()
+            total += len(y)
     return correct / max(total, 1)
 
 
@@ -36,9 +38,11 @@ def recalibrate_bn(
     seed: int = 0,
     *,
     batches: Iterable[torch.Tensor] | None = None,
+    compute: Compute = CPU,
 ) -> nn.Module:
     """Re-estimate every BatchNorm's running statistics as a cumulative average over training batches: the given
-    ``batches`` of images, or ``num_batches`` shuffled batches of ``split``."""
+    ``batches`` of images, or ``num_batches`` shuffled batches of ``split`` (on ``compute``; the statistics stay in
+    float32 under autocast)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return model
@@ -50,9 +54,10 @@ def recalibrate_bn(
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: every batch weighs the same
-    model.train()
-    for x in batches:
-        model(x)
+    with placed(model, compute) as net, compute.autocast():
+        net.train()
+        for x in batches:
+            net(compute.batch(x))
     for m, momentum in saved:
         m.momentum = momentum
     return model.eval()

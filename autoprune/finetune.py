@@ -9,10 +9,13 @@ the same number of steps than labels alone.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch.nn as nn
 
+from autoprune.compute import CPU, Compute
 from autoprune.data import DataBundle
+from autoprune.distributed import SINGLE, World
 from autoprune.training import TrainConfig, TrainLog, train
 
 DEFAULT_FINETUNE_LR = 0.01
@@ -30,8 +33,13 @@ def finetune(
     kd_alpha: float = 0.9,
     kd_temperature: float = 4.0,
     on_step: Callable[[int, int, float], None] | None = None,
+    compute: Compute = CPU,
+    world: World = SINGLE,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> TrainLog:
-    """Fine-tune ``model`` in place on ``data.train`` (cosine-decayed SGD, standard augmentation)."""
+    """Fine-tune ``model`` in place on ``data.train`` (cosine-decayed SGD, standard augmentation) on ``compute``, as
+    one of ``world``'s processes, saving ``checkpoint`` after every epoch (and continuing from it with ``resume``)."""
     config = TrainConfig(
         epochs=epochs,
         lr=lr,
@@ -40,5 +48,7 @@ def finetune(
         seed=seed,
         kd_alpha=kd_alpha,
         kd_temperature=kd_temperature,
+        checkpoint=checkpoint,
+        resume=resume,
     )
-    return train(model, data.train, config, teacher=teacher, on_step=on_step)
+    return train(model, data.train, config, teacher=teacher, on_step=on_step, compute=compute, world=world)

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from autoprune.data import IMAGENET_STATS
 from autoprune.errors import UserError
 
 DEMO_MODEL = "fmnist-resnet20"
@@ -135,6 +136,20 @@ def resolve(name: str, num_classes: int | None = None, in_channels: int | None =
         f"unknown model {name!r}: use a torchvision classifier (e.g. resnet18), resnet20/32/44/56, "
         f"{DEMO_MODEL}, {COMPACT_MODEL}, or package.module:factory"
     )
+
+
+def input_normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel mean and std a model's images are normalised with: a torchvision classifier's own (from its
+    pretrained weights' evaluation transform), else ImageNet's."""
+    if ":" in name or name not in torchvision_classifiers():
+        return IMAGENET_STATS
+    import torchvision.models as tvm
+
+    try:
+        tf = tvm.get_model_weights(name).DEFAULT.transforms()
+        return tuple(tf.mean), tuple(tf.std)
+    except (ValueError, AttributeError, TypeError):  # a model without published weights
+        return IMAGENET_STATS
 
 
 def require_trusted_factory(name: str, source: str, *, named_by_user: str | None = None, trust: bool = False) -> None:

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
+from autoprune.compute import CPU, Compute, placed
 from autoprune.data import Split
 from autoprune.errors import UserError
 from autoprune.layers import LayerGraph, analyze
@@ -85,14 +86,14 @@ def _importance_fn(criterion: str, seed: int):
     raise UserError(f"unknown importance criterion {criterion!r}: use one of {', '.join(CRITERIA)}")
 
 
-def _calibration_batches(data: Split | None, criterion: str, n: int, batch_size: int, seed: int):
+def _calibration_batches(data: Split | None, criterion: str, n: int, batch_size: int, seed: int, compute: Compute):
     if data is None:
         raise UserError(f"the {criterion!r} criterion needs data: pass --data (or use l1, l2, bn-scale)")
     batches = []
-    for i, b in enumerate(data.batches(batch_size, shuffle=True, seed=seed)):
+    for i, (x, y) in enumerate(data.batches(batch_size, shuffle=True, seed=seed)):
         if i >= n:
             break
-        batches.append(b)
+        batches.append((compute.batch(x), y.to(compute.device)))
     return batches
 
 
@@ -104,20 +105,30 @@ def group_importance(
     num_batches: int = 4,
     batch_size: int = 64,
     seed: int = 0,
+    compute: Compute = CPU,
 ) -> list[np.ndarray]:
-    """Importance of every channel of every group of ``graph.model`` (higher = keep)."""
+    """Importance of every channel of every group of ``graph.model`` (higher = keep); the data-dependent criteria
+    run their passes on ``compute``."""
+    if criterion not in DATA_CRITERIA:
+        return _scores(graph, criterion, seed)
     model = graph.model
-    scorer = _importance_fn(criterion, seed)
-    if criterion in DATA_CRITERIA:
-        batches = _calibration_batches(data, criterion, num_batches, batch_size, seed)
+    batches = _calibration_batches(data, criterion, num_batches, batch_size, seed, compute)
+    with placed(model, compute):
         if criterion == "taylor":
             model.eval()
             model.zero_grad(set_to_none=True)
             with torch.enable_grad():
                 for x, y in batches:
                     F.cross_entropy(model(x), y).backward()
-        else:
-            scorer.record(model, batches)
+            return _scores(graph, criterion, seed)
+        scorer = _APoZImportance()
+        scorer.record(model, batches)
+        return _scores(graph, criterion, seed, scorer)
+
+
+def _scores(graph: LayerGraph, criterion: str, seed: int, scorer=None) -> list[np.ndarray]:
+    model = graph.model
+    scorer = scorer or _importance_fn(criterion, seed)
     scores = []
     for g, tp_group in zip(graph.groups, graph.tp_groups, strict=True):
         imp = scorer(tp_group)
@@ -148,13 +159,15 @@ class ChannelPruner:
         data: Split | None = None,
         model_name: str = "model",
         seed: int = 0,
+        compute: Compute = CPU,
     ) -> None:
         if graph is None or graph.model is not model:
             if input_shape is None:
                 raise ValueError("input_shape is needed to analyse the model")
             graph = analyze(model, input_shape, model_name)
         self.graph, self.model, self.criterion, self.data, self.seed = graph, model, criterion, data, seed
-        self.scores = group_importance(graph, criterion, data, seed=seed)
+        self.compute = compute
+        self.scores = group_importance(graph, criterion, data, seed=seed, compute=compute)
         # channels ordered from least to most important: a policy keeping k drops the first C - k
         self.order = [np.argsort(s, kind="stable") for s in self.scores]
         self._param_owner = {
@@ -210,7 +223,15 @@ class ChannelPruner:
             if self.data is None:
                 raise UserError("--reconstruct needs data to refit layers on: pass --data")
             reconstruct_consumers(
-                self.model, pruned, self.graph, kept, self.data, out_removed, reconstruct_batches, self.seed
+                self.model,
+                pruned,
+                self.graph,
+                kept,
+                self.data,
+                out_removed,
+                reconstruct_batches,
+                self.seed,
+                compute=self.compute,
             )
         return pruned
 
@@ -225,6 +246,8 @@ def reconstruct_consumers(
     num_batches: int = 4,
     seed: int = 0,
     max_rows: int = 40_000,
+    *,
+    compute: Compute = CPU,
 ) -> None:
     """Refit every layer whose inputs lost channels so its outputs match the unpruned layer's (least squares).
 
@@ -238,30 +261,35 @@ def reconstruct_consumers(
             names += [c for c in g.consumers if c not in names]
     order = {n: i for i, (n, _) in enumerate(original.named_modules())}
     names.sort(key=order.__getitem__)
-    batches = _calibration_batches(data, "reconstruct", num_batches, 64, seed)
-    for name in names:
-        src, dst = orig_mods[name], pruned_mods[name]
-        if isinstance(dst, nn.Conv2d) and dst.groups != 1:
-            continue
-        if not isinstance(dst, (nn.Conv2d, nn.Linear)):
-            continue
-        xs: list[torch.Tensor] = []
-        ys: list[torch.Tensor] = []
-        h1 = dst.register_forward_hook(lambda m, i, o, xs=xs: xs.append(i[0].detach()))
-        h2 = src.register_forward_hook(lambda m, i, o, ys=ys: ys.append(o.detach()))
-        try:
-            with torch.no_grad():
-                for x, _ in batches:
-                    pruned(x)
-                    original(x)
-        finally:
-            h1.remove()
-            h2.remove()
-        y = torch.cat(ys)
-        if out_removed.get(name):  # the layer's own outputs were pruned too: match only the kept ones
-            keep = sorted(set(range(y.shape[1])) - out_removed[name])
-            y = y[:, keep]
-        _refit(dst, torch.cat(xs), y, max_rows, seed)
+    batches = _calibration_batches(data, "reconstruct", num_batches, 64, seed, compute)
+    with placed(original, compute), placed(pruned, compute):
+        for name in names:
+            _refit_layer(
+                orig_mods[name], pruned_mods[name], name, batches, original, pruned, out_removed, max_rows, seed
+            )
+
+
+def _refit_layer(src, dst, name, batches, original, pruned, out_removed, max_rows: int, seed: int) -> None:
+    """Refit the pruned model's layer ``dst`` so that its outputs on ``batches`` match ``src``'s in the original."""
+    if not isinstance(dst, (nn.Conv2d, nn.Linear)) or (isinstance(dst, nn.Conv2d) and dst.groups != 1):
+        return
+    xs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+    h1 = dst.register_forward_hook(lambda m, i, o, xs=xs: xs.append(i[0].detach()))
+    h2 = src.register_forward_hook(lambda m, i, o, ys=ys: ys.append(o.detach()))
+    try:
+        with torch.no_grad():
+            for x, _ in batches:
+                pruned(x)
+                original(x)
+    finally:
+        h1.remove()
+        h2.remove()
+    y = torch.cat(ys)
+    if out_removed.get(name):  # the layer's own outputs were pruned too: match only the kept ones
+        keep = sorted(set(range(y.shape[1])) - out_removed[name])
+        y = y[:, keep]
+    _refit(dst, torch.cat(xs), y, max_rows, seed)
 
 
 @torch.no_grad()
@@ -273,14 +301,14 @@ def _refit(layer: nn.Module, x: torch.Tensor, y: torch.Tensor, max_rows: int, se
     else:
         a, b = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
     if len(a) > max_rows:
-        idx = torch.randperm(len(a), generator=torch.Generator().manual_seed(seed))[:max_rows]
+        idx = torch.randperm(len(a), generator=torch.Generator().manual_seed(seed))[:max_rows].to(a.device)
         a, b = a[idx], b[idx]
     if layer.bias is not None:
         b = b - layer.bias
     a64, b64 = a.double(), b.double()
     # ridge-regularised normal equations: stable when a kept channel is (nearly) constant
     gram = a64.T @ a64
-    gram += torch.eye(len(gram), dtype=gram.dtype) * 1e-6 * gram.diagonal().mean().clamp_min(1e-12)
+    gram += torch.eye(len(gram), dtype=gram.dtype, device=gram.device) * 1e-6 * gram.diagonal().mean().clamp_min(1e-12)
     w = torch.linalg.solve(gram, a64.T @ b64).T.float()  # out, in*k*k
     layer.weight.copy_(w.reshape(layer.weight.shape))
 

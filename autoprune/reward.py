@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from autoprune.compute import CPU, Compute
 from autoprune.data import DataBundle, Split
 from autoprune.errors import UserError
 from autoprune.evaluate import recalibrate_bn
@@ -53,13 +54,14 @@ class Evaluation:
 
 
 def _materialise(
-    split: Split, batch_size: int, limit: int | None = None, *, shuffle: bool = False, seed: int = 0
-) -> list[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+    split: Split, batch_size: int, limit: int | None = None, *, shuffle: bool = False, seed: int = 0, compute: Compute
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches once, on ``compute``'s device, ``channels_last``: every evaluation reuses them."""
     out = []
     for i, (x, y) in enumerate(split.batches(batch_size, shuffle=shuffle, seed=seed)):
         if limit is not None and i >= limit:
             break
-        out.append((x.contiguous(memory_format=torch.channels_last), y))
+        out.append((compute.batch(x).contiguous(memory_format=torch.channels_last), y.to(compute.device)))
     return out
 
 
@@ -87,15 +89,17 @@ class Evaluator:
         finetune_steps: int = 0,
         finetune_lr: float = 0.01,
         kd: bool = False,
+        compute: Compute = CPU,
     ) -> None:
         if held_out is not None and held_out < 1:
             raise UserError(f"held-out size {held_out} must be at least 1")
         self.pruner, self.data, self.fast, self.seed = pruner, data, fast, seed
-        self.finetune_steps, self.finetune_lr, self.kd = finetune_steps, finetune_lr, kd
+        self.finetune_steps, self.finetune_lr, self.kd, self.compute = finetune_steps, finetune_lr, kd, compute
         split = data.held_out if held_out is None else data.held_out.subset(min(held_out, len(data.held_out)))
         self.held_out_size = len(split)
-        self._eval_batches = _materialise(split, eval_batch_size)
-        self._calib = [x for x, _ in _materialise(data.train, calib_batch_size, calib_batches, shuffle=True, seed=seed)]
+        self._eval_batches = _materialise(split, eval_batch_size, compute=compute)
+        calib = _materialise(data.train, calib_batch_size, calib_batches, shuffle=True, seed=seed, compute=compute)
+        self._calib = [x for x, _ in calib]
         self._cache: dict[tuple[tuple[int, ...], int], Evaluation] = {}
         self.calls = 0
 
@@ -103,7 +107,7 @@ class Evaluator:
     @torch.no_grad()
     def recalibrate(self, model: nn.Module) -> nn.Module:
         """Re-estimate BN running statistics as a cumulative average over the fixed calibration batches."""
-        return recalibrate_bn(model, batches=self._calib)
+        return recalibrate_bn(model, batches=self._calib, compute=self.compute)
 
     def score(self, model: nn.Module) -> float:
         """Held-out accuracy of an already recalibrated model (BN folded first when ``fast``)."""
@@ -111,7 +115,7 @@ class Evaluator:
         if self.fast:
             model = _fold_bn(model)
         correct = total = 0
-        with torch.inference_mode():
+        with torch.inference_mode(), self.compute.autocast():
             for x, y in self._eval_batches:
                 logits = model(x)
                 if not torch.isfinite(logits).all():  # argmax would call it class 0: the accuracy is undefined
@@ -128,7 +132,7 @@ class Evaluator:
         )
         model = model.to(memory_format=torch.contiguous_format)
         with torch.enable_grad():
-            train(model, self.data.train, cfg, teacher=teacher)
+            train(model, self.data.train, cfg, teacher=teacher, compute=self.compute)
         return model
 
     # -- the whole evaluation ---------------------------------------------------------------------------------
@@ -149,6 +153,7 @@ class Evaluator:
             model = self.finetune(model, steps)
             phases["finetune"] = time.perf_counter() - t
         t = time.perf_counter()
+        model = self.compute.place(model)
         if self.fast:
             model = model.to(memory_format=torch.channels_last)
         if steps == 0:  # after a fine-tune, the BN statistics it accumulated are already the pruned model's

@@ -31,6 +31,8 @@ SPEC_FILE = "args.json"  # in the run directory
 # Options that say where a shared Optuna study lives and how many local processes run it: they locate the search,
 # they do not change what it finds, so a study's description leaves them out.
 LOCATION_OPTIONS = ("storage", "study_name", "workers")
+# Likewise the hardware a search's passes run on: a study shared by hosts with different GPUs is one search.
+PLACEMENT_FIELDS = ("device", "loader_workers", "nproc")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ class RunSpec:
     kd: bool = True
     measure: bool = True
     threads: int = 2
+    device: str = "auto"  # where the passes over data run (autoprune.compute): auto | cpu | cuda | cuda:N[,cuda:M]
+    amp: str = "auto"  # autocast precision on that device: auto | bf16 | fp16 | off
+    loader_workers: int | None = None  # None: the device's default (none on the CPU)
+    nproc: int = 1  # processes (torch.distributed) the final fine-tune runs in
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
@@ -69,6 +75,8 @@ class RunSpec:
                 object.__setattr__(self, name, str(value))
         if self.episodes < 1:
             raise UserError(f"--episodes {self.episodes} must be at least 1")
+        if self.nproc < 1:
+            raise UserError(f"--nproc {self.nproc} must be at least 1")
 
     @classmethod
     def create(cls, budget: str | Budget, model: str | None = None, data: str | None = None, **settings) -> RunSpec:
@@ -89,7 +97,7 @@ class RunSpec:
     @property
     def described(self) -> dict:
         """What decides the result, for a shared study's description: the spec without where the study lives."""
-        d = self.to_json()
+        d = {k: v for k, v in self.to_json().items() if k not in PLACEMENT_FIELDS}
         d["options"] = {k: v for k, v in d["options"].items() if k not in LOCATION_OPTIONS}
         return d
 

@@ -1,9 +1,9 @@
-"""A child of ``--workers``: ``python -m autoprune.worker_child SPEC.json``, started and watched by its parent
+"""A child of ``--workers``: ``python -m autoprune.worker_child SPEC.json [DEVICE]``, started and watched by its parent
 (:func:`autoprune.search.workers.run_local_workers`).
 
 SPEC holds the parent's :class:`~autoprune.spec.RunSpec` pointed at the shared storage; the child runs trials of
 that study through the same pipeline (role ``worker``: it writes no run directory) until the study holds its budget,
-printing one line per evaluation to its log.
+printing one line per evaluation to its log. DEVICE (default: the spec's) is this worker's, e.g. its own GPU.
 """
 
 from __future__ import annotations
@@ -36,9 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(argv[0]).read_text())
     torch.set_num_threads(int(spec["threads"]))
-    print(f"worker {socket.gethostname()}:{os.getpid()} with {spec['threads']} torch thread(s)", flush=True)
+    run_spec = RunSpec.from_json(spec["spec"])
+    if len(argv) > 1:
+        run_spec = run_spec.replace(device=argv[1])
+    where = f"{spec['threads']} torch thread(s), device {run_spec.device}"
+    print(f"worker {socket.gethostname()}:{os.getpid()} with {where}", flush=True)
     try:
-        run(RunSpec.from_json(spec["spec"]), role="worker", trust_pickle=spec["trust_pickle"], callback=_print_progress)
+        run(run_spec, role="worker", trust_pickle=spec["trust_pickle"], callback=_print_progress)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -484,9 +484,14 @@ def reference_cell(ctx: ModelContext, s: Settings, budget: str, searched: str, s
     started = time.perf_counter()
     base_flops, base_params = tp.utils.count_ops_and_params(net, torch.randn(*one))
     round_to = ctx.any.problem.round_to  # the device's channel block, as the searched policies use
-    pruned, _, flops = global_magnitude_at_flops(
-        net, one, share * base_flops, ignored=classifier(net), round_to=round_to
-    )
+    try:
+        pruned, _, flops = global_magnitude_at_flops(
+            net, one, share * base_flops, ignored=classifier(net), round_to=round_to
+        )
+    except ValueError as e:  # Torch-Pruning cannot go that low in whole blocks: any width, and say so
+        note = "; ".join(filter(None, [note, f"{e}; pruned with round_to 1"]))
+        round_to = 1
+        pruned, _, flops = global_magnitude_at_flops(net, one, share * base_flops, ignored=classifier(net))
     search_seconds = time.perf_counter() - started
     params = tp.utils.count_ops_and_params(pruned, torch.randn(*one))[1]
     before = evaluate_pruned(pruned, data, seed=seed)

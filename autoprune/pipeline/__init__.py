@@ -19,6 +19,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from autoprune.data import DataBundle
+from autoprune.distributed import launched
 from autoprune.errors import UserError
 from autoprune.pipeline.finish import finish
 from autoprune.pipeline.run_dir import save_interrupted, write_run_dir
@@ -60,6 +61,13 @@ def run(
     """
     started = time.perf_counter()
     phase = on_phase or (lambda _text: None)
+    if launched():
+        raise UserError(
+            "a search runs in one process, not under torchrun: run `autoprune search --nproc N` to fine-tune the "
+            "winner in N processes (and --workers N to evaluate in several)"
+        )
+    if spec.nproc > 1 and (module is not None or bundle is not None):
+        raise UserError("--nproc re-creates the model and data in each process: name them (--model, --data)")
     if spec.options.get("storage"):
         check_storage(spec.options["storage"])  # an unreachable database fails now, before any model work
     run_dir = Path(out) if out is not None else None

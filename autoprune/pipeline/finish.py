@@ -11,10 +11,12 @@ import torch
 import torch.nn as nn
 import torch_pruning
 
+from autoprune.compute import CPU, Compute
 from autoprune.cost.measure import Timing
 from autoprune.data import DataBundle
 from autoprune.evaluate import accuracy, recalibrate_bn
 from autoprune.finetune import DEFAULT_FINETUNE_LR, finetune
+from autoprune.pipeline.finetune_processes import finetune_in_processes
 from autoprune.pipeline.run_dir import PolicyOutcome, cost_metrics
 from autoprune.pipeline.setup import Setup
 from autoprune.pipeline.verify import meet_measured_latency, time_pair
@@ -34,11 +36,16 @@ def versions() -> dict[str, str]:
     }
 
 
-def evaluate_pruned(pruned: nn.Module, data: DataBundle, recalibrate: bool = True, seed: int = 0) -> dict[str, float]:
+def evaluate_pruned(
+    pruned: nn.Module, data: DataBundle, recalibrate: bool = True, seed: int = 0, *, compute: Compute = CPU
+) -> dict[str, float]:
     """Held-out and test accuracy, after BatchNorm recalibration on training batches."""
     if recalibrate:
-        recalibrate_bn(pruned, data.train, seed=seed)
-    return {"held_out_accuracy": accuracy(pruned, data.held_out), "test_accuracy": accuracy(pruned, data.test)}
+        recalibrate_bn(pruned, data.train, seed=seed, compute=compute)
+    return {
+        "held_out_accuracy": accuracy(pruned, data.held_out, compute=compute),
+        "test_accuracy": accuracy(pruned, data.test, compute=compute),
+    }
 
 
 def finish(setup: Setup, result: SearchResult, started: float, phase: Phase) -> PolicyOutcome:
@@ -55,7 +62,9 @@ def finish(setup: Setup, result: SearchResult, started: float, phase: Phase) -> 
     metrics, unpruned = cost_metrics(problem, kept), cost_metrics(problem, setup.graph.channels)
     if checks is not None:
         metrics["latency_checks"] = checks
-    finetuned = _score_and_finetune(setup, pruned, metrics, unpruned, phase) if setup.bundle is not None else None
+    finetuned = None
+    if setup.bundle is not None:
+        finetuned = _score_and_finetune(setup, pruned, kept, metrics, unpruned, phase)
     if spec.measure:
         _measure(setup, pruned, timings, metrics, unpruned, phase)
     metrics["unpruned"] = unpruned
@@ -65,24 +74,32 @@ def finish(setup: Setup, result: SearchResult, started: float, phase: Phase) -> 
     return PolicyOutcome(policy, pruned, unpruned)
 
 
-def _score_and_finetune(setup: Setup, pruned: nn.Module, metrics: dict, unpruned: dict, phase: Phase) -> dict | None:
-    """Accuracies before and after the fine-tune (distilled from the unpruned model with ``kd``); returns what the
-    fine-tune was (None without one)."""
-    spec, bundle, info = setup.spec, setup.bundle, None
+def _score_and_finetune(
+    setup: Setup, pruned: nn.Module, kept: list[int], metrics: dict, unpruned: dict, phase: Phase
+) -> dict | None:
+    """Accuracies before and after the fine-tune (distilled from the unpruned model with ``kd``; in ``nproc``
+    processes with torch.distributed); returns what the fine-tune was (None without one)."""
+    spec, bundle, compute, info = setup.spec, setup.bundle, setup.compute, None
     phase("scoring the pruned model")
-    unpruned.update(evaluate_pruned(setup.net, bundle, recalibrate=False))
-    before = evaluate_pruned(pruned, bundle, seed=spec.seed)
+    unpruned.update(evaluate_pruned(setup.net, bundle, recalibrate=False, compute=compute))
+    before = evaluate_pruned(pruned, bundle, seed=spec.seed, compute=compute)
     metrics["held_out_accuracy"] = before["held_out_accuracy"]
     metrics["test_accuracy_before_finetune"] = before["test_accuracy"]
     if spec.finetune_epochs > 0:
         lr = spec.finetune_lr or DEFAULT_FINETUNE_LR
-        phase(f"fine-tuning {spec.finetune_epochs} epoch(s){' with distillation' if spec.kd else ''}")
-        log = finetune(
-            pruned, bundle, epochs=spec.finetune_epochs, lr=lr, teacher=setup.net if spec.kd else None, seed=spec.seed
-        )
-        info = {"epochs": spec.finetune_epochs, "lr": lr, "kd": spec.kd, "seconds": log.seconds}
-        metrics["held_out_accuracy_after_finetune"] = accuracy(pruned, bundle.held_out)
-    metrics["test_accuracy"] = accuracy(pruned, bundle.test)
+        how = f"{' with distillation' if spec.kd else ''}{f' in {spec.nproc} processes' if spec.nproc > 1 else ''}"
+        phase(f"fine-tuning {spec.finetune_epochs} epoch(s){how} on {compute}")
+        if spec.nproc > 1:
+            seconds = finetune_in_processes(setup, pruned, kept, lr)
+        else:
+            teacher = setup.net if spec.kd else None
+            log = finetune(
+                pruned, bundle, epochs=spec.finetune_epochs, lr=lr, teacher=teacher, seed=spec.seed, compute=compute
+            )
+            seconds = log.seconds
+        info = {"epochs": spec.finetune_epochs, "lr": lr, "kd": spec.kd, "seconds": seconds, "nproc": spec.nproc}
+        metrics["held_out_accuracy_after_finetune"] = accuracy(pruned, bundle.held_out, compute=compute)
+    metrics["test_accuracy"] = accuracy(pruned, bundle.test, compute=compute)
     return info
 
 
@@ -125,5 +142,6 @@ def _search_record(setup: Setup, result: SearchResult, started: float, finetuned
         "seconds": time.perf_counter() - started,
         "uniform_kept": [int(k) for k in uniform_kept(setup.problem)[0]],
         "finetune": finetuned,
+        "compute": setup.compute.describe(),
         "versions": versions(),
     }

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
+from autoprune.compute import CPU, Compute, resolve_for_processes
 from autoprune.data import Split
 from autoprune.errors import UserError
 from autoprune.evaluate import accuracy
@@ -31,8 +33,10 @@ def apply_policy(
     seed: int = 0,
     graph: LayerGraph | None = None,
     model_name: str | None = None,
+    compute: Compute = CPU,
 ) -> nn.Module:
-    """A physically smaller copy of ``model`` keeping what ``policy`` says (a Policy or {group name: kept})."""
+    """A physically smaller copy of ``model`` keeping what ``policy`` says (a Policy or {group name: kept}); the
+    data-dependent criteria and ``reconstruct`` run their passes on ``compute``."""
     if isinstance(policy, Policy):
         shape = tuple(input_shape or policy.input_shape)
         pruner = ChannelPruner(
@@ -43,12 +47,15 @@ def apply_policy(
             data=data,
             seed=seed,
             model_name=model_name or type(model).__name__,
+            compute=compute,
         )
         kept = policy.check_fits(pruner.graph)
     else:
         if input_shape is None and graph is None:
             raise UserError("apply_policy with a {group: kept} mapping needs input_shape")
-        pruner = ChannelPruner(model, input_shape, graph=graph, criterion=criterion, data=data, seed=seed)
+        pruner = ChannelPruner(
+            model, input_shape, graph=graph, criterion=criterion, data=data, seed=seed, compute=compute
+        )
         unknown = sorted(set(policy) - {g.name for g in pruner.graph.groups})
         if unknown:
             raise UserError(f"no prunable group named {', '.join(unknown[:4])}: see `autoprune info`")
@@ -69,9 +76,13 @@ def prune_with_policy(
     reconstruct: bool = False,
     seed: int = 0,
     input_shape: tuple[int, ...] | None = None,
+    device: str = "auto",
+    amp: str = "auto",
 ) -> tuple[nn.Module, Policy]:
     """Apply a policy file to a model and save the pruned module (and its state_dict, and ONNX if asked).
-    ``input_shape`` may change the batch the ONNX file is exported at, not the image the policy was searched on."""
+    ``input_shape`` may change the batch the ONNX file is exported at, not the image the policy was searched on.
+    ``device``/``amp``: where the data-dependent criteria and ``reconstruct`` run."""
+    compute = Compute.resolve(device, amp)
     policy = Policy.load(policy_path)
     if input_shape is not None and tuple(input_shape)[1:] != tuple(policy.input_shape)[1:]:
         given, searched = "x".join(map(str, input_shape)), "x".join(map(str, policy.input_shape))
@@ -80,16 +91,17 @@ def prune_with_policy(
             f"the batch may differ; pass --input-shape {input_shape[0]}x{searched.partition('x')[2]}"
         )
     net, shape = load_model(model, weights, tuple(input_shape or policy.input_shape), trust_pickle=trust_pickle)
-    bundle = load_bundle(data, shape, net) if data is not None else None
+    bundle = load_bundle(data, shape, net, model=model) if data is not None else None
     pruned = apply_policy(
         net,
         policy,
         shape,
         criterion=criterion,
-        data=bundle.train if bundle else None,
+        data=bundle.train.to(compute.device, loader_workers=compute.loader_workers) if bundle else None,
         reconstruct=reconstruct,
         seed=seed,
         model_name=model,
+        compute=compute,
     )
     out = Path(out)
     save_pytorch(pruned, out, out.with_name(out.stem + "_state.pt"))
@@ -147,35 +159,70 @@ def finetune_policy(
     *,
     epochs: float = 1.0,
     lr: float | None = None,
+    batch_size: int = 128,
     weights: str | Path | None = None,
     kd: bool = False,
     out: str | Path | None = None,
     seed: int = 0,
+    criterion: str = "l2",
     trust_pickle: bool = False,
     on_step=None,
+    device: str = "auto",
+    amp: str = "auto",
+    loader_workers: int | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
 ) -> tuple[nn.Module, dict]:
-    """Prune ``model`` (with its trained ``weights``) by a policy and fine-tune it; save the result if ``out``."""
+    """Prune ``model`` (with its trained ``weights``) by a policy and fine-tune it on ``device``; save the result if
+    ``out``. Started by torchrun (``autoprune finetune --nproc N``) each process trains on its shard with DDP, and
+    only rank 0 scores and writes (the metrics of the other ranks are empty). ``checkpoint`` (default beside
+    ``out``) is written after every epoch; ``resume`` continues from it."""
+    compute, world = resolve_for_processes(device, amp, loader_workers)
     policy = Policy.load(policy_path)
+    torch.manual_seed(seed)  # a model without weights starts from --seed: every process builds the same teacher
     net, shape = load_model(model, weights, policy.input_shape, trust_pickle=trust_pickle)
-    bundle = load_bundle(data, shape, net)
-    pruned = apply_policy(net, policy, shape, data=bundle.train, seed=seed, model_name=model)
-    before = evaluate_pruned(pruned, bundle, seed=seed)
+    bundle = load_bundle(data, shape, net, model=model).to(compute.device, loader_workers=compute.loader_workers)
+    pruned = apply_policy(
+        net, policy, shape, criterion=criterion, data=bundle.train, seed=seed, model_name=model, compute=compute
+    )
+    ckpt = Path(checkpoint) if checkpoint is not None else checkpoint_path(out)
+    if resume and ckpt is None:
+        raise UserError("--resume needs --out (the checkpoint is kept beside it) or --checkpoint")
+    # rank 0's recalibrated BatchNorm statistics reach the other ranks when DDP broadcasts its state
+    before = evaluate_pruned(pruned, bundle, seed=seed, compute=compute) if world.main else {}
     log = finetune(
         pruned,
         bundle,
         epochs=epochs,
         lr=lr or DEFAULT_FINETUNE_LR,
         teacher=net if kd else None,
+        batch_size=batch_size,
         seed=seed,
         on_step=on_step,
+        compute=compute,
+        world=world,
+        checkpoint=ckpt,
+        resume=resume,
     )
+    if not world.main:
+        return pruned, {}
     metrics = {
         "test_accuracy_before_finetune": before["test_accuracy"],
-        "test_accuracy": accuracy(pruned, bundle.test),
-        "held_out_accuracy": accuracy(pruned, bundle.held_out),
+        "test_accuracy": accuracy(pruned, bundle.test, compute=compute),
+        "held_out_accuracy": accuracy(pruned, bundle.held_out, compute=compute),
         "seconds": log.seconds,
+        "images_per_second": log.images_per_second,
+        "resumed_at_step": log.resumed_at_step,
+        "steps": log.steps,
+        "nproc": world.size,
+        "compute": compute.describe(),
     }
     if out is not None:
         out = Path(out)
         save_pytorch(pruned, out, out.with_name(out.stem + "_state.pt"))
     return pruned, metrics
+
+
+def checkpoint_path(out: str | Path | None) -> Path | None:
+    """Where a fine-tune saving ``out`` keeps its per-epoch checkpoint: ``OUT.checkpoint.pt`` beside it."""
+    return None if out is None else Path(out).with_name(Path(out).stem + ".checkpoint.pt")

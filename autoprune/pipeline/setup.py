@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from autoprune.compute import Compute
 from autoprune.cost.latency_table import LatencyTable
 from autoprune.cost.model import CostModel
 from autoprune.cost.speed_signature import SignatureCheck
@@ -18,7 +19,7 @@ from autoprune.data import CACHE_DIR, DataBundle, check_compatible, load_data
 from autoprune.errors import UserError
 from autoprune.latency_workflows import build_table
 from autoprune.layers import LayerGraph, analyze
-from autoprune.models import CIFAR_RESNET_DEPTHS, DEMO_MODEL, build_model
+from autoprune.models import CIFAR_RESNET_DEPTHS, DEMO_MODEL, build_model, input_normalisation
 from autoprune.problem import Problem
 from autoprune.prune import ChannelPruner
 from autoprune.reward import Evaluator
@@ -58,8 +59,20 @@ def check_runs(net: nn.Module, shape: tuple[int, ...], name: str) -> None:
         ) from e
 
 
-def load_bundle(data: str | DataBundle, shape: tuple[int, ...], net: nn.Module) -> DataBundle:
-    bundle = data if isinstance(data, DataBundle) else load_data(data, tuple(shape[1:]))
+def load_bundle(
+    data: str | DataBundle,
+    shape: tuple[int, ...],
+    net: nn.Module,
+    *,
+    model: str = "",
+) -> DataBundle:
+    """The named data for ``net`` (an image folder normalised as ``model`` expects), checked against its input and
+    its outputs."""
+    if isinstance(data, DataBundle):
+        bundle = data
+    else:
+        stats = input_normalisation(model)
+        bundle = load_data(data, tuple(shape[1:]), stats=stats)
     with torch.no_grad():
         n_out = net(torch.randn(1, *shape[1:])).shape[-1]
     check_compatible(bundle, shape, n_out)
@@ -93,6 +106,7 @@ class Setup:
     problem: Problem
     pruner: ChannelPruner
     evaluator: Evaluator | None
+    compute: Compute = Compute()  # where the passes over data run
     elsewhere: bool = False  # the table is another device's: its latency is a prediction for that device
     signature: SignatureCheck | None = None
 
@@ -109,6 +123,9 @@ def prepare(
     """Everything a search needs, checked before any of it runs: ``module`` (a model from a notebook) and ``bundle``
     (data already loaded) stand in for the spec's model and data names."""
     phase = on_phase or (lambda _text: None)
+    compute = Compute.resolve(spec.device, spec.amp, spec.loader_workers)
+    if compute.cuda:
+        phase(f"passes over data on {compute}")
     if module is not None:
         if spec.input_shape is None:
             raise UserError("searching an nn.Module needs input_shape=(N, C, H, W)")
@@ -120,7 +137,9 @@ def prepare(
     data = bundle if bundle is not None else spec.data
     if data is None and needs_data(spec.strategy):
         raise UserError(f"strategy {spec.strategy} scores policies on data: pass --data (e.g. --data imagefolder:PATH)")
-    bundle = load_bundle(data, shape, net) if data is not None else None
+    bundle = load_bundle(data, shape, net, model=spec.model) if data is not None else None
+    if bundle is not None:
+        bundle = bundle.to(compute.device, loader_workers=compute.loader_workers)  # once, not per batch
     graph = analyze(net, shape, spec.model)
     path, table = _latency_table(spec, shape, phase, on_table_progress)
     spec = spec.replace(table=path)
@@ -137,12 +156,18 @@ def prepare(
         )
     problem = Problem(graph, cost, spec.budget, min_keep=spec.min_keep, round_to=round_to)
     pruner = ChannelPruner(
-        net, shape, graph=graph, criterion=spec.criterion, data=bundle.train if bundle else None, seed=spec.seed
+        net,
+        shape,
+        graph=graph,
+        criterion=spec.criterion,
+        data=bundle.train if bundle else None,
+        seed=spec.seed,
+        compute=compute,
     )
-    evaluator = (
-        Evaluator(pruner, bundle, held_out=spec.held_out, seed=spec.seed, kd=spec.kd) if bundle is not None else None
-    )
-    return Setup(spec, net, shape, bundle, graph, table, problem, pruner, evaluator, elsewhere, signature)
+    evaluator = None
+    if bundle is not None:
+        evaluator = Evaluator(pruner, bundle, held_out=spec.held_out, seed=spec.seed, kd=spec.kd, compute=compute)
+    return Setup(spec, net, shape, bundle, graph, table, problem, pruner, evaluator, compute, elsewhere, signature)
 
 
 def _latency_table(

@@ -31,6 +31,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from autoprune.compute import worker_devices
 from autoprune.errors import UserError
 from autoprune.search.base import SearchContext
 from autoprune.search.optuna_study import CONVERGED, POLL_S, StudyMirror, fail_and_retry, trial_counts
@@ -122,12 +123,13 @@ def run_local_workers(strategy, study: optuna.Study, ctx: SearchContext, mirror:
     env = {**os.environ, PARENT_ENV: str(os.getpid()), "OMP_NUM_THREADS": str(spec["threads"])}
     procs: list[subprocess.Popen] = []
     log_paths = [logs / f"worker-{k}.log" for k in range(n)]
+    devices = worker_devices(strategy.spec.device, n)  # each GPU of this host its worker(s)
     try:
-        for path in log_paths:
+        for path, device in zip(log_paths, devices, strict=True):
             with open(path, "ab") as log:
                 procs.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", CHILD_MODULE, str(spec_path)],
+                        [sys.executable, "-m", CHILD_MODULE, str(spec_path), device],
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL,
