@@ -37,7 +37,7 @@ from autoprune.data import load_data  # noqa: E402
 from autoprune.finetune import DEFAULT_FINETUNE_LR  # noqa: E402
 from autoprune.layers import analyze  # noqa: E402
 from autoprune.models import input_normalisation  # noqa: E402
-from autoprune.pipeline import load_model  # noqa: E402
+from autoprune.pipeline.setup import load_model  # noqa: E402
 from autoprune.prune import ChannelPruner  # noqa: E402
 from autoprune.reward import Evaluator  # noqa: E402
 from autoprune.training import TrainConfig, train  # noqa: E402
