@@ -195,6 +195,12 @@ def search(
     strategy: str = typer.Option("ddpg", help=" | ".join(STRATEGIES)),
     episodes: int = typer.Option(300, help="evaluation budget: policies scored by the search"),
     reward: str | None = typer.Option(None, help=" | ".join(REWARDS) + f" (default: {DEFAULT_REWARD})"),
+    promote: int = typer.Option(
+        0,
+        help="multi-fidelity: the search's best K policies and uniform each get a short distilled fine-tune, "
+        "and the best after it wins (0: the search's best by its reward)",
+    ),
+    promote_steps: int = typer.Option(200, help="SGD steps of that short fine-tune"),
     sampler: str | None = typer.Option(None, help="optuna sampler: " + " | ".join(SAMPLERS)),
     option: list[str] = typer.Option([], "--option", help="strategy option KEY=VALUE (repeatable)"),
     table: Path | None = typer.Option(None, help="latency table; built for this device when a latency budget has none"),
@@ -254,6 +260,8 @@ def search(
         strategy=strategy,
         options=options,
         reward=reward,
+        promote=promote,
+        promote_steps=promote_steps,
         episodes=episodes,
         seed=seed,
         min_keep=min_keep,

@@ -50,6 +50,8 @@ class RunSpec:
     options: Mapping[str, Any] = field(default_factory=dict)  # the strategy's own (``Strategy.defaults``)
     reward: str | None = None
     episodes: int = 300
+    promote: int = 0  # the search's best k policies (and uniform) get a short distilled fine-tune; the best wins
+    promote_steps: int = 200  # SGD steps of that fine-tune
     seed: int = 0
     min_keep: float = 0.1
     round_to: int | None = None  # None: this device's channel block (its table's, else 8), for every budget
@@ -75,6 +77,10 @@ class RunSpec:
                 object.__setattr__(self, name, str(value))
         if self.episodes < 1:
             raise UserError(f"--episodes {self.episodes} must be at least 1")
+        if self.promote < 0 or self.promote_steps < 1:
+            raise UserError(
+                f"--promote {self.promote} must be 0 or more, --promote-steps {self.promote_steps} positive"
+            )
         if self.nproc < 1:
             raise UserError(f"--nproc {self.nproc} must be at least 1")
 

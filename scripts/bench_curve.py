@@ -200,12 +200,15 @@ def parse_strategies(text: str) -> list[str]:
     """Strategy labels, uniform first and reference second (the reference at a latency budget needs uniform's row)."""
     labels: list[str] = []
     for token in (t.strip() for t in text.split(",") if t.strip()):
-        name, _, sampler = token.partition(":")
+        base, _, promotion = token.partition("+")
+        if promotion and not re.fullmatch(r"promote\d+", promotion):
+            raise FlagError(f"--strategies: {token!r}: a promoted search is STRATEGY+promoteK, e.g. ddpg+promote5")
+        name, _, sampler = base.partition(":")
         if name == "optuna":
             sampler = sampler or "tpe"
             if sampler not in SAMPLERS:
                 raise FlagError(f"--strategies: unknown Optuna sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
-            token = f"optuna:{sampler}"
+            token = f"optuna:{sampler}" + (f"+{promotion}" if promotion else "")
         elif sampler or (name not in STRATEGIES and name != "reference"):
             raise FlagError(
                 f"--strategies: unknown {token!r}: use reference, {', '.join(STRATEGIES)}, optuna:<sampler>"
@@ -383,11 +386,14 @@ def same_search(run_dir: Path, spec: RunSpec) -> bool:
 
 
 def search_cell(ctx: ModelContext, s: Settings, budget: str, searched: str, strategy: str, seed: int) -> dict:
-    """One ``api.search`` cell: search, prune, score, the distilled fine-tune, measure; its CSV row."""
-    name, _, sampler = strategy.partition(":")
+    """One ``api.search`` cell: search, prune, score, the distilled fine-tune, measure; its CSV row. A label
+    ``STRATEGY+promoteK`` promotes the search's best K policies and uniform to 200 distilled fine-tune steps."""
+    base, _, promotion = strategy.partition("+")
+    name, _, sampler = base.partition(":")
     episodes = 1 if name == "uniform" else s.episodes
     settings = dict(
         strategy=name,
+        promote=int(promotion.removeprefix("promote")) if promotion else 0,
         options={"sampler": sampler} if sampler else {},
         episodes=episodes,
         seed=seed,

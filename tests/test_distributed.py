@@ -181,3 +181,24 @@ def test_ranks_share_the_global_batch_and_see_every_sample():
         seen += [tuple(x[i].flatten().tolist()) for x, _ in batches for i in range(len(x))]
     assert len(steps) == 1  # every rank steps the same number of times (DDP would hang otherwise)
     assert len(set(seen)) == len(split)
+
+
+def test_a_search_fine_tunes_its_winner_in_n_processes_through_the_finetune_command(trained, tmp_path):
+    weights, _ = trained
+    r = autoprune(
+        "search", "--model", MODEL, "--weights", weights, "--data", "synthetic", "--input-shape", "8x3x16x16",
+        "--strategy", "uniform", "--budget", "flops=50%", "--finetune-epochs", "2", "--no-measure",
+        "--device", "cpu", "--nproc", "2", "--out", tmp_path / "run",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    policy = json.loads((tmp_path / "run" / "policy.json").read_text())
+    assert policy["search"]["finetune"]["nproc"] == 2
+    m = policy["metrics"]
+    assert m["test_accuracy"] > m["test_accuracy_before_finetune"]
+    assert not list(tmp_path.glob("run/*.checkpoint.pt"))  # the fine-tune's files stayed in its temporary directory
+
+
+def test_a_search_under_torchrun_is_one_line(run_cli, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = run_cli("search", "--budget", "flops=50%", "--strategy", "uniform", "--no-measure")
+    assert code == 2 and err.count("\n") == 1 and "--nproc N" in err

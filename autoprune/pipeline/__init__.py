@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch.nn as nn
 
 from autoprune.data import DataBundle
@@ -27,6 +28,7 @@ from autoprune.pipeline.setup import Setup, prepare
 from autoprune.policy import Policy
 from autoprune.search import SearchResult, run_search
 from autoprune.search.optuna_storage import check_storage
+from autoprune.search.promotion import promote
 from autoprune.spec import RunSpec, save_spec
 
 
@@ -96,11 +98,25 @@ def run(
     )
     if role == "worker":
         return RunOutcome(result, None, None, run_dir)
+    if spec.promote > 0 and setup.evaluator is not None:
+        result = promote_best(setup, result, phase)
     outcome = finish(setup, result, started, phase)
     if run_dir is not None:
         phase("writing the run directory")
         write_run_dir(run_dir, result.history, outcome)
     return RunOutcome(result, outcome.policy, outcome.pruned, run_dir)
+
+
+def promote_best(setup: Setup, result: SearchResult, phase: Callable[[str], None]) -> SearchResult:
+    """The multi-fidelity rung (:mod:`autoprune.search.promotion`): the search's best ``promote`` policies and the
+    uniform one fine-tuned ``promote_steps`` steps; the best after it becomes the result's policy."""
+    spec = setup.spec
+    phase(f"promoting the best {spec.promote} policies and uniform to {spec.promote_steps} fine-tune steps each")
+    ranked = promote(result.history, setup.problem, setup.evaluator, spec.promote, spec.promote_steps)
+    record = [{**asdict(p), "kept": list(p.kept)} for p in ranked]
+    best = ranked[0]
+    phase(f"promoted: {best.source} wins with {best.accuracy_ft:.2%} after the short fine-tune")
+    return replace(result, best_kept=np.asarray(best.kept), extra={**result.extra, "promotion": record})
 
 
 def search_policy(

@@ -130,6 +130,7 @@ def _search_record(setup: Setup, result: SearchResult, started: float, finetuned
         "converged": result.extra.get("converged"),  # an Optuna study that ran out of new policies to propose
         "seed": spec.seed,
         "reward": result.extra.get("reward"),
+        "promotion": result.extra.get("promotion"),  # the multi-fidelity rung's candidates, best first
         "episodes": spec.episodes,
         "criterion": spec.criterion,
         "min_keep": spec.min_keep,

@@ -1,0 +1,60 @@
+"""Multi-fidelity selection: the search's best few policies promoted to a short distilled fine-tune.
+
+A search ranks policies by their held-out accuracy after BatchNorm recalibration only (the ``acc`` reward: cheap,
+so hundreds of policies can be scored). That ranking predicts the accuracy after the final fine-tune poorly when a
+cut is deep: a policy that loses more before fine-tuning may recover more. Successive halving with two rungs
+(Jamieson & Talwalkar, 2016; the schedule of Optuna's ``SuccessiveHalvingPruner``) spends the expensive fidelity
+only where it can change the choice: the ``k`` best distinct feasible policies of the search, and the uniform
+policy of the same budget (the obvious prune the search must beat), each get ``steps`` SGD steps of distilled
+fine-tuning (the ``acc-ft`` evaluation) and the best of them after it is the winner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from autoprune.problem import Problem
+from autoprune.reward import Evaluator
+from autoprune.search.baselines import uniform_kept
+
+
+@dataclass(frozen=True)
+class Promoted:
+    """One candidate of the promotion rung: where it came from, and its accuracy before and after the short
+    fine-tune."""
+
+    kept: tuple[int, ...]
+    source: str  # "search #rank" or "uniform"
+    accuracy: float  # the search's reward fidelity: held-out accuracy after BN recalibration
+    accuracy_ft: float  # after ``steps`` steps of (distilled) fine-tuning
+
+
+def candidates(history: pd.DataFrame, problem: Problem, k: int) -> list[tuple[tuple[int, ...], str]]:
+    """The ``k`` best distinct feasible policies of ``history`` by reward, then the uniform policy (once)."""
+    rows = history[history["feasible"].astype(bool)] if "feasible" in history else history
+    rows = rows[np.isfinite(rows["reward"].astype(float))].sort_values("reward", ascending=False, kind="stable")
+    picked: list[tuple[tuple[int, ...], str]] = []
+    for kept in rows["kept"]:
+        key = tuple(int(c) for c in kept)
+        if key not in (p for p, _ in picked):
+            picked.append((key, f"search #{len(picked) + 1}"))
+        if len(picked) == k:
+            break
+    uniform = tuple(int(c) for c in uniform_kept(problem)[0])
+    if uniform not in (p for p, _ in picked):
+        picked.append((uniform, "uniform"))
+    return picked
+
+
+def promote(history: pd.DataFrame, problem: Problem, evaluator: Evaluator, k: int, steps: int) -> list[Promoted]:
+    """Fine-tune each candidate ``steps`` steps and score it; returns them best first (ties: the search's order)."""
+    out = []
+    for kept, source in candidates(history, problem, k):
+        before = evaluator.evaluate(kept).accuracy
+        after = evaluator.evaluate(kept, finetune_steps=steps).accuracy
+        out.append(Promoted(kept, source, before, after))
+    order = sorted(range(len(out)), key=lambda i: (-np.nan_to_num(out[i].accuracy_ft, nan=-1.0), i))
+    return [out[i] for i in order]
