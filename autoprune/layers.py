@@ -159,6 +159,19 @@ def _is_depthwise(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels
 
 
+def _is_channel_shuffle(node: tp.dependency.Node) -> bool:
+    """Whether a Torch-Pruning node is a channel shuffle (``F.channel_shuffle``, ``nn.ChannelShuffle``).
+
+    Torch-Pruning has no index mapping for it: ``DependencyGraph._trace_computational_graph`` takes its single
+    ``ChannelShuffleBackward0`` node for an element-wise op and couples input channel i with output channel i, which
+    the shuffle moves to another position. No coupling could be right: the shuffle (and ShuffleNetV2's split after
+    it) place channels by their position, computed from the tensor's size at run time, so removing any channel
+    re-routes the others. Groups whose channels pass through one are therefore not pruned.
+    """
+    grad_fn = node.grad_fn
+    return grad_fn is not None and "channelshuffle" in grad_fn.name().lower()
+
+
 _Call = tuple[torch.Size, torch.Size, object]  # one call of a layer: input shape, output shape, grad_fn of the output
 
 
@@ -285,6 +298,8 @@ def _prunable_groups(
             continue
         if any(_is_grouped(dep.target.module) for dep, _ in group):
             continue  # Torch-Pruning cannot keep grouped (non-depthwise) convs consistent: left at full width
+        if any(_is_channel_shuffle(dep.target) for dep, _ in group):
+            continue  # its channels are routed by position through a channel shuffle: left at full width
         executed = [
             dep.target.module
             for dep, _ in group

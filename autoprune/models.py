@@ -11,6 +11,9 @@ A model is named by a string so that a policy file can say which model it belong
   classes, with its committed checkpoint: a model where capacity is scarce, so how it is pruned matters;
 * ``package.module:factory``: a user function returning an ``nn.Module``.
 
+torchvision's ShuffleNetV2 blocks are rebuilt as :class:`ShuffleNetV2Block` (same submodules, weights and outputs)
+so that Torch-Pruning can trace them.
+
 Weights come from a state_dict file loaded with ``weights_only=True``; a whole pickled module is unpickled only
 when the caller says it trusts the file, because unpickling runs arbitrary code.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +84,61 @@ def compact_mobilenet_v2(num_classes: int = 10, in_channels: int = 1) -> nn.Modu
     net.classifier[-1] = nn.Linear(512, num_classes)
     net.last_channel = 512
     return net
+
+
+class ShuffleNetV2Block(nn.Module):
+    """torchvision's ShuffleNetV2 ``InvertedResidual`` with the same submodules (so the same state_dict keys and
+    weights) and the same outputs, written so that Torch-Pruning 1.x on PyTorch 2 can trace it.
+
+    torchvision's block splits with ``x.chunk(2, dim=1)`` and shuffles with ``view``/``transpose``/``view``; both
+    break Torch-Pruning's graph building, because it reads shapes from autograd attributes under their PyTorch 1
+    names (``_saved_self_sizes``, ``_saved_split_sizes``) where PyTorch 2 saves ``_saved_self_sym_sizes`` and, for
+    chunk, ``_saved_split_size``:
+
+    * ``torch_pruning.dependency.index_mapping.update_reshape_index_mapping`` then takes every ``view`` for a 2-D/4-D
+      flatten and infers its channel counts through the graph (``shape_infer.infer_in_channels_recursively``, which
+      for a split feeding a concat returns "concat channels minus the other inputs'"): 0 for the shuffle's 5-D view,
+      a ``ZeroDivisionError``. Here the shuffle is ``F.channel_shuffle``, one autograd node with no view in it;
+    * ``shape_infer.init_shape_information`` falls back to the same inference for chunk's split sizes and gets a
+      short offsets list, an ``IndexError`` in ``_SplitIndexMapping``. Here the split is ``torch.split`` with explicit
+      sizes, whose ``_saved_split_sizes`` it reads.
+
+    Torch-Pruning has no index mapping for a channel shuffle either way: :func:`autoprune.layers.analyze` leaves
+    the channels that pass through it at full width.
+    """
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.stride = block.stride
+        self.branch1 = block.branch1
+        self.branch2 = block.branch2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            first = (x.shape[1] + 1) // 2  # chunk(2)'s sizes
+            x1, x2 = torch.split(x, [first, x.shape[1] - first], dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        if torch.onnx.is_in_onnx_export():
+            # the TorchScript ONNX exporter has no symbolic for aten::channel_shuffle: export torchvision's reshapes
+            from torchvision.models.shufflenetv2 import channel_shuffle
+
+            return channel_shuffle(out, 2)
+        return F.channel_shuffle(out, 2)
+
+
+def adapt_shufflenet_v2(model: nn.Module) -> nn.Module:
+    """``model`` with every torchvision ShuffleNetV2 block (anywhere in it) replaced by a :class:`ShuffleNetV2Block`
+    sharing its submodules, in place; other models are returned untouched."""
+    shufflenet = sys.modules.get("torchvision.models.shufflenetv2")
+    if shufflenet is None:  # no such block can exist before its module is imported
+        return model
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is shufflenet.InvertedResidual:
+                setattr(parent, name, ShuffleNetV2Block(child))
+    return model
 
 
 class CifarResNet(nn.Module):
@@ -252,7 +311,7 @@ def build_model(
         weights = spec.default_weights
     if weights is not None:
         model = load_weights(model, weights, trust_pickle)
-    return model.eval(), spec
+    return adapt_shufflenet_v2(model).eval(), spec
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:

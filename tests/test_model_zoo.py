@@ -35,6 +35,7 @@ FAST = [
     ("inception_v3", (1, 3, 80, 80)),
     ("resnext50_32x4d", SMALL),  # grouped convs stay at full width; the rest is pruned
     ("regnet_y_400mf", SMALL),  # squeeze-excitation
+    ("shufflenet_v2_x0_5", SMALL),  # channels through a channel shuffle stay at full width
 ]
 SLOW = [  # about a minute each on two CPU cores
     ("vgg11_bn", NATIVE),
