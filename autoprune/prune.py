@@ -294,8 +294,9 @@ def _refit_layer(src, dst, name, batches, original, pruned, out_removed, max_row
         h2.remove()
     y = torch.cat(ys)
     if out_removed.get(name):  # the layer's own outputs were pruned too: match only the kept ones
-        keep = sorted(set(range(y.shape[1])) - out_removed[name])
-        y = y[:, keep]
+        dim = -1 if isinstance(dst, nn.Linear) else 1  # a Linear's features are last (a ViT's are (B, tokens, C))
+        keep = sorted(set(range(y.shape[dim])) - out_removed[name])
+        y = y.index_select(dim, torch.tensor(keep, device=y.device))
     _refit(dst, torch.cat(xs), y, max_rows, seed)
 
 

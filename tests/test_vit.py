@@ -23,7 +23,7 @@ from autoprune.cost.model import CostModel
 from autoprune.data import make_synthetic
 from autoprune.onnx_graph import onnx_bytes
 from autoprune.problem import Problem
-from autoprune.prune import ChannelPruner
+from autoprune.prune import CRITERIA, ChannelPruner
 from autoprune.vit import HeadAttention, explicit_vit_attention
 
 SHAPE = (1, 3, 32, 32)
@@ -156,3 +156,13 @@ def test_a_search_through_the_api_prunes_heads_within_the_budget(tmp_path):
     heads = [b.self_attention.num_heads for b in run.pruned.encoder.layers]
     assert heads == [g["kept"] for g in run.policy.groups if g["name"].endswith("self_attention.q")]
     assert (tmp_path / "run" / "policy.json").is_file()
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_every_criterion_scores_whole_heads(criterion):
+    data = make_synthetic(SHAPE[1:], num_classes=10, n_train=64, n_test=16, held_out=16)
+    pruner = ChannelPruner(tiny_vit(), SHAPE, criterion=criterion, data=data.train)
+    assert [len(s) for s in pruner.scores] == [HIDDEN, HEADS, MLP, HEADS, MLP]
+    pruned = pruner.apply([48, 2, 64, 3, 96], reconstruct=criterion == "l2")  # a refit of (B, tokens, C) layers
+    with torch.no_grad():
+        assert pruned(torch.randn(2, *SHAPE[1:])).shape == (2, 10)
