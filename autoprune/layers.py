@@ -11,7 +11,9 @@ Cost model. Every counted layer's FLOPs (and params) is ``a*IN*OUT + b*OUT + c``
 input and output channel counts: a conv is bilinear in both, a depthwise conv, BatchNorm, activation or pooling is
 linear in its channels. IN and OUT are affine in the groups' kept counts (a layer's channels can come from several
 groups, as after a concatenation). The coefficients are collected during the same forward pass that Torch-Pruning
-traces, with the counting rules of ``torch_pruning.utils.count_ops_and_params``, so the two agree exactly.
+traces, with the counting rules of ``torch_pruning.utils.count_ops_and_params``, so the two agree exactly. An
+attention (:mod:`autoprune.vit`) is one term per projection layer: its matrix products and softmax are linear in the
+head width that layer's channels are, and the projections bilinear in their widths.
 """
 
 from __future__ import annotations
@@ -610,7 +612,7 @@ def _attention_rows(
             layer = getattr(m, p)
             c_in = _affine(own.inputs.get(layer, {}), layer.in_features, channels)
             c_out = _affine(own.outputs.get(layer, {}), layer.out_features, channels)
-            rows.append(_Row(f"{name}.{p}", c_in, c_out, a * per_call, b * per_call, 0.0, 0.0))
+            rows.append(_Row(name, c_in, c_out, a * per_call, b * per_call, 0.0, 0.0))
     return rows
 
 
