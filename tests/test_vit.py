@@ -20,7 +20,9 @@ import autoprune
 from autoprune.budget import parse_budget
 from autoprune.cost.flops import costs
 from autoprune.cost.model import CostModel
+from autoprune.cost.probes import plan_layers
 from autoprune.data import make_synthetic
+from autoprune.errors import UserError
 from autoprune.onnx_graph import onnx_bytes
 from autoprune.problem import Problem
 from autoprune.prune import CRITERIA, ChannelPruner
@@ -166,3 +168,9 @@ def test_every_criterion_scores_whole_heads(criterion):
     pruned = pruner.apply([48, 2, 64, 3, 96], reconstruct=criterion == "l2")  # a refit of (B, tokens, C) layers
     with torch.no_grad():
         assert pruned(torch.randn(2, *SHAPE[1:])).shape == (2, 10)
+
+
+def test_a_latency_table_is_refused_in_one_line(pruner):
+    # its probes time conv and linear layers; the attention's products would be missing from the prediction
+    with pytest.raises(UserError, match="not attention .*use a flops or params budget"):
+        plan_layers(pruner.graph, block=8, align=4, grid=2)
