@@ -11,13 +11,16 @@ Cost model. Every counted layer's FLOPs (and params) is ``a*IN*OUT + b*OUT + c``
 input and output channel counts: a conv is bilinear in both, a depthwise conv, BatchNorm, activation or pooling is
 linear in its channels. IN and OUT are affine in the groups' kept counts (a layer's channels can come from several
 groups, as after a concatenation). The coefficients are collected during the same forward pass that Torch-Pruning
-traces, with the counting rules of ``torch_pruning.utils.count_ops_and_params``, so the two agree exactly.
+traces, with the counting rules of ``torch_pruning.utils.count_ops_and_params``, so the two agree exactly. An
+attention (:mod:`autoprune.vit`) is one term per projection layer: its matrix products and softmax are linear in the
+head width that layer's channels are, and the projections bilinear in their widths.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
@@ -29,6 +32,7 @@ import torch_pruning as tp
 from torch_pruning.utils.op_counter import MODULES_MAPPING
 
 from autoprune.errors import UserError
+from autoprune.vit import HeadAttention, attention_flops, explicit_vit_attention
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)  # the layers whose output channels can root a group
@@ -36,12 +40,19 @@ _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)  # the layers whose output chan
 
 @dataclass(frozen=True)
 class LayerGroup:
-    """One pruning decision: ``channels`` coupled channels, of which a policy keeps some."""
+    """One pruning decision: ``channels`` coupled units, of which a policy keeps some.
+
+    A unit is one channel, except in a group of attention heads (kind ``"heads"``), whose unit is a whole head of
+    ``unit`` = head_dim channels in each of q, k, v and out_proj: a head's channels only go together (the attention
+    splits its width into heads of a fixed size), so the policy counts heads. The cost model is affine in units
+    alike (a layer holding n of a group's channels gains ``n / channels`` per kept unit) and the pruner expands a
+    removed unit into its channels (:meth:`unit_channels`).
+    """
 
     index: int
     name: str  # name of the root module (the first conv/linear whose output channels form the group)
-    kind: str  # "conv" | "depthwise" | "linear"
-    channels: int
+    kind: str  # "conv" | "depthwise" | "linear" | "heads"
+    channels: int  # units: channels, or heads for kind "heads"
     members: tuple[str, ...]  # modules whose output channels are pruned with the group
     consumers: tuple[str, ...]  # modules whose input channels are pruned with the group
     c_in: int  # root's input channels
@@ -50,9 +61,20 @@ class LayerGroup:
     in_hw: tuple[int, ...]  # root's input spatial size
     flops: float  # FLOPs of the layers whose cost depends on this group, at full width
     params: int
+    unit: int = 1  # channels per unit
 
     def to_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "channels": self.channels}
+
+    def step(self, round_to: int) -> int:
+        """``round_to`` counts channels: the fewest units whose channels are a multiple of it (one head of 64
+        channels is a multiple of 8 already)."""
+        return round_to // math.gcd(round_to, self.unit)
+
+    def unit_channels(self, units: np.ndarray) -> np.ndarray:
+        """The group's channels (Torch-Pruning's root indices) that make up ``units``."""
+        units = np.asarray(units, dtype=np.int64)
+        return (units[:, None] * self.unit + np.arange(self.unit)).reshape(-1)
 
 
 @dataclass
@@ -233,7 +255,12 @@ def _channel_dim_size(shape: torch.Size, owned: int) -> int:
 
 
 def analyze(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "model") -> LayerGraph:
-    """Find the prunable groups of ``model`` and its cost model for inputs of ``input_shape``."""
+    """Find the prunable groups of ``model`` and its cost model for inputs of ``input_shape``.
+
+    A torchvision ViT's attention is first made explicit, in place (:func:`autoprune.vit.explicit_vit_attention`:
+    the same outputs), so that each block's heads are a group.
+    """
+    explicit_vit_attention(model)
     example = torch.randn(*input_shape)
     dg, rec = build_dependency_graph(model, example)
     name_of = {m: n for n, m in model.named_modules()}
@@ -387,11 +414,14 @@ def _layer_group(
         kind, kernel, stride, c_in, in_hw = "linear", (1,), (1,), root.in_features, ()
     if any(_is_depthwise(dep.target.module) for dep, _ in group if isinstance(dep.target.module, nn.Module)):
         kind = "depthwise"
+    unit = _head_dim(group, members, name_of)
+    if unit > 1:
+        kind = "heads"
     return LayerGroup(
         gi,
         name_of[root],
         kind,
-        len(group[0].idxs),
+        len(group[0].idxs) // unit,
         tuple(dict.fromkeys(members)),
         tuple(dict.fromkeys(consumers)),
         c_in,
@@ -400,7 +430,29 @@ def _layer_group(
         in_hw,
         flops=0.0,  # filled in by _with_group_shares once the cost terms are known
         params=0,
+        unit=unit,
     )
+
+
+def _head_dim(group: tp.dependency.Group, members: list[str], name_of: dict[nn.Module, str]) -> int:
+    """A group that prunes the outputs of an attention's q, k, v is its heads: their head_dim, else 1.
+
+    Torch-Pruning couples exactly q's, k's and v's outputs and out_proj's inputs, with the same indices; anything
+    else coupled to them would be cut across heads, which the attention cannot be.
+    """
+    attentions = {
+        a for a in name_of if isinstance(a, HeadAttention) for p in ("q", "k", "v") if name_of[getattr(a, p)] in members
+    }
+    if not attentions:
+        return 1
+    (attention, *others) = attentions
+    expected = {f"{name_of[attention]}.{p}" for p in ("q", "k", "v")}
+    if others or set(members) != expected or len(group[0].idxs) != attention.q.out_features:
+        raise UserError(
+            f"autoprune cannot prune the heads of {name_of[attention]}: Torch-Pruning couples them to "
+            f"{', '.join(sorted(set(members) - expected)) or 'other channels'}, which would cut heads apart"
+        )
+    return attention.head_dim
 
 
 def _recipe(group: tp.dependency.Group) -> list[PruneStep]:
@@ -458,9 +510,16 @@ def _cost_terms(
     """The cost model: a term for every layer the recorder saw, every loose parameter and every pruned module the
     op counter does not hook; the parameters of none of them are a constant."""
     channels = np.array([g.channels for g in groups], dtype=np.float64)
+    # the op counter credits a layer it hooks with everything inside it (it does not descend into it), so a layer
+    # within one (an attention's projections) has its parameters but not its FLOPs counted on its own
+    nested = {c for m in model.modules() if type(m) in MODULES_MAPPING for c in m.modules() if c is not m}
     rows: list[_Row] = []
     for m, calls in rec.calls.items():
-        rows += _hooked_layer_rows(m, calls, own, name_of.get(m, "?"), channels, batch)
+        if isinstance(m, HeadAttention):
+            rows += _attention_rows(m, rec, own, name_of.get(m, "?"), channels, batch)
+            continue
+        layer_rows = _hooked_layer_rows(m, calls, own, name_of.get(m, "?"), channels, batch)
+        rows += [r._replace(flops_a=0.0, flops_b=0.0) for r in layer_rows] if m in nested else layer_rows
     counted_ids = {id(p) for m in rec.calls for p in m.parameters(recurse=False)}
     rows += _loose_parameter_rows(own, counted_ids, channels)
     rows += _unhooked_module_rows(own, counted_ids, name_of, channels)
@@ -552,6 +611,23 @@ def _elementwise_rows(
         aff = _affine(owned, c, channels)
         f = float(np.prod(shape)) / c / batch * per_elem
         rows.append(_Row(name, aff, aff, 0.0, f, 0.0, n_params / c if i == 0 else 0.0))
+    return rows
+
+
+def _attention_rows(
+    m: HeadAttention, rec: _Recorder, own: _Ownership, name: str, channels: np.ndarray, batch: int
+) -> list[_Row]:
+    """The FLOPs of an explicit attention (:func:`autoprune.vit.attention_flops`), one term per projection
+    layer over that layer's widths, call by call; the projections' own terms hold their parameters."""
+    rows = []
+    for i, (q_shape, _, _) in enumerate(rec.calls[m]):
+        lengths = [rec.calls[getattr(m, p)][i][0][1] for p in ("q", "k", "v")]
+        per_call = q_shape[0] / batch
+        for p, (a, b) in attention_flops(m, *lengths).items():
+            layer = getattr(m, p)
+            c_in = _affine(own.inputs.get(layer, {}), layer.in_features, channels)
+            c_out = _affine(own.outputs.get(layer, {}), layer.out_features, channels)
+            rows.append(_Row(name, c_in, c_out, a * per_call, b * per_call, 0.0, 0.0))
     return rows
 
 

@@ -27,6 +27,7 @@ class Problem:
     round_to: int = 1
     limits: dict[str, float] = field(init=False)
     floor: np.ndarray = field(init=False)
+    steps: np.ndarray = field(init=False)  # round_to in each group's units (a head is already whole blocks)
 
     def __post_init__(self) -> None:
         missing = [m for m in self.budget.metrics if m not in self.cost.metrics]
@@ -40,8 +41,13 @@ class Problem:
         if self.round_to < 1:
             raise UserError(f"--round-to {self.round_to} must be at least 1")
         self.limits = self.budget.limits(self.cost.baseline)
+        self.steps = np.array([g.step(self.round_to) for g in self.graph.groups], dtype=np.int64)
         self.floor = np.array(
-            [round_channels(g.channels, self.min_keep, self.round_to, 1) for g in self.graph.groups], dtype=np.int64
+            [
+                round_channels(g.channels, self.min_keep, int(s), 1)
+                for g, s in zip(self.graph.groups, self.steps, strict=True)
+            ],
+            dtype=np.int64,
         )
         self.floor = np.minimum(self.floor, self.graph.channels)
         cheapest = self.cost(self.floor)
@@ -68,8 +74,8 @@ class Problem:
     def ratios_to_kept(self, ratios: Sequence[float] | np.ndarray) -> np.ndarray:
         return np.array(
             [
-                max(int(f), round_channels(int(c), float(r), self.round_to, int(f)))
-                for c, r, f in zip(self.channels, ratios, self.floor, strict=True)
+                max(int(f), round_channels(int(c), float(r), int(s), int(f)))
+                for c, r, f, s in zip(self.channels, ratios, self.floor, self.steps, strict=True)
             ],
             dtype=np.int64,
         )
@@ -81,11 +87,11 @@ class Problem:
     # -- AMC's feasibility clip, generalised to every cost the budget names --------------------------------------
     @property
     def candidates(self) -> list[np.ndarray]:
-        """Per group, every kept count a policy may choose (multiples of ``round_to`` from the floor, and all)."""
+        """Per group, every kept count a policy may choose (multiples of its step from the floor, and all)."""
         if not hasattr(self, "_candidates"):
             cands = []
-            for c, f in zip(self.channels, self.floor, strict=True):
-                vals = {int(f), int(c)} | {k for k in range(int(f), int(c) + 1) if k % self.round_to == 0}
+            for c, f, s in zip(self.channels, self.floor, self.steps, strict=True):
+                vals = {int(f), int(c)} | {k for k in range(int(f), int(c) + 1) if k % s == 0}
                 cands.append(np.array(sorted(vals), dtype=np.int64))
             self._candidates = cands
         return self._candidates
@@ -116,7 +122,7 @@ class Problem:
         """Group ``i``'s kept count for keep ratio ``ratio``, rounded and clipped to keep the budget reachable."""
         c, f = int(self.channels[i]), int(self.floor[i])
         r = float(np.clip(ratio, self.min_keep, 1.0))
-        want = max(f, round_channels(c, r, self.round_to, f))
+        want = max(f, round_channels(c, r, int(self.steps[i]), f))
         return min(want, self.max_feasible(i, kept))
 
     def project(self, ratios: Sequence[float] | np.ndarray) -> np.ndarray:

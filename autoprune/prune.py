@@ -32,6 +32,7 @@ from autoprune.compute import CPU, Compute, placed
 from autoprune.data import Split
 from autoprune.errors import UserError
 from autoprune.layers import LayerGraph, analyze
+from autoprune.vit import sync_vit_widths
 
 CRITERIA = ("l1", "l2", "bn-scale", "taylor", "apoz", "random")
 DATA_CRITERIA = ("taylor", "apoz")
@@ -135,6 +136,8 @@ def _scores(graph: LayerGraph, criterion: str, seed: int, scorer=None) -> list[n
         if imp is None:  # a group with no parametrised layer the criterion looks at: fall back to magnitude
             imp = tp.importance.GroupMagnitudeImportance(p=2, normalizer=None)(tp_group)
         imp = torch.as_tensor(imp, dtype=torch.float64).detach().cpu().numpy()
+        if g.unit > 1 and len(imp) == g.channels * g.unit:  # a head's importance is its channels'
+            imp = imp.reshape(g.channels, g.unit).sum(1)
         if len(imp) != g.channels:
             raise RuntimeError(f"importance of {g.name} has {len(imp)} scores for {g.channels} channels")
         scores.append(np.nan_to_num(imp, nan=0.0))
@@ -175,6 +178,7 @@ class ChannelPruner:
         }
 
     def removed_channels(self, kept: Sequence[int]) -> list[np.ndarray]:
+        """Per group, the units (channels, or heads) a policy keeping ``kept`` removes."""
         return [
             np.sort(order[: g.channels - k]) for g, order, k in zip(self.graph.groups, self.order, kept, strict=True)
         ]
@@ -191,10 +195,12 @@ class ChannelPruner:
         # (target in the copy, handler) -> channels to remove, in the original layer's numbering
         removals: dict[tuple[int, object], set[int]] = defaultdict(set)
         targets: dict[tuple[int, object], object] = {}
-        for recipe, removed in zip(self.graph.recipes, self.removed_channels(kept), strict=True):
+        for group, recipe, removed in zip(
+            self.graph.groups, self.graph.recipes, self.removed_channels(kept), strict=True
+        ):
             if len(removed) == 0:
                 continue
-            drop = set(removed.tolist())
+            drop = set(group.unit_channels(removed).tolist())
             for step in recipe:
                 if not isinstance(step.target, (nn.Module, nn.Parameter)) or id(step.target) not in memo:
                     continue  # operation nodes (add, relu, cat) carry no weights
@@ -218,6 +224,7 @@ class ChannelPruner:
                 setattr(owner, attr, key[1](getattr(owner, attr), sorted(idxs)))
             else:
                 key[1](target, sorted(idxs))
+        sync_vit_widths(pruned)
         pruned.eval()
         if reconstruct:
             if self.data is None:
@@ -287,8 +294,9 @@ def _refit_layer(src, dst, name, batches, original, pruned, out_removed, max_row
         h2.remove()
     y = torch.cat(ys)
     if out_removed.get(name):  # the layer's own outputs were pruned too: match only the kept ones
-        keep = sorted(set(range(y.shape[1])) - out_removed[name])
-        y = y[:, keep]
+        dim = -1 if isinstance(dst, nn.Linear) else 1  # a Linear's features are last (a ViT's are (B, tokens, C))
+        keep = sorted(set(range(y.shape[dim])) - out_removed[name])
+        y = y.index_select(dim, torch.tensor(keep, device=y.device))
     _refit(dst, torch.cat(xs), y, max_rows, seed)
 
 

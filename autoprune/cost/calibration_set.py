@@ -26,7 +26,7 @@ CALIBRATION_SEED = 7919  # not validate's default seed 0: a table is never valid
 
 def uniform_kept(graph: LayerGraph, ratio: float, step: int) -> np.ndarray:
     """Keep ``ratio`` of every group, rounded to whole blocks of ``step`` channels (the serving-friendly widths)."""
-    return np.array([round_channels(g.channels, ratio, step) for g in graph.groups], dtype=np.int64)
+    return np.array([round_channels(g.channels, ratio, g.step(step)) for g in graph.groups], dtype=np.int64)
 
 
 def random_policies(
@@ -46,12 +46,13 @@ def random_policies(
     rng = np.random.default_rng(seed)
     channels = graph.channels
     full = costs(graph, channels)["flops"]
-    floor = np.array([round_channels(int(c), min_keep, round_to) for c in channels])
+    steps = [g.step(round_to) for g in graph.groups]  # round_to counts channels; a group may count heads
+    floor = np.array([round_channels(int(c), min_keep, s) for c, s in zip(channels, steps, strict=True)])
 
     def kept_at(alpha: float, appetite: np.ndarray) -> np.ndarray:
         ratios = np.clip(1.0 - alpha * appetite, min_keep, 1.0)
         return np.maximum(
-            floor, [round_channels(int(c), float(r), round_to) for c, r in zip(channels, ratios, strict=True)]
+            floor, [round_channels(int(c), float(r), s) for c, r, s in zip(channels, ratios, steps, strict=True)]
         )
 
     targets = np.linspace(lo, hi, samples) if samples > 1 else np.array([hi])

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from autoprune.errors import UserError
 from autoprune.layers import LayerGraph
+from autoprune.vit import HeadAttention
 
 OPS = ("conv", "depthwise", "linear")
 REGIMES = ("aligned", "unaligned")
@@ -234,6 +235,12 @@ def plan_layers(graph: LayerGraph, block: int, align: int, grid: int) -> list[La
     if graph.model is None:
         raise ValueError("the graph has no model attached")
     modules = dict(graph.model.named_modules())
+    attention = next((n for n, m in modules.items() if isinstance(m, HeadAttention)), None)
+    if attention is not None:  # its QK^T, softmax and AV are no probe's: the table would miss their time
+        raise UserError(
+            f"latency tables time conv and linear layers, not attention ({attention}): "
+            f"use a flops or params budget for {graph.model_name}"
+        )
     shapes = _input_shapes(graph.model, graph.input_shape)
     terms = graph.terms
     ones = np.ones(len(graph.groups))

@@ -19,7 +19,7 @@ from gymnasium import spaces
 
 from autoprune.problem import Problem
 
-KIND_CODE = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
+KIND_CODE = {"conv": 0.0, "depthwise": 0.5, "heads": 0.75, "linear": 1.0}
 FEATURES = (
     "index",
     "kind",
