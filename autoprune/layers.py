@@ -139,6 +139,10 @@ class LayerGraph:
     base_flops: float
     base_params: int
     ignored: list[str] = field(default_factory=list)
+    # layers holding parameters Torch-Pruning has no pruner for (it guesses their channel dim): a pruner checks them
+    unwrapped: list[str] = field(default_factory=list)
+    # costs the analytic model cannot follow for this model (a custom layer's parameters): found by the pruner's check
+    inexact: list[str] = field(default_factory=list)
     # The analysed model instance, Torch-Pruning's groups on it, and how to replay each group's surgery.
     model: nn.Module | None = field(default=None, repr=False)
     tp_groups: list = field(default_factory=list, repr=False)
@@ -227,14 +231,62 @@ class _Recorder:
         return self.output
 
 
+# Your own model: a factory (``--model pkg.mod:factory``) may set these attributes on the model it returns, and every
+# command that rebuilds the model from the factory (search, prune, export, finetune) analyses it the same way.
+CUSTOMIZED_PRUNERS_ATTR = "autoprune_customized_pruners"  # {layer type or instance: tp BasePruningFunc}
+IGNORED_LAYERS_ATTR = "autoprune_ignored_layers"  # names of layers whose channels stay whole (not traced into)
+OWN_MODEL_HELP = (
+    f"in your factory set model.{CUSTOMIZED_PRUNERS_ATTR} = {{YourLayer: YourPruner()}} (a Torch-Pruning "
+    f"BasePruningFunc) or model.{IGNORED_LAYERS_ATTR} = ['layer.name'] (README: Your own model)"
+)
+
+
+def user_ignored_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers the model's factory asked to leave whole (``autoprune_ignored_layers``), checked by name."""
+    names = list(getattr(model, IGNORED_LAYERS_ATTR, None) or [])
+    modules = dict(model.named_modules())
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        raise UserError(
+            f"{IGNORED_LAYERS_ATTR} names no layer {unknown[0]!r} of this model: use names from `autoprune info` or "
+            f"model.named_modules() (e.g. {', '.join(list(modules)[1:4])})"
+        )
+    return [modules[n] for n in names]
+
+
 def build_dependency_graph(model: nn.Module, example: torch.Tensor) -> tuple[tp.DependencyGraph, _Recorder]:
     recorder = _Recorder(model)
     with torch.enable_grad():
         try:
-            dg = tp.DependencyGraph().build_dependency(model, example, forward_fn=recorder.forward, verbose=False)
+            dg = tp.DependencyGraph().build_dependency(
+                model,
+                example,
+                forward_fn=recorder.forward,
+                customized_pruners=getattr(model, CUSTOMIZED_PRUNERS_ATTR, None),
+                ignored_layers=user_ignored_layers(model),
+                verbose=False,
+            )
+        except UserError:
+            raise
         except Exception as e:
-            raise UserError(f"Torch-Pruning cannot trace this model ({type(e).__name__}: {e})") from e
+            near = _last_layer_before_failure(model, recorder)
+            where = f" after layer {near!r}" if near else ""
+            raise UserError(
+                f"Torch-Pruning cannot trace this model{where} ({type(e).__name__}: {str(e)[:120]}): " + OWN_MODEL_HELP
+            ) from e
     return dg, recorder
+
+
+def _last_layer_before_failure(model: nn.Module, recorder: _Recorder) -> str | None:
+    """The name of the last counted layer the tracing pass ran (the failure is in an operation after it)."""
+    if not recorder.order:
+        return None
+    name_of = {m: n for n, m in model.named_modules()}
+    return name_of.get(max(recorder.order, key=recorder.order.__getitem__))
+
+
+def _unwrapped(dg: tp.DependencyGraph) -> list[nn.Parameter]:
+    return [u.parameters for u in getattr(dg, "unwrapped_parameters", None) or []]
 
 
 def output_layers(dg: tp.DependencyGraph, recorder: _Recorder) -> list[nn.Module]:
@@ -264,7 +316,7 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "m
     example = torch.randn(*input_shape)
     dg, rec = build_dependency_graph(model, example)
     name_of = {m: n for n, m in model.named_modules()}
-    ignored = output_layers(dg, rec)
+    ignored = output_layers(dg, rec) + user_ignored_layers(model)
     rooted = _prunable_groups(dg, rec, ignored)
     groups, own = _describe_groups(dg, rec, rooted, name_of)
     terms = _cost_terms(model, rec, groups, own, name_of, input_shape[0])
@@ -277,6 +329,7 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "m
         float(base_flops),
         int(base_params),
         [name_of[m] for m in ignored],
+        sorted({name.rpartition(".")[0] or "(model)" for name in map(dg._param_to_name.get, _unwrapped(dg)) if name}),
         model=model,
         tp_groups=[g for _, g in rooted],
         recipes=[_recipe(g) for _, g in rooted],

@@ -36,6 +36,12 @@ class Problem:
                 f"budget names {', '.join(missing)} but no latency table was given: pass --table "
                 "(build one with `autoprune latency-table build`)"
             )
+        inexact = [m for m in self.budget.metrics if m in self.graph.inexact]
+        if inexact:
+            raise UserError(
+                f"a {inexact[0]} budget cannot be priced exactly for this model (a custom layer's {inexact[0]} are not "
+                "what Torch-Pruning's counter counts once pruned): budget flops or latency instead"
+            )
         if not 0 < self.min_keep <= 1:
             raise UserError(f"--min-keep {self.min_keep} must be in (0, 1]")
         if self.round_to < 1:

@@ -31,7 +31,7 @@ import torch_pruning as tp
 from autoprune.compute import CPU, Compute, placed
 from autoprune.data import Split
 from autoprune.errors import UserError
-from autoprune.layers import LayerGraph, analyze
+from autoprune.layers import CUSTOMIZED_PRUNERS_ATTR, OWN_MODEL_HELP, LayerGraph, analyze
 from autoprune.vit import sync_vit_widths
 
 CRITERIA = ("l1", "l2", "bn-scale", "taylor", "apoz", "random")
@@ -176,6 +176,30 @@ class ChannelPruner:
         self._param_owner = {
             id(p): (mod, attr) for mod in model.modules() for attr, p in mod.named_parameters(recurse=False)
         }
+        if graph.unwrapped or getattr(model, CUSTOMIZED_PRUNERS_ATTR, None):
+            self._check_unknown_layers()
+
+    def _check_unknown_layers(self) -> None:
+        """Torch-Pruning guesses how a layer it has no pruner for loses channels (the last non-singleton dim of its
+        parameters), and a user's pruner says so itself: prune every group by half once and run the result, so a
+        wrong guess is one line here instead of a broken model after a search. The cost model prices such layers as
+        the op counter counts them; where the half-pruned model's count differs, that metric is marked inexact
+        (``graph.inexact``) and a budget on it is refused."""
+        kept = [max(1, g.channels // 2) for g in self.graph.groups]
+        example = torch.randn(*self.graph.input_shape)  # the analysed batch: the cost terms are priced at it
+        try:
+            with torch.no_grad():
+                pruned = self.apply(kept)
+                pruned(example)
+        except Exception as e:  # noqa: BLE001 - any failure of the pruned model is the same finding
+            names = ", ".join(self.graph.unwrapped[:3])
+            raise UserError(
+                f"pruning breaks the model at a layer Torch-Pruning has no pruner for ({names}: "
+                f"{type(e).__name__}): {OWN_MODEL_HELP}"
+            ) from e
+        flops, params = tp.utils.count_ops_and_params(pruned, example)
+        analytic, counted = self.graph.terms.totals(np.asarray(kept)), {"flops": float(flops), "params": float(params)}
+        self.graph.inexact = [m for m in ("flops", "params") if not np.isclose(analytic[m], counted[m], rtol=1e-9)]
 
     def removed_channels(self, kept: Sequence[int]) -> list[np.ndarray]:
         """Per group, the units (channels, or heads) a policy keeping ``kept`` removes."""

@@ -154,7 +154,6 @@ def prepare(
             if table is not None
             else channel_block(spec.model, shape, CACHE_DIR / "latency_tables", threads=spec.threads)
         )
-    problem = Problem(graph, cost, spec.budget, min_keep=spec.min_keep, round_to=round_to)
     pruner = ChannelPruner(
         net,
         shape,
@@ -164,6 +163,8 @@ def prepare(
         seed=spec.seed,
         compute=compute,
     )
+    # after the pruner: its check of layers Torch-Pruning does not know may mark a metric inexact
+    problem = Problem(graph, cost, spec.budget, min_keep=spec.min_keep, round_to=round_to)
     evaluator = None
     if bundle is not None:
         evaluator = Evaluator(pruner, bundle, held_out=spec.held_out, seed=spec.seed, kd=spec.kd, compute=compute)
