@@ -32,6 +32,7 @@ import torch_pruning as tp
 from torch_pruning.utils.op_counter import MODULES_MAPPING
 
 from autoprune.errors import UserError
+from autoprune.swin import CUSTOMIZED_PRUNERS, HeadQuery, WindowAttention, explicit_swin_attention
 from autoprune.vit import HeadAttention, attention_flops, explicit_vit_attention
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
@@ -231,7 +232,9 @@ def build_dependency_graph(model: nn.Module, example: torch.Tensor) -> tuple[tp.
     recorder = _Recorder(model)
     with torch.enable_grad():
         try:
-            dg = tp.DependencyGraph().build_dependency(model, example, forward_fn=recorder.forward, verbose=False)
+            dg = tp.DependencyGraph().build_dependency(
+                model, example, forward_fn=recorder.forward, verbose=False, customized_pruners=CUSTOMIZED_PRUNERS
+            )
         except Exception as e:
             raise UserError(f"Torch-Pruning cannot trace this model ({type(e).__name__}: {e})") from e
     return dg, recorder
@@ -261,6 +264,7 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "m
     the same outputs), so that each block's heads are a group.
     """
     explicit_vit_attention(model)
+    explicit_swin_attention(model)
     example = torch.randn(*input_shape)
     dg, rec = build_dependency_graph(model, example)
     name_of = {m: n for n, m in model.named_modules()}
@@ -590,7 +594,10 @@ def _linear_row(m: nn.Linear, calls: list[_Call], own: _Ownership, name: str, ch
         f_a += float(np.prod(in_shape)) / m.in_features / batch  # rows of the input per example
     c_in = _affine(own.inputs.get(m, {}), m.in_features, channels)
     c_out = _affine(own.outputs.get(m, {}), m.out_features, channels)
-    return _Row(name, c_in, c_out, f_a, float(has_bias) * len(calls) / batch, 1.0, float(has_bias))
+    per_out = float(has_bias)
+    if isinstance(m, HeadQuery):  # its bias table: a column of table rows per head, i.e. rows / head_dim per output
+        per_out += m.relative_position_bias_table.shape[0] / m.head_dim
+    return _Row(name, c_in, c_out, f_a, float(has_bias) * len(calls) / batch, 1.0, per_out)
 
 
 def _elementwise_rows(
@@ -621,8 +628,10 @@ def _attention_rows(
     layer over that layer's widths, call by call; the projections' own terms hold their parameters."""
     rows = []
     for i, (q_shape, _, _) in enumerate(rec.calls[m]):
-        lengths = [rec.calls[getattr(m, p)][i][0][1] for p in ("q", "k", "v")]
+        lengths = [rec.calls[getattr(m, p)][i][0][-2] for p in ("q", "k", "v")]
         per_call = q_shape[0] / batch
+        if isinstance(m, WindowAttention):  # (B, H, W, C) attended in windows of N tokens: per window, times windows
+            per_call = rec.calls[m.q][i][0][:-2].numel() / batch
         for p, (a, b) in attention_flops(m, *lengths).items():
             layer = getattr(m, p)
             c_in = _affine(own.inputs.get(layer, {}), layer.in_features, channels)
