@@ -32,7 +32,7 @@ import torch_pruning as tp
 from torch_pruning.utils.op_counter import MODULES_MAPPING
 
 from autoprune.errors import UserError
-from autoprune.swin import CUSTOMIZED_PRUNERS, HeadQuery, WindowAttention, explicit_swin_attention
+from autoprune.swin import CUSTOMIZED_PRUNERS, HeadQuery, WindowAttention, explicit_swin_attention, swin_stage_layers
 from autoprune.vit import HeadAttention, attention_flops, explicit_vit_attention
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
@@ -268,7 +268,7 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "m
     example = torch.randn(*input_shape)
     dg, rec = build_dependency_graph(model, example)
     name_of = {m: n for n, m in model.named_modules()}
-    ignored = output_layers(dg, rec)
+    ignored = output_layers(dg, rec) + swin_stage_layers(model)
     rooted = _prunable_groups(dg, rec, ignored)
     groups, own = _describe_groups(dg, rec, rooted, name_of)
     terms = _cost_terms(model, rec, groups, own, name_of, input_shape[0])

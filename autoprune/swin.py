@@ -30,7 +30,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 from torch_pruning.utils.op_counter import MODULES_MAPPING
-from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
+from torchvision.models.swin_transformer import (
+    PatchMerging,
+    PatchMergingV2,
+    ShiftedWindowAttention,
+    ShiftedWindowAttentionV2,
+    SwinTransformer,
+)
 
 from autoprune.vit import HeadAttention, attention_flops
 
@@ -54,7 +60,9 @@ class HeadQueryPruner(tp.pruner.function.LinearPruner):
             raise ValueError(f"pruning rows {sorted(idxs)} of a query with heads of {d} would cut a head apart")
         table = layer.relative_position_bias_table
         keep = [h for h in range(table.shape[1]) if h not in heads]
-        layer.relative_position_bias_table = nn.Parameter(table.data[:, keep].clone(), requires_grad=table.requires_grad)
+        layer.relative_position_bias_table = nn.Parameter(
+            table.data[:, keep].clone(), requires_grad=table.requires_grad
+        )
         return super().prune_out_channels(layer, idxs)
 
 
@@ -213,3 +221,17 @@ def explicit_swin_attention(model: nn.Module) -> int:
     for parent, name in found:
         setattr(parent, name, WindowAttention.from_shifted(getattr(parent, name)))
     return len(found)
+
+
+def swin_stage_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers that set a Swin's stage widths (the patch embedding, each PatchMerging's reduction): left whole.
+
+    A stage width is the residual stream of all its blocks, and PatchMerging concatenates four shifted copies of it
+    before its norm, which Torch-Pruning's index mapping does not follow; the heads and MLP widths are the groups.
+    """
+    if not any(isinstance(m, WindowAttention) for m in model.modules()):
+        return []
+    layers = [m.reduction for m in model.modules() if isinstance(m, (PatchMerging, PatchMergingV2))]
+    if isinstance(model, SwinTransformer):
+        layers += [m for m in model.features[0].modules() if isinstance(m, nn.Conv2d)]
+    return layers
