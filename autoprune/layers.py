@@ -595,8 +595,8 @@ def _linear_row(m: nn.Linear, calls: list[_Call], own: _Ownership, name: str, ch
     c_in = _affine(own.inputs.get(m, {}), m.in_features, channels)
     c_out = _affine(own.outputs.get(m, {}), m.out_features, channels)
     per_out = float(has_bias)
-    if isinstance(m, HeadQuery):  # its bias table: a column of table rows per head, i.e. rows / head_dim per output
-        per_out += m.relative_position_bias_table.shape[0] / m.head_dim
+    if isinstance(m, HeadQuery):  # its per-head parameters (a Swin's bias table): so many per output channel
+        per_out += m.params_per_output()
     return _Row(name, c_in, c_out, f_a, float(has_bias) * len(calls) / batch, 1.0, per_out)
 
 
@@ -637,6 +637,14 @@ def _attention_rows(
             c_in = _affine(own.inputs.get(layer, {}), layer.in_features, channels)
             c_out = _affine(own.outputs.get(layer, {}), layer.out_features, channels)
             rows.append(_Row(name, c_in, c_out, a * per_call, b * per_call, 0.0, 0.0))
+        if isinstance(m, WindowAttention):  # its position bias, computed once a call: per head, and shared
+            const, per_out = m.position_flops()
+            c_out = _affine(own.outputs.get(m.q, {}), m.q.out_features, channels)
+            rows.append(_Row(name, c_out, c_out, 0.0, per_out / batch, 0.0, 0.0))
+            rows.append(_Row(name, _affine({}, 1, channels), _affine({}, 1, channels), 0.0, const / batch, 0.0, 0.0))
+    if isinstance(m, WindowAttention):
+        one = _affine({}, 1, channels)
+        rows.append(_Row(name, one, one, 0.0, 0.0, 0.0, float(m.q.shared_params())))
     return rows
 
 

@@ -14,44 +14,50 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch_pruning as tp
-from torchvision.models.swin_transformer import SwinTransformer
+from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
 
 from autoprune.cost.flops import costs
 from autoprune.onnx_graph import onnx_bytes
 from autoprune.prune import ChannelPruner
-from autoprune.swin import WindowAttention, explicit_swin_attention
+from autoprune.swin import WindowAttention, WindowAttentionV2, explicit_swin_attention
 
 SHAPE = (1, 3, 32, 32)
 BLOCKS = ("features.1.0", "features.1.1", "features.3.0", "features.3.1")
 HEADS = (2, 2, 4, 4)
 
 
-def tiny_swin() -> SwinTransformer:
+def tiny_swin(v2: bool = False) -> SwinTransformer:
     torch.manual_seed(0)
+    v2_parts = {"block": SwinTransformerBlockV2, "downsample_layer": PatchMergingV2} if v2 else {}
     return SwinTransformer(
-        patch_size=[4, 4], embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4], num_classes=10
+        patch_size=[4, 4], embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4], num_classes=10, **v2_parts
     ).eval()
 
 
-@pytest.fixture(scope="module")
-def pruner() -> ChannelPruner:
-    return ChannelPruner(tiny_swin(), SHAPE, model_name="tiny-swin")
+@pytest.fixture(scope="module", params=[False, True], ids=["v1", "v2"])
+def pruner(request) -> ChannelPruner:
+    model = tiny_swin(request.param)
+    model.v2 = request.param
+    return ChannelPruner(model, SHAPE, model_name="tiny-swin")
 
 
-def test_explicit_window_attention_computes_what_torchvisions_did():
-    model, x = tiny_swin(), torch.randn(2, *SHAPE[1:])
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+def test_explicit_window_attention_computes_what_torchvisions_did(v2):
+    model, x = tiny_swin(v2), torch.randn(2, *SHAPE[1:])
     with torch.no_grad():
         ref = model(x)
     _, ref_params = tp.utils.count_ops_and_params(model, torch.randn(*SHAPE))
     assert explicit_swin_attention(model) == 4
-    assert all(isinstance(model.get_submodule(f"{b}.attn"), WindowAttention) for b in BLOCKS)
+    expected = WindowAttentionV2 if v2 else WindowAttention
+    assert all(type(model.get_submodule(f"{b}.attn")) is expected for b in BLOCKS)
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
     assert tp.utils.count_ops_and_params(model, torch.randn(*SHAPE))[1] == ref_params
     # gradients flow through the recomputing attention node as through torchvision's
     model.train()
     model(x).sum().backward()
-    assert all(p.grad is not None for p in model.parameters())
+    unused = {f"{b}.attn.k.bias" for b in BLOCKS} if v2 else set()  # V2 keeps a key bias that it zeroes in use
+    assert all(p.grad is not None for n, p in model.named_parameters() if n not in unused)
 
 
 def test_a_group_of_whole_heads_and_one_of_mlp_channels_per_block(pruner):
@@ -64,7 +70,7 @@ def test_a_group_of_whole_heads_and_one_of_mlp_channels_per_block(pruner):
 
 
 def test_the_unpruned_model_is_priced_as_counted(pruner):
-    model = tiny_swin()
+    model = tiny_swin(pruner.model.v2)
     explicit_swin_attention(model)
     flops, params = tp.utils.count_ops_and_params(model, torch.randn(*SHAPE))
     assert pruner.graph.base_flops == flops and pruner.graph.base_params == params
@@ -84,7 +90,7 @@ def test_a_random_policy_is_priced_exactly_and_pruned_for_real(pruner, seed):
     assert analytic["flops"] == pytest.approx(flops, rel=1e-12) and analytic["params"] == params
 
 
-def test_removing_heads_slices_the_bias_table(pruner):
+def test_removing_heads_slices_their_position_bias_parameters(pruner):
     names = [g.name for g in pruner.graph.groups]
     kept = list(pruner.graph.channels)
     kept[names.index("features.3.0.attn.q")] = 1
@@ -92,11 +98,16 @@ def test_removing_heads_slices_the_bias_table(pruner):
     original = pruner.model.get_submodule("features.3.0.attn")
     attn = pruned.get_submodule("features.3.0.attn")
     assert attn.num_heads == 1 and attn.q.weight.shape[0] == 16 and attn.out_proj.in_features == 16
-    table = attn.q.relative_position_bias_table
-    assert table.shape == (49, 1)
-    kept_head = [h for h in range(4) if torch.equal(original.q.relative_position_bias_table[:, h], table[:, 0])]
-    assert len(kept_head) == 1
-    h = kept_head[0]
+    if pruner.model.v2:  # the logit scale and the bias MLP's output rows, per head
+        assert attn.q.logit_scale.shape == (1, 1, 1) and attn.q.cpb_w2.shape == (1, 512)
+        assert attn.q.cpb_w1.shape == (512, 2)  # the hidden layer is shared by the heads
+        heads = [h for h in range(4) if torch.equal(original.q.cpb_w2[h], attn.q.cpb_w2[0])]
+    else:  # the bias table's column of each head
+        table = attn.q.relative_position_bias_table
+        assert table.shape == (49, 1)
+        heads = [h for h in range(4) if torch.equal(original.q.relative_position_bias_table[:, h], table[:, 0])]
+    assert len(heads) == 1
+    h = heads[0]
     torch.testing.assert_close(attn.q.weight, original.q.weight[16 * h : 16 * (h + 1)])
 
 
