@@ -17,8 +17,9 @@ import torch_pruning as tp
 from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
 
 from autoprune.cost.flops import costs
+from autoprune.data import make_synthetic
 from autoprune.onnx_graph import onnx_bytes
-from autoprune.prune import ChannelPruner
+from autoprune.prune import CRITERIA, ChannelPruner
 from autoprune.swin import WindowAttention, WindowAttentionV2, explicit_swin_attention
 
 SHAPE = (1, 3, 32, 32)
@@ -128,3 +129,13 @@ def test_the_original_model_keeps_its_outputs_under_pruning(pruner):
         before = copy.deepcopy(pruner.model)(x)
         pruner.apply([1 for _ in pruner.graph.groups])
         torch.testing.assert_close(pruner.model(x), before)
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_every_criterion_scores_whole_heads(criterion):
+    data = make_synthetic(SHAPE[1:], num_classes=10, n_train=32, n_test=16, held_out=16)
+    pruner = ChannelPruner(tiny_swin(), SHAPE, criterion=criterion, data=data.train)
+    assert [len(s) for s in pruner.scores] == [2, 128, 2, 128, 4, 256, 4, 256]
+    pruned = pruner.apply([1, 64, 2, 96, 3, 128, 2, 200], reconstruct=criterion == "l2")  # refits (B, nW, N, C)
+    with torch.no_grad():
+        assert pruned(torch.randn(2, *SHAPE[1:])).shape == (2, 10)
