@@ -260,8 +260,10 @@ def _channel_dim_size(shape: torch.Size, owned: int) -> int:
 def analyze(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "model") -> LayerGraph:
     """Find the prunable groups of ``model`` and its cost model for inputs of ``input_shape``.
 
-    A torchvision ViT's attention is first made explicit, in place (:func:`autoprune.vit.explicit_vit_attention`:
-    the same outputs), so that each block's heads are a group.
+    A torchvision ViT's or Swin's attention is first made explicit, in place
+    (:func:`autoprune.vit.explicit_vit_attention`, :func:`autoprune.swin.explicit_swin_attention`: the same outputs),
+    so that each block's heads are a group; a Swin's stage widths are left whole
+    (:func:`autoprune.swin.swin_stage_layers`).
     """
     explicit_vit_attention(model)
     explicit_swin_attention(model)
