@@ -32,6 +32,7 @@ import torch_pruning as tp
 from torch_pruning.utils.op_counter import MODULES_MAPPING
 
 from autoprune.errors import UserError
+from autoprune.swin import CUSTOMIZED_PRUNERS, HeadQuery, WindowAttention, explicit_swin_attention, swin_stage_layers
 from autoprune.vit import HeadAttention, attention_flops, explicit_vit_attention
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
@@ -262,7 +263,8 @@ def build_dependency_graph(model: nn.Module, example: torch.Tensor) -> tuple[tp.
                 model,
                 example,
                 forward_fn=recorder.forward,
-                customized_pruners=getattr(model, CUSTOMIZED_PRUNERS_ATTR, None),
+                # the window attention's own pruner (autoprune.swin), then what the model's factory registers
+                customized_pruners={**CUSTOMIZED_PRUNERS, **(getattr(model, CUSTOMIZED_PRUNERS_ATTR, None) or {})},
                 ignored_layers=user_ignored_layers(model),
                 verbose=False,
             )
@@ -309,14 +311,17 @@ def _channel_dim_size(shape: torch.Size, owned: int) -> int:
 def analyze(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "model") -> LayerGraph:
     """Find the prunable groups of ``model`` and its cost model for inputs of ``input_shape``.
 
-    A torchvision ViT's attention is first made explicit, in place (:func:`autoprune.vit.explicit_vit_attention`:
-    the same outputs), so that each block's heads are a group.
+    A torchvision ViT's or Swin's attention is first made explicit, in place
+    (:func:`autoprune.vit.explicit_vit_attention`, :func:`autoprune.swin.explicit_swin_attention`: the same outputs),
+    so that each block's heads are a group; a Swin's stage widths are left whole
+    (:func:`autoprune.swin.swin_stage_layers`).
     """
     explicit_vit_attention(model)
+    explicit_swin_attention(model)
     example = torch.randn(*input_shape)
     dg, rec = build_dependency_graph(model, example)
     name_of = {m: n for n, m in model.named_modules()}
-    ignored = output_layers(dg, rec) + user_ignored_layers(model)
+    ignored = output_layers(dg, rec) + swin_stage_layers(model) + user_ignored_layers(model)
     rooted = _prunable_groups(dg, rec, ignored)
     groups, own = _describe_groups(dg, rec, rooted, name_of)
     terms = _cost_terms(model, rec, groups, own, name_of, input_shape[0])
@@ -643,7 +648,10 @@ def _linear_row(m: nn.Linear, calls: list[_Call], own: _Ownership, name: str, ch
         f_a += float(np.prod(in_shape)) / m.in_features / batch  # rows of the input per example
     c_in = _affine(own.inputs.get(m, {}), m.in_features, channels)
     c_out = _affine(own.outputs.get(m, {}), m.out_features, channels)
-    return _Row(name, c_in, c_out, f_a, float(has_bias) * len(calls) / batch, 1.0, float(has_bias))
+    per_out = float(has_bias)
+    if isinstance(m, HeadQuery):  # its per-head parameters (a Swin's bias table): so many per output channel
+        per_out += m.params_per_output()
+    return _Row(name, c_in, c_out, f_a, float(has_bias) * len(calls) / batch, 1.0, per_out)
 
 
 def _elementwise_rows(
@@ -674,13 +682,23 @@ def _attention_rows(
     layer over that layer's widths, call by call; the projections' own terms hold their parameters."""
     rows = []
     for i, (q_shape, _, _) in enumerate(rec.calls[m]):
-        lengths = [rec.calls[getattr(m, p)][i][0][1] for p in ("q", "k", "v")]
+        lengths = [rec.calls[getattr(m, p)][i][0][-2] for p in ("q", "k", "v")]
         per_call = q_shape[0] / batch
+        if isinstance(m, WindowAttention):  # (B, H, W, C) attended in windows of N tokens: per window, times windows
+            per_call = rec.calls[m.q][i][0][:-2].numel() / batch
         for p, (a, b) in attention_flops(m, *lengths).items():
             layer = getattr(m, p)
             c_in = _affine(own.inputs.get(layer, {}), layer.in_features, channels)
             c_out = _affine(own.outputs.get(layer, {}), layer.out_features, channels)
             rows.append(_Row(name, c_in, c_out, a * per_call, b * per_call, 0.0, 0.0))
+        if isinstance(m, WindowAttention):  # its position bias, computed once a call: per head, and shared
+            const, per_out = m.position_flops()
+            c_out = _affine(own.outputs.get(m.q, {}), m.q.out_features, channels)
+            rows.append(_Row(name, c_out, c_out, 0.0, per_out / batch, 0.0, 0.0))
+            rows.append(_Row(name, _affine({}, 1, channels), _affine({}, 1, channels), 0.0, const / batch, 0.0, 0.0))
+    if isinstance(m, WindowAttention):
+        one = _affine({}, 1, channels)
+        rows.append(_Row(name, one, one, 0.0, 0.0, 0.0, float(m.q.shared_params())))
     return rows
 
 
