@@ -57,14 +57,6 @@ class World:
         if self.distributed:
             dist.barrier()
 
-    def mean(self, value: float) -> float:
-        """The mean of ``value`` over the ranks (a loss for the progress line)."""
-        if not self.distributed:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=_collective_device())
-        dist.all_reduce(t)
-        return float(t.item()) / self.size
-
 
 SINGLE = World()
 
@@ -85,15 +77,6 @@ def current(device: torch.device | None = None) -> World:
             torch.cuda.set_device(device)
         dist.init_process_group(backend, timeout=TIMEOUT)
     return world
-
-
-def _collective_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def relaunch(nproc: int, argv: list[str]) -> int:
