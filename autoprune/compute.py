@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from autoprune.distributed import World, current, launched
+from autoprune.distributed import World, current, launched, usable_cores
 from autoprune.errors import UserError
 
 DEVICES = "auto | cpu | cuda | cuda:N"
@@ -85,8 +85,7 @@ def default_loader_workers(device: torch.device) -> int:
     a GPU host (decoding is then the bottleneck)."""
     if device.type == "cpu":
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cores - 1))
+    return max(1, min(8, usable_cores() - 1))
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,16 @@ def current(device: torch.device | None = None) -> World:
     return world
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS reports one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def threads_per_process(n: int) -> int:
+    """Torch threads for each of ``n`` processes sharing this machine's cores without oversubscribing them."""
+    return max(1, usable_cores() // n)
+
+
 def relaunch(nproc: int, argv: list[str]) -> int:
     """Run ``python -m autoprune ARGV`` as ``nproc`` processes under torchrun (one host); returns its exit code."""
     if nproc < 1:
@@ -88,8 +98,7 @@ def relaunch(nproc: int, argv: list[str]) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     cmd += ["-m", "autoprune", *argv]
     # torchrun sets OMP_NUM_THREADS=1 for every process unless it is set: share the cores instead
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    env = {"OMP_NUM_THREADS": str(max(1, cores // nproc)), **os.environ}
+    env = {"OMP_NUM_THREADS": str(threads_per_process(nproc)), **os.environ}
     return subprocess.run(cmd, env=env).returncode
 
 

@@ -32,6 +32,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autoprune.compute import worker_devices
+from autoprune.distributed import threads_per_process
 from autoprune.errors import UserError
 from autoprune.search.base import SearchContext
 from autoprune.search.optuna_study import CONVERGED, POLL_S, StudyMirror, fail_and_retry, trial_counts
@@ -39,12 +40,6 @@ from autoprune.search.optuna_study import CONVERGED, POLL_S, StudyMirror, fail_a
 PARENT_ENV = "AUTOPRUNE_WORKER_PARENT"  # a child's parent pid: the child stops when its parent is gone
 LOG_DIR = "workers"  # in the run directory: spec.json and one log per child
 CHILD_MODULE = "autoprune.worker_child"  # a child's entry point (python -m)
-
-
-def worker_threads(n: int) -> int:
-    """Torch threads per worker so that ``n`` workers share this machine's cores without oversubscribing them."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // n)
 
 
 def pid_alive(pid: int) -> bool:
@@ -100,7 +95,7 @@ def worker_spec(strategy, study: optuna.Study, storage_url: str | None, n: int) 
     spec = strategy.spec.replace(
         options={**strategy.spec.options, "storage": storage_url, "study_name": study.study_name, "workers": 1}
     )
-    return {"spec": spec.to_json(), "trust_pickle": strategy.trust_pickle, "threads": worker_threads(n)}
+    return {"spec": spec.to_json(), "trust_pickle": strategy.trust_pickle, "threads": threads_per_process(n)}
 
 
 def run_local_workers(strategy, study: optuna.Study, ctx: SearchContext, mirror: StudyMirror) -> None:
