@@ -55,6 +55,17 @@ class Split:
         raise NotImplementedError
 
 
+def epoch_order(
+    n: int, batch_size: int, shuffle: bool, gen: torch.Generator, world: World
+) -> tuple[torch.Tensor | None, int]:
+    """The sample order of one pass (None: 0..n-1) and its per-process batch: shuffled by ``gen`` (seeded alike on
+    every rank), then this rank's shard of it with ``batch_size / world.size`` samples a step."""
+    order = torch.randperm(n, generator=gen) if shuffle else None
+    if not world.distributed:
+        return order, batch_size
+    return world.shard(n, order), max(1, batch_size // world.size)
+
+
 class TensorSplit(Split):
     """Images held in memory as uint8 NCHW, normalised per batch with per-channel mean and std."""
 
@@ -89,12 +100,9 @@ class TensorSplit(Split):
     ) -> Iterator[Batch]:
         n = len(self)
         gen = torch.Generator().manual_seed(seed)  # the order: the same on every rank
-        order = torch.randperm(n, generator=gen) if shuffle else None
-        if world.distributed:
-            order = world.shard(n, order)
-            batch_size = max(1, batch_size // world.size)
-            if world.rank > 0:  # each rank's own crops and flips
-                gen = torch.Generator().manual_seed(seed * 7919 + world.rank)
+        order, batch_size = epoch_order(n, batch_size, shuffle, gen, world)
+        if world.rank > 0:  # each rank's own crops and flips
+            gen = torch.Generator().manual_seed(seed * 7919 + world.rank)
         if order is not None:
             order = order.to(self.images.device)
         for start in range(0, n if order is None else len(order), batch_size):
@@ -154,10 +162,8 @@ class FolderSplit(Split):
     ) -> Iterator[Batch]:
         from torch.utils.data import DataLoader
 
-        order = torch.randperm(len(self.indices), generator=torch.Generator().manual_seed(seed)) if shuffle else None
-        if world.distributed:
-            order = world.shard(len(self.indices), order)
-            batch_size = max(1, batch_size // world.size)
+        gen = torch.Generator().manual_seed(seed)
+        order, batch_size = epoch_order(len(self.indices), batch_size, shuffle, gen, world)
         indices = self.indices if order is None else [self.indices[i] for i in order.tolist()]
         pin = self.device.type == "cuda"
         samples = _SeededSamples(self.train_ds if augment else self.eval_ds, indices, seed * 7919 + world.rank)
