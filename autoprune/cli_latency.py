@@ -168,14 +168,14 @@ def validate(
 ) -> None:
     """Prune random policies for real, measure them end to end, and compare with the table's prediction."""
     from autoprune.budget import parse_budget
-    from autoprune.cost.latency_table import LatencyTable, shape_text
+    from autoprune.cost.latency_table import LatencyTable, shape_text, table_file_name
     from autoprune.cost.latency_validate import scatter_plot
     from autoprune.latency_workflows import budget_check, validate_table
 
     check = parse_budget(budget) if budget else None  # a malformed budget fails before the minutes of timing
     tab = LatencyTable.load(table)
     tab.check_device(force=force, refuse=True)
-    stem = f"latency_{tab.model}-{shape_text(tab.input_shape)}"
+    stem = f"latency_{Path(table_file_name(tab.model, tab.input_shape)).stem}"  # a file name, for pkg.mod:fn too
     plot = plot or Path("benchmarks") / f"{stem}.png"
     csv = csv or plot.with_suffix(".csv")
     with _progress() as progress:

@@ -86,3 +86,13 @@ def ignoring(num_classes: int = 10) -> nn.Module:
     model = functional_convs(num_classes)
     model.autoprune_ignored_layers = ["0"]
     return model
+
+
+def tiny_vit(num_classes: int = 10) -> nn.Module:
+    """A two-block torchvision ViT on 32x32 inputs (4 patches of 8x8 and a class token): 4 heads of 16, MLP 128."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=num_classes
+    ).eval()

@@ -17,7 +17,9 @@ import torch_pruning as tp
 from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
 
 from autoprune.cost.flops import costs
+from autoprune.cost.probes import plan_layers
 from autoprune.data import make_synthetic
+from autoprune.errors import UserError
 from autoprune.onnx_graph import onnx_bytes
 from autoprune.prune import CRITERIA, ChannelPruner
 from autoprune.swin import WindowAttention, WindowAttentionV2, explicit_swin_attention
@@ -139,3 +141,9 @@ def test_every_criterion_scores_whole_heads(criterion):
     pruned = pruner.apply([1, 64, 2, 96, 3, 128, 2, 200], reconstruct=criterion == "l2")  # refits (B, nW, N, C)
     with torch.no_grad():
         assert pruned(torch.randn(2, *SHAPE[1:])).shape == (2, 10)
+
+
+def test_a_latency_table_is_refused_in_one_line(pruner):
+    # window partition, shifts, bias and mask are no probe's: the table would miss their time
+    with pytest.raises(UserError, match="not WindowAttention.*use a flops or params budget"):
+        plan_layers(pruner.graph, block=8, align=4, grid=2)

@@ -170,7 +170,67 @@ def test_every_criterion_scores_whole_heads(criterion):
         assert pruned(torch.randn(2, *SHAPE[1:])).shape == (2, 10)
 
 
-def test_a_latency_table_is_refused_in_one_line(pruner):
-    # its probes time conv and linear layers; the attention's products would be missing from the prediction
-    with pytest.raises(UserError, match="not attention .*use a flops or params budget"):
-        plan_layers(pruner.graph, block=8, align=4, grid=2)
+def test_a_latency_table_plans_each_attention_core_at_whole_heads(pruner):
+    plans = [p for p in plan_layers(pruner.graph, block=8, align=4, grid=3) if p.op == "attention"]
+    assert [p.layer for p in plans] == [f"{b}.self_attention" for b in BLOCKS]
+    for p in plans:
+        assert p.group == p.in_group == f"{p.layer}.q"  # the heads group, named after its root
+        assert [ci for _, ci, _ in p.points] == [HEAD_DIM, 3 * HEAD_DIM, HEADS * HEAD_DIM]  # 1, 3, 4 heads
+        assert all(regime == "aligned" and ci == co for regime, ci, co in p.points)
+        spec = p.spec(3 * HEAD_DIM, 3 * HEAD_DIM)
+        assert (spec.groups, spec.h_in, spec.batch) == (3, 17, 1)  # 3 heads over 16 patches and the class token
+
+
+def test_the_attention_probe_computes_the_attention_between_the_projections():
+    from autoprune.cost.probes import ProbeSpec
+
+    spec = ProbeSpec("attention", 48, 48, (1, 1), (1, 1), (0, 0), (1, 1), 3, 17, 17, 2)
+    x = torch.randn(*spec.input_shape)
+    qkv = x.unflatten(-1, (3, 16)).transpose(1, 2)
+    expected = torch.softmax(qkv @ qkv.transpose(-1, -2) / 4.0, -1) @ qkv
+    expected = expected.transpose(1, 2).flatten(2)
+    sess = ort.InferenceSession(spec.onnx_bytes(), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {"x": x.numpy()})
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(spec.torch_module()(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def vit_table(tmp_path_factory):
+    from autoprune.latency_workflows import build_table
+
+    table = build_table("tests._tiny_models:tiny_vit", SHAPE, threads=1, grid=3, warmup=1, repeats=3, e2e_repeats=3)
+    return table.save(tmp_path_factory.mktemp("table") / "tiny-vit.csv")
+
+
+def test_a_latency_table_prices_a_vits_heads_from_its_attention_probes(vit_table):
+    from autoprune.cost.latency_table import LatencyTable
+
+    table = LatencyTable.load(vit_table)
+    graph = ChannelPruner(tiny_vit(), SHAPE, model_name="tests._tiny_models:tiny_vit").graph
+    assert sorted(table.df.loc[table.df["op"] == "attention", "layer"].unique()) == [
+        f"{b}.self_attention" for b in BLOCKS
+    ]
+    layer_us = table.predictor(graph).layer_us
+    names = table.layers
+    attention = table.df[table.df["op"] == "attention"].set_index(["layer", "c_in"])["median_us"]
+    for heads in (1, 3, 4):
+        kept = graph.channels.copy()
+        kept[[g.kind == "heads" for g in graph.groups]] = heads
+        us = layer_us(kept)
+        for b in BLOCKS:  # at a grid point the prediction is the probe's time
+            layer = f"{b}.self_attention"
+            assert us[names.index(layer)] == pytest.approx(attention[(layer, heads * HEAD_DIM)])
+    policy = np.array([48, 2, 64, 3, 96])
+    assert table.predict(graph, policy) == pytest.approx(LatencyTable.load(vit_table).predict(graph, policy))
+
+
+def test_a_table_without_a_blocks_attention_is_refused(vit_table):
+    from autoprune.cost.latency_table import LatencyTable
+
+    table = LatencyTable.load(vit_table)
+    cut = LatencyTable(table.df[table.df["layer"] != f"{BLOCKS[1]}.self_attention"], table.meta)
+    graph = ChannelPruner(tiny_vit(), SHAPE, model_name="tests._tiny_models:tiny_vit").graph
+    with pytest.raises(UserError, match=f"no measurements for 1 layer.*{BLOCKS[1]}.self_attention"):
+        cut.predictor(graph)

@@ -43,10 +43,11 @@ from autoprune.cost.measure import (
     Timing,
     pinned,
 )
-from autoprune.cost.probes import REGIMES, effective_channels
+from autoprune.cost.probes import OPS, REGIMES, effective_channels
 from autoprune.cost.speed_signature import SignatureCheck, compare_signature, time_signature
 from autoprune.errors import UserError
 from autoprune.layers import LayerGraph
+from autoprune.vit import HeadAttention
 
 FORMAT = "autoprune.latency_table/1"
 COLUMNS = [
@@ -222,11 +223,7 @@ class LatencyTable:
             raise UserError(
                 f"latency table {path} is truncated or corrupt (line {line} has missing or non-numeric fields): {fix}"
             )
-        if (
-            (df["median_us"] <= 0).any()
-            or not df["op"].isin(["conv", "depthwise", "linear"]).all()
-            or not df["regime"].isin(REGIMES).all()
-        ):
+        if (df["median_us"] <= 0).any() or not df["op"].isin(OPS).all() or not df["regime"].isin(REGIMES).all():
             raise UserError(f"latency table {path} has invalid rows (non-positive latency or unknown op/regime): {fix}")
         try:
             return cls(df, meta, path)
@@ -301,24 +298,27 @@ class LatencyTable:
         curves) is resolved here, so a call is a few vectorised numpy operations.
         """
         L = self._layers
-        rows, hi_in, hi_out = [], L["hi_in"], L["hi_out"]
+        hi_in, hi_out = L["hi_in"], L["hi_out"]
         index = {n: j for j, n in reversed(list(enumerate(graph.terms.layer_names)))}
         t = graph.terms
-        for k, name in enumerate(L["names"]):
-            j = index.get(name)
+        widths = []  # per table layer: (in_w, in_c, out_w, out_c), its channel counts as affine maps of the policy
+        for k, (name, op) in enumerate(zip(L["names"], L["ops"], strict=True)):
+            # an attention core's width is the one its query layer's rows keep
+            j = index.get(f"{name}.q" if op == "attention" else name)
             if j is None:
                 raise UserError(
                     f"latency table {self.path} has layer {name!r} that {graph.model_name} lacks: build "
                     f"a table for this model (`autoprune latency-table build --model {graph.model_name}`)"
                 )
-            full_in = round(float(t.in_w[j] @ graph.channels + t.in_c[j]))
-            full_out = round(float(t.out_w[j] @ graph.channels + t.out_c[j]))
+            w = (t.out_w[j], t.out_c[j]) * 2 if op == "attention" else (t.in_w[j], t.in_c[j], t.out_w[j], t.out_c[j])
+            full_in = round(float(w[0] @ graph.channels + w[1]))
+            full_out = round(float(w[2] @ graph.channels + w[3]))
             if (full_in, full_out) != (hi_in[k], hi_out[k]):
                 raise UserError(
                     f"latency table {self.path} has {name} at {hi_in[k]}->{hi_out[k]} channels but the "
                     f"model has {full_in}->{full_out}: build a table for this model"
                 )
-            rows.append(j)
+            widths.append(w)
         if tuple(graph.input_shape) != self.input_shape:
             raise UserError(
                 f"latency table {self.path} was measured at input {shape_text(self.input_shape)}, the "
@@ -326,17 +326,16 @@ class LatencyTable:
                 f"{shape_text(self.input_shape)} or build a table for that shape"
             )
         modules = dict(graph.model.named_modules()) if graph.model is not None else {}
-        uncovered = sorted(
-            {n for n in t.layer_names if isinstance(modules.get(n), (nn.Conv2d, nn.Linear))} - set(L["names"])
-        )
+        timed = {n for n in t.layer_names if isinstance(modules.get(n), (nn.Conv2d, nn.Linear))}
+        timed |= {n for n, m in modules.items() if type(m) is HeadAttention}
+        uncovered = sorted(timed - set(L["names"]))
         if uncovered:
             raise UserError(
                 f"latency table {self.path} has no measurements for {len(uncovered)} layer(s) of "
                 f"{graph.model_name} (e.g. {uncovered[0]}): build a table for this model"
             )
-        rows_a = np.asarray(rows)
-        in_w, in_c, out_w, out_c = t.in_w[rows_a], t.in_c[rows_a], t.out_w[rows_a], t.out_c[rows_a]
-        n = len(rows_a)
+        in_w, in_c, out_w, out_c = (np.stack([w[i] for w in widths]) for i in range(4))
+        n = len(widths)
         lut = _lookups(L, max(self.block, 1), max(self.align, 1))
         off_in, off_out, cell, go = lut["off_in"], lut["off_out"], lut["cell"], lut["go"]
         reg, i0s, i1s, tis = lut["r"], lut["i0"], lut["i1"], lut["ti"]
@@ -401,15 +400,15 @@ def _lookups(L: dict, block: int, align: int) -> dict:
     """Per layer and every integer channel count up to full width: the regime, grid bracket and interpolation
     weight, precomputed so that pricing a policy is a handful of gathers (the search calls it thousands of times)."""
     n = len(L["names"])
-    is_dw, is_lin, has = L["is_dw"], L["is_lin"], L["has"]
+    is_dw, unblocked, has = L["is_dw"], L["unblocked"], L["has"]
     r_l, i0_l, i1_l, ti_l, off_in = [], [], [], [], []
     o0_l, o1_l, to_l, off_out = [], [], [], []
     pos_in = pos_out = 0
     for k in range(n):
         ci = np.arange(int(L["hi_in"][k]) + 1, dtype=np.float64)
-        aligned = bool(is_lin[k]) | (block <= 1) | (ci % align == 0) | ((not is_dw[k]) & (ci < block))
+        aligned = bool(unblocked[k]) | (block <= 1) | (ci % align == 0) | ((not is_dw[k]) & (ci < block))
         r = np.where(aligned, 0 if has[k, 0] else 1, 1 if has[k, 1] else 0)
-        blk = (r == 0) & (not is_lin[k])
+        blk = (r == 0) & (not unblocked[k])
         ci_eff = effective_channels(ci, block, blk & (bool(is_dw[k]) | (ci >= block)), True)
         rows = k * 2 + r
         i0, i1, ti = _bracket(L["ax_in_f"][rows], L["n_in_f"][rows], ci_eff)
@@ -421,7 +420,7 @@ def _lookups(L: dict, block: int, align: int) -> dict:
         pos_in += len(ci)
         for regime in (0, 1):
             co = np.arange(int(L["hi_out"][k]) + 1, dtype=np.float64)
-            pad = regime == 0 and not is_lin[k] and not is_dw[k]
+            pad = regime == 0 and not unblocked[k] and not is_dw[k]
             co_eff = effective_channels(co, block, np.full(len(co), pad), True)
             row = np.full(len(co), k * 2 + regime)
             o0, o1, to = _bracket(L["ax_out_f"][row], L["n_out_f"][row], co_eff)
@@ -471,12 +470,12 @@ def _layer_arrays(df: pd.DataFrame, block: int, align: int) -> dict:
             rr = rows[rows["regime"] == r]
             if rr.empty:
                 continue
-            blk = r == "aligned" and op != "linear"
-            ci = effective_channels(rr["c_in"], block, blk and True, True)
+            blk = r == "aligned" and op in ("conv", "depthwise")
+            ci = effective_channels(rr["c_in"], block, blk, True)
             if op == "conv":
                 ci = np.where(rr["c_in"].to_numpy() >= block, ci, rr["c_in"].to_numpy())
             co = effective_channels(rr["c_out"], block, blk and op == "conv", True)
-            rr = rr.assign(c_in=ci, c_out=0 if op == "depthwise" else co)
+            rr = rr.assign(c_in=ci, c_out=0 if op in ("depthwise", "attention") else co)  # one axis: c_out = c_in
             piv = rr.pivot_table(index="c_in", columns="c_out", values="median_us", aggfunc="median")
             if piv.isna().any().any():
                 raise ValueError(f"layer {name} ({r}) misses grid points")
@@ -504,8 +503,9 @@ def _layer_arrays(df: pd.DataFrame, block: int, align: int) -> dict:
     ops = [g[0] for g in grids]
     return {
         "names": names,
+        "ops": ops,
         "is_dw": np.array([o == "depthwise" for o in ops]),
-        "is_lin": np.array([o == "linear" for o in ops]),
+        "unblocked": np.array([o in ("linear", "attention") for o in ops]),  # no channel blocks
         "has": has,
         "ax_in": ax_in,
         "n_in": n_in,

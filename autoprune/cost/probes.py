@@ -3,8 +3,13 @@
 NetAdapt's look-up table idea: every conv / linear layer's latency depends only on its input and output channel
 counts once the rest of its configuration (kernel, stride, spatial size, batch) is fixed, so time it once per point
 of a (c_in, c_out) grid and predict any policy by interpolation. A probe is a Conv (+ ReLU, which onnxruntime fuses
-into it, as it fuses the BatchNorm that the exporter has already folded into the weights), a depthwise Conv, or a
-MatMul + bias, built directly as an ONNX graph.
+into it, as it fuses the BatchNorm that the exporter has already folded into the weights), a depthwise Conv, a
+MatMul + bias, or a transformer's attention core, built directly as an ONNX graph.
+
+Attention (:class:`autoprune.vit.HeadAttention`): its q, k, v and out_proj are linear probes; what lies between them,
+``softmax(Q K^T / sqrt(d)) V`` with its head split and merge, has no weights and its time grows with the heads a block
+keeps (tokens² x head width), which no linear probe holds. So it is a probe of its own on one axis, the head width
+H*d (``c_in`` = ``c_out``, ``groups`` = H heads, ``h_in`` = ``w_in`` = tokens), measured at whole heads.
 
 Probe weights are ``ConstantOfShape`` nodes: onnxruntime constant-folds them into initialisers at session creation
 (so the NCHWc layout transform, which needs constant weights, still applies), and a probe file is a few hundred bytes
@@ -27,12 +32,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from autoprune.errors import UserError
 from autoprune.layers import LayerGraph
 from autoprune.vit import HeadAttention
 
-OPS = ("conv", "depthwise", "linear")
+OPS = ("conv", "depthwise", "linear", "attention")
 REGIMES = ("aligned", "unaligned")
 
 
@@ -40,16 +46,16 @@ REGIMES = ("aligned", "unaligned")
 class ProbeSpec:
     """One operator configuration to time; equal specs are measured once and shared by every layer using them."""
 
-    op: str  # conv | depthwise | linear
+    op: str  # conv | depthwise | linear | attention
     c_in: int
     c_out: int
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
     dilation: tuple[int, int]
-    groups: int
-    h_in: int
-    w_in: int
+    groups: int  # attention: heads
+    h_in: int  # attention: tokens (queries)
+    w_in: int  # attention: tokens (keys)
     batch: int
     act: bool = True  # a ReLU after the conv (fused by onnxruntime, so it costs what the serving graph costs)
 
@@ -57,6 +63,8 @@ class ProbeSpec:
     def input_shape(self) -> tuple[int, ...]:
         if self.op == "linear":
             return (self.batch, self.c_in)
+        if self.op == "attention":
+            return (self.batch, self.h_in, self.c_in)
         return (self.batch, self.c_in, self.h_in, self.w_in)
 
     @property
@@ -64,6 +72,8 @@ class ProbeSpec:
         """A stable file-name-safe name (the probe's ONNX file is ``<probe_id>.onnx``)."""
         if self.op == "linear":
             return f"linear-b{self.batch}-i{self.c_in}-o{self.c_out}"
+        if self.op == "attention":
+            return f"attention-b{self.batch}-w{self.c_in}-h{self.groups}-t{self.h_in}"
         k, s, p, d = self.kernel, self.stride, self.padding, self.dilation
         return (
             f"{self.op}-b{self.batch}-i{self.c_in}-o{self.c_out}-k{k[0]}x{k[1]}-s{s[0]}x{s[1]}-p{p[0]}x{p[1]}"
@@ -85,7 +95,9 @@ class ProbeSpec:
             return [node], [shape_t]
 
         nodes, inits = [], []
-        if self.op == "linear":
+        if self.op == "attention":
+            nodes, inits = self._attention_nodes()
+        elif self.op == "linear":
             n, i = const("W", [self.c_in, self.c_out])
             nodes += n
             inits += i
@@ -127,12 +139,51 @@ class ProbeSpec:
         model.ir_version = 8  # readable by onnxruntime >= 1.14
         return model.SerializeToString()
 
+    def _attention_nodes(self) -> tuple[list, list]:
+        """``x`` (B, L, H*d) as queries, keys and values: split into heads, ``softmax(Q K^T * d^-1/2) V``, merged
+        back; the nodes the exporter writes for :class:`~autoprune.vit.HeadAttention` between its projections."""
+        from onnx import TensorProto, helper
+
+        b, length, width, heads = self.batch, self.h_in, self.c_in, self.groups
+        d = width // heads
+        inits = [
+            helper.make_tensor("split", TensorProto.INT64, [4], [b, length, heads, d]),
+            helper.make_tensor("merge", TensorProto.INT64, [3], [b, length, width]),
+            helper.make_tensor("scale", TensorProto.FLOAT, [], [d**-0.5]),
+        ]
+        nodes = [
+            helper.make_node("Reshape", ["x", "split"], ["heads"]),
+            helper.make_node("Transpose", ["heads"], ["q"], perm=[0, 2, 1, 3]),  # (B, H, L, d): queries, values
+            helper.make_node("Transpose", ["heads"], ["kt"], perm=[0, 2, 3, 1]),  # (B, H, d, L): keys
+            helper.make_node("MatMul", ["q", "kt"], ["logits"]),
+            helper.make_node("Mul", ["logits", "scale"], ["scaled"]),
+            helper.make_node("Softmax", ["scaled"], ["weights"], axis=-1),
+            helper.make_node("MatMul", ["weights", "q"], ["attended"]),
+            helper.make_node("Transpose", ["attended"], ["merged"], perm=[0, 2, 1, 3]),
+            helper.make_node("Reshape", ["merged", "merge"], ["y"]),
+        ]
+        return nodes, inits
+
     def torch_module(self) -> nn.Module:
         """The same operator as an eager PyTorch module (the torch backend times this)."""
+        if self.op == "attention":
+            return AttentionCore(self.groups).eval()
         if self.op == "linear":
             return nn.Linear(self.c_in, self.c_out).eval()
         conv = nn.Conv2d(self.c_in, self.c_out, self.kernel, self.stride, self.padding, self.dilation, self.groups)
         return (nn.Sequential(conv, nn.ReLU()) if self.act else conv).eval()
+
+
+class AttentionCore(nn.Module):
+    """The attention between the projections, on one input used as queries, keys and values (the torch probe)."""
+
+    def __init__(self, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        return F.scaled_dot_product_attention(qkv, qkv, qkv).transpose(1, 2).flatten(2)
 
 
 @dataclass
@@ -148,7 +199,11 @@ class LayerPlan:
     points: list[tuple[str, int, int]] = field(default_factory=list)  # (regime, c_in, c_out)
 
     def spec(self, c_in: int, c_out: int) -> ProbeSpec:
-        groups = c_in if self.op == "depthwise" else self.base.groups
+        groups = self.base.groups
+        if self.op == "depthwise":
+            groups = c_in
+        elif self.op == "attention":  # whole heads of base.c_in // base.groups channels
+            groups = c_in * self.base.groups // self.base.c_in
         return ProbeSpec(**{**self.base.__dict__, "c_in": c_in, "c_out": c_out, "groups": groups})
 
 
@@ -156,7 +211,7 @@ def is_aligned(c, block: int, align: int, op: str = "conv"):
     """Whether input channels ``c`` take the blocked (NCHWc) kernels: a multiple of ``align`` or, for dense convs,
     fewer than one ``block`` (read straight from the NCHW input)."""
     c = np.asarray(c)
-    if op == "linear" or block <= 1:
+    if op in ("linear", "attention") or block <= 1:
         return np.ones_like(c, dtype=bool)
     if op == "depthwise":
         return c % align == 0
@@ -220,7 +275,8 @@ def _input_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Mod
     def hook(module, inputs, _out) -> None:
         shapes.setdefault(module, tuple(inputs[0].shape))
 
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    timed = (nn.Conv2d, nn.Linear, HeadAttention)
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, timed)]
     try:
         with torch.no_grad():
             model.eval()(torch.randn(*input_shape))
@@ -235,10 +291,12 @@ def plan_layers(graph: LayerGraph, block: int, align: int, grid: int) -> list[La
     if graph.model is None:
         raise ValueError("the graph has no model attached")
     modules = dict(graph.model.named_modules())
-    attention = next((n for n, m in modules.items() if isinstance(m, HeadAttention)), None)
-    if attention is not None:  # its QK^T, softmax and AV are no probe's: the table would miss their time
+    windowed = next(
+        (n for n, m in modules.items() if isinstance(m, HeadAttention) and type(m) is not HeadAttention), None
+    )
+    if windowed is not None:  # its window partition, shifts, bias and mask are no probe's: the table would miss them
         raise UserError(
-            f"latency tables time conv and linear layers, not attention ({attention}): "
+            f"latency tables time a ViT's attention, not {type(modules[windowed]).__name__} ({windowed}): "
             f"use a flops or params budget for {graph.model_name}"
         )
     shapes = _input_shapes(graph.model, graph.input_shape)
@@ -301,8 +359,33 @@ def plan_layers(graph: LayerGraph, block: int, align: int, grid: int) -> list[La
             for regime, values in channel_axes(in_lo, in_hi, block, align, grid, op).items():
                 plan.points += [(regime, ci, co) for ci in values for co in outs]
         plans.append(plan)
+    plans += _attention_plans(graph, modules, shapes, grid)
     if not plans:
         raise UserError(f"{graph.model_name} has no Conv2d or Linear layer to build a latency table for")
+    return plans
+
+
+def _attention_plans(
+    graph: LayerGraph, modules: dict[str, nn.Module], shapes: dict[nn.Module, tuple[int, ...]], grid: int
+) -> list[LayerPlan]:
+    """One plan per executed :class:`HeadAttention`: its core timed at whole heads, the width its q layer keeps."""
+    terms, names = graph.terms, [g.name for g in graph.groups]
+    rows = {n: j for j, n in reversed(list(enumerate(terms.layer_names)))}
+    ones = np.ones(len(graph.groups))
+    plans = []
+    for name, m in modules.items():
+        if type(m) is not HeadAttention or m not in shapes:
+            continue
+        j = rows[f"{name}.q"]  # the heads the block keeps are the rows its query layer keeps
+        hi = round(float(terms.out_w[j] @ graph.channels + terms.out_c[j]))
+        lo = max(m.head_dim, math.ceil(float(terms.out_w[j] @ ones + terms.out_c[j]) - 1e-9))
+        batch, tokens = int(shapes[m][0]), int(shapes[m][1])
+        base = ProbeSpec("attention", hi, hi, (1, 1), (1, 1), (0, 0), (1, 1), hi // m.head_dim, tokens, tokens, batch)
+        group = "+".join(names[i] for i in np.flatnonzero(terms.out_w[j]))
+        heads = _subsample(list(range(math.ceil(lo / m.head_dim), hi // m.head_dim + 1)), grid)
+        plan = LayerPlan(name, j, "attention", group, group, base)
+        plan.points = [("aligned", h * m.head_dim, h * m.head_dim) for h in heads]  # both ends included
+        plans.append(plan)
     return plans
 
 
