@@ -1,4 +1,5 @@
-"""The multi-fidelity rung: the search's best few policies and uniform, each after a short distilled fine-tune."""
+"""The multi-fidelity rung: the search's best few policies, uniform and global magnitude pruning's allocation, each
+after a short distilled fine-tune."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from autoprune import api
-from autoprune.search.baselines import uniform_kept
+from autoprune.search.baselines import magnitude_kept, uniform_kept
 from autoprune.search.promotion import candidates, promote
 from tests._search_tiny import tiny_evaluator, tiny_problem
 
@@ -30,6 +31,59 @@ def test_candidates_are_the_best_distinct_feasible_policies_then_uniform():
     assert picked[2][0] == tuple(int(x) for x in uniform_kept(problem)[0])
 
 
+def test_other_baselines_join_the_candidates_once():
+    problem = tiny_problem("flops=50%")
+    kept = problem.ratios_to_kept(np.full(len(problem.channels), 0.3))
+    history = pd.DataFrame({"kept": [list(kept)], "reward": [0.4], "feasible": [True]})
+    other = problem.ratios_to_kept(np.full(len(problem.channels), 0.2))
+    picked = candidates(history, problem, k=1, others={"magnitude": other, "again": kept})
+    assert [source for _, source in picked] == ["search #1", "uniform", "magnitude"]  # "again" is search #1
+    assert picked[2][0] == tuple(other)
+
+
+def _scores(problem, important: int) -> list[np.ndarray]:
+    """Spread importances in every group, except group ``important``: two units carry all its magnitude."""
+    scores = [np.random.default_rng(i).uniform(0.5, 1.5, int(c)) for i, c in enumerate(problem.channels)]
+    scores[important] = np.r_[np.full(2, 100.0), np.full(int(problem.channels[important]) - 2, 0.01)]
+    return scores
+
+
+def test_global_magnitude_keeps_what_is_important_across_groups_within_the_budget():
+    problem = tiny_problem("flops=50%", round_to=1, min_keep=0.01)
+    for g in range(len(problem.channels)):
+        kept = magnitude_kept(problem, _scores(problem, g))
+        assert problem.feasible(kept)
+        assert np.all(kept >= problem.floor) and np.all(kept <= problem.channels)
+        assert kept[g] == 2  # the two units that carry the group's magnitude, and none of its near-zero ones
+        assert np.delete(kept, g).sum() > np.delete(problem.floor, g).sum()  # the others share the budget
+
+
+def test_global_magnitude_rounds_down_to_the_step_and_keeps_an_unpruned_model_whole():
+    problem = tiny_problem("flops=50%", round_to=4)
+    scores = [np.random.default_rng(i).uniform(0.1, 1.0, int(c)) for i, c in enumerate(problem.channels)]
+    kept = magnitude_kept(problem, scores)
+    assert problem.feasible(kept)
+    assert all(
+        k in (c, f) or k % s == 0
+        for k, c, f, s in zip(kept, problem.channels, problem.floor, problem.steps, strict=True)
+    )
+    whole = tiny_problem("flops=100%")
+    assert list(magnitude_kept(whole, scores)) == list(whole.channels)
+
+
+def test_global_magnitude_is_the_lowest_threshold_that_meets_the_budget():
+    problem = tiny_problem("flops=50%", round_to=1, min_keep=0.01)  # floors of one channel: the threshold decides
+    scores = [np.random.default_rng(i).uniform(0.1, 1.0, int(c)) for i, c in enumerate(problem.channels)]
+    kept = magnitude_kept(problem, scores)
+    # one more unit back (the most important unit the threshold cut) breaks the budget
+    normed = [s / s.mean() for s in scores]
+    cut = [(np.sort(n)[::-1][k] if k < len(n) else -np.inf) for n, k in zip(normed, kept, strict=True)]
+    g = int(np.argmax(cut))
+    more = kept.copy()
+    more[g] += 1
+    assert not problem.feasible(more)
+
+
 def test_promotion_ranks_by_accuracy_after_the_short_fine_tune():
     problem, evaluator = tiny_problem("flops=50%"), tiny_evaluator(kd=True)
     kept = problem.ratios_to_kept(np.full(len(problem.channels), 0.3))
@@ -49,5 +103,5 @@ def test_a_promoted_search_writes_the_winner_and_the_rung(tmp_path):
     policy = json.loads((tmp_path / "run" / "policy.json").read_text())
     rung = policy["search"]["promotion"]
     assert rung[0]["accuracy_ft"] == max(r["accuracy_ft"] for r in rung)
-    assert "uniform" in [r["source"] for r in rung]
+    assert {"uniform", "magnitude"} <= {r["source"] for r in rung}
     assert list(out.policy.kept) == rung[0]["kept"]

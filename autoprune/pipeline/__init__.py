@@ -27,6 +27,7 @@ from autoprune.pipeline.run_dir import save_interrupted, write_run_dir
 from autoprune.pipeline.setup import Setup, prepare
 from autoprune.policy import Policy
 from autoprune.search import SearchResult, run_search
+from autoprune.search.baselines import magnitude_kept
 from autoprune.search.optuna_storage import check_storage
 from autoprune.search.promotion import promote
 from autoprune.spec import RunSpec, save_spec
@@ -108,11 +109,18 @@ def run(
 
 
 def promote_best(setup: Setup, result: SearchResult, phase: Callable[[str], None]) -> SearchResult:
-    """The multi-fidelity rung (:mod:`autoprune.search.promotion`): the search's best ``promote`` policies and the
-    uniform one fine-tuned ``promote_steps`` steps; the best after it becomes the result's policy."""
+    """The multi-fidelity rung (:mod:`autoprune.search.promotion`): the search's best ``promote`` policies, the uniform
+    one and global magnitude pruning's fine-tuned ``promote_steps`` steps; the best after it becomes the result's
+    policy."""
     spec = setup.spec
-    phase(f"promoting the best {spec.promote} policies and uniform to {spec.promote_steps} fine-tune steps each")
-    ranked = promote(result.history, setup.problem, setup.evaluator, spec.promote, spec.promote_steps)
+    phase(
+        f"promoting the best {spec.promote} policies, uniform and global magnitude to {spec.promote_steps} "
+        "fine-tune steps each"
+    )
+    magnitude = magnitude_kept(setup.problem, setup.pruner.scores)
+    ranked = promote(
+        result.history, setup.problem, setup.evaluator, spec.promote, spec.promote_steps, {"magnitude": magnitude}
+    )
     record = [{**asdict(p), "kept": list(p.kept)} for p in ranked]
     best = ranked[0]
     phase(f"promoted: {best.source} wins with {best.accuracy_ft:.2%} after the short fine-tune")

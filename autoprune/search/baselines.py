@@ -1,8 +1,9 @@
 """Baseline strategies: uniform (one keep ratio for every group), random feasible policies, and classic per-layer
-sensitivity analysis."""
+sensitivity analysis; and the allocation of global magnitude pruning (:func:`magnitude_kept`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -25,6 +26,35 @@ def uniform_kept(problem: Problem, iterations: int = 40) -> tuple[np.ndarray, fl
         else:
             hi = mid
     return problem.ratios_to_kept(np.full(len(problem.channels), lo)), lo
+
+
+def magnitude_kept(problem: Problem, scores: Sequence[np.ndarray]) -> np.ndarray:
+    """The allocation of global magnitude pruning (Torch-Pruning's ``global_pruning`` with its default ``mean``
+    normaliser): each group's unit importances divided by their mean, one threshold for the whole network, and each
+    group keeps its units at or above it (rounded down to the group's step, never below its floor). The threshold is
+    the lowest whose policy meets the budget, found by bisection over the normalised scores: a higher threshold
+    never keeps more, so feasibility only switches on once."""
+    normed = [np.asarray(s, dtype=np.float64) / max(float(np.mean(s)), 1e-12) for s in scores]
+    channels, floor, steps = problem.channels, problem.floor, problem.steps
+
+    def kept_at(threshold: float) -> np.ndarray:
+        kept = []
+        for s, c, f, step in zip(normed, channels, floor, steps, strict=True):
+            n = int((s >= threshold).sum())
+            kept.append(int(c) if n >= c else max(int(f), n // int(step) * int(step)))
+        return np.array(kept, dtype=np.int64)
+
+    thresholds = np.unique(np.concatenate(normed))
+    if problem.feasible(kept_at(float(thresholds[0]))):
+        return kept_at(float(thresholds[0]))
+    lo, hi = 0, len(thresholds)  # thresholds[lo] is infeasible; past the last (every group at its floor) is not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if problem.feasible(kept_at(float(thresholds[mid]))):
+            hi = mid
+        else:
+            lo = mid
+    return kept_at(float(thresholds[hi]) if hi < len(thresholds) else np.inf)
 
 
 class UniformStrategy(Strategy):
