@@ -197,8 +197,8 @@ def search(
     reward: str | None = typer.Option(None, help=" | ".join(REWARDS) + f" (default: {DEFAULT_REWARD})"),
     promote: int = typer.Option(
         0,
-        help="multi-fidelity: the search's best K policies and uniform each get a short distilled fine-tune, "
-        "and the best after it wins (0: the search's best by its reward)",
+        help="multi-fidelity: the search's best K policies, uniform and global magnitude each get a short distilled "
+        "fine-tune, and the best after it wins (0: the search's best by its reward)",
     ),
     promote_steps: int = typer.Option(200, help="SGD steps of that short fine-tune"),
     sampler: str | None = typer.Option(None, help="optuna sampler: " + " | ".join(SAMPLERS)),

@@ -25,6 +25,7 @@ class Problem:
     budget: Budget
     min_keep: float = 0.1
     round_to: int = 1
+    importance: list[np.ndarray] | None = None  # per group, its units' importance scores (the pruner's), if known
     limits: dict[str, float] = field(init=False)
     floor: np.ndarray = field(init=False)
     steps: np.ndarray = field(init=False)  # round_to in each group's units (a head is already whole blocks)

@@ -4,8 +4,8 @@ For each model (``fmnist-resnet20``, the demo ResNet-20; ``fmnist-mobilenetv2``,
 (``flops=50%,30%,20%,10%`` and ``latency=70%,50%,35%`` of the unpruned model measured here; a budget below the
 model's floor, the cheapest policy ``--min-keep`` and the channel block allow, is searched at the floor) and each
 seed, every strategy is one cell: ``uniform``, ``reference`` (Torch-Pruning's global magnitude pruning at the same
-FLOPs; at a latency budget at the FLOPs share of the cell's uniform policy), ``ddpg``, ``optuna`` (TPE) and
-``netadapt``. A search cell is one ``autoprune.api.search`` call (``kd=True``, ``measure=True``, the cell's seed for
+FLOPs; at a latency budget at the FLOPs share of the cell's uniform policy), ``magnitude`` (autoprune's own global
+magnitude allocation, at the budget and the channel block), ``ddpg``, ``optuna`` (TPE) and ``netadapt``. A search cell is one ``autoprune.api.search`` call (``kd=True``, ``measure=True``, the cell's seed for
 the search and the fine-tune); the reference cell prunes with Torch-Pruning and then scores, fine-tunes and measures
 as the search's finish does. Every cell gets the same distilled fine-tune (``--finetune-epochs``).
 
@@ -67,11 +67,12 @@ from autoprune.search import SAMPLERS, STRATEGIES, SearchEvent  # noqa: E402
 from autoprune.spec import DEMO_DATA, DEMO_INPUT_SHAPE, RunSpec, load_spec  # noqa: E402
 
 console = Console(width=None if sys.stdout.isatty() else 160)
+ONE_SHOT = ("uniform", "magnitude")  # strategies of one evaluation: no search, no held-out scoring to choose by
 
 FULL = {
     "models": f"{DEMO_MODEL},{COMPACT_MODEL}",
     "budgets": "flops=50%,30%,20%,10%,latency=70%,50%,35%",
-    "strategies": "uniform,reference,ddpg,optuna,netadapt",
+    "strategies": "uniform,reference,magnitude,ddpg,optuna,netadapt",
     "seeds": "0,1,2",
     "episodes": 150,
     "finetune_epochs": 1.0,
@@ -387,10 +388,11 @@ def same_search(run_dir: Path, spec: RunSpec) -> bool:
 
 def search_cell(ctx: ModelContext, s: Settings, budget: str, searched: str, strategy: str, seed: int) -> dict:
     """One ``api.search`` cell: search, prune, score, the distilled fine-tune, measure; its CSV row. A label
-    ``STRATEGY+promoteK`` promotes the search's best K policies and uniform to 200 distilled fine-tune steps."""
+    ``STRATEGY+promoteK`` promotes the search's best K policies, uniform and global magnitude to 200 distilled
+    fine-tune steps."""
     base, _, promotion = strategy.partition("+")
     name, _, sampler = base.partition(":")
-    episodes = 1 if name == "uniform" else s.episodes
+    episodes = 1 if name in ONE_SHOT else s.episodes
     settings = dict(
         strategy=name,
         promote=int(promotion.removeprefix("promote")) if promotion else 0,
@@ -540,7 +542,7 @@ def run_cells(s: Settings) -> None:
             if target is None:
                 continue
             for strategy in s.strategies:
-                episodes = {"uniform": 1, "reference": 0}.get(strategy, s.episodes)
+                episodes = 1 if strategy in ONE_SHOT else 0 if strategy == "reference" else s.episodes
                 for seed in s.seeds:
                     key = cell_key(model, budget, strategy, seed, s.finetune_epochs, episodes)
                     if key in done:
@@ -568,7 +570,7 @@ def run_cell(
         strategy=strategy,
         seed=seed,
         finetune_epochs=s.finetune_epochs,
-        held_out=s.held_out if strategy not in ("uniform", "reference") else "",
+        held_out=s.held_out if strategy not in (*ONE_SHOT, "reference") else "",
         input_shape="x".join(map(str, s.input_shape)),
         speedup=row["latency_unpruned_us"] / row["latency_measured_us"],
         threads=s.threads,

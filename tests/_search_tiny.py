@@ -38,9 +38,9 @@ def linear_latency(graph):
 
 
 def tiny_problem(budget: str = "flops=50%", latency: bool = False, **kwargs) -> Problem:
-    _, graph, _, _ = tiny_model()
+    _, graph, pruner, _ = tiny_model()
     cost = CostModel(graph, latency=linear_latency(graph) if latency else None)
-    return Problem(graph, cost, parse_budget(budget), **kwargs)
+    return Problem(graph, cost, parse_budget(budget), **{"importance": list(pruner.scores), **kwargs})
 
 
 def tiny_evaluator(**kwargs) -> Evaluator:

@@ -12,6 +12,7 @@ from autoprune.errors import UserError
 from autoprune.pareto import pareto_front
 from autoprune.reward import Evaluator, Reward
 from autoprune.search import STRATEGIES, SearchEvent, run_search, uniform_kept
+from autoprune.search.baselines import magnitude_kept
 from tests._search_tiny import tiny_evaluator, tiny_model, tiny_problem
 
 FAST = {"ddpg": {"warmup": 2, "hidden": (32, 32), "batch_size": 8}, "netadapt": {"short_finetune": 1}}
@@ -42,6 +43,16 @@ def test_uniform_needs_no_evaluator():
     result = run_search("uniform", problem, None, episodes=1, seed=0)
     assert result.best_reward is None
     assert np.array_equal(result.best_kept, uniform_kept(problem)[0])
+
+
+def test_magnitude_is_global_magnitude_pruning_from_the_problems_importance():
+    _, _, pruner, _ = tiny_model()
+    problem = tiny_problem("flops=50%")  # with the tiny pruner's importance
+    result = run_search("magnitude", problem, None, episodes=1, seed=0)
+    assert result.evaluations == 1 and problem.feasible(result.best_kept)
+    assert np.array_equal(result.best_kept, magnitude_kept(problem, pruner.scores))
+    with pytest.raises(UserError, match="magnitude needs the channels' importance"):
+        run_search("magnitude", tiny_problem("flops=50%", importance=None), None, episodes=1, seed=0)
 
 
 def test_strategies_that_score_need_an_evaluator():

@@ -164,7 +164,9 @@ def prepare(
         compute=compute,
     )
     # after the pruner: its check of layers Torch-Pruning does not know may mark a metric inexact
-    problem = Problem(graph, cost, spec.budget, min_keep=spec.min_keep, round_to=round_to)
+    problem = Problem(
+        graph, cost, spec.budget, min_keep=spec.min_keep, round_to=round_to, importance=list(pruner.scores)
+    )
     evaluator = None
     if bundle is not None:
         evaluator = Evaluator(pruner, bundle, held_out=spec.held_out, seed=spec.seed, kd=spec.kd, compute=compute)

@@ -18,7 +18,13 @@ from autoprune.errors import UserError
 from autoprune.problem import Problem
 from autoprune.reward import DEFAULT_REWARD, REWARDS, Evaluator, Reward
 from autoprune.search.base import Journal, SearchContext, SearchEvent, SearchResult, Strategy
-from autoprune.search.baselines import RandomStrategy, SensitivityStrategy, UniformStrategy, uniform_kept
+from autoprune.search.baselines import (
+    MagnitudeStrategy,
+    RandomStrategy,
+    SensitivityStrategy,
+    UniformStrategy,
+    uniform_kept,
+)
 from autoprune.search.ddpg import DDPGStrategy
 from autoprune.search.netadapt import NetAdaptStrategy
 from autoprune.search.optuna_search import SAMPLERS, OptunaStrategy
@@ -28,7 +34,15 @@ from autoprune.spec import RunSpec
 # (``Strategy.defaults``, with their types) come from here.
 _CLASSES: dict[str, type[Strategy]] = {
     c.name: c
-    for c in (DDPGStrategy, OptunaStrategy, NetAdaptStrategy, UniformStrategy, RandomStrategy, SensitivityStrategy)
+    for c in (
+        DDPGStrategy,
+        OptunaStrategy,
+        NetAdaptStrategy,
+        UniformStrategy,
+        MagnitudeStrategy,
+        RandomStrategy,
+        SensitivityStrategy,
+    )
 }
 STRATEGIES: tuple[str, ...] = tuple(_CLASSES)
 REWARD_OPTIONS = ("reward", "finetune_steps")  # options of the reward path, which every strategy shares

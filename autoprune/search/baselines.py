@@ -1,5 +1,5 @@
-"""Baseline strategies: uniform (one keep ratio for every group), random feasible policies, and classic per-layer
-sensitivity analysis; and the allocation of global magnitude pruning (:func:`magnitude_kept`)."""
+"""Baseline strategies: uniform (one keep ratio for every group), global magnitude pruning (one importance threshold
+for the network), random feasible policies, and classic per-layer sensitivity analysis."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from autoprune.errors import UserError
 from autoprune.problem import Problem
 from autoprune.search.base import SearchContext, Strategy
 
@@ -67,6 +68,20 @@ class UniformStrategy(Strategy):
         kept, ratio = uniform_kept(self.problem)
         ctx.evaluate(kept, ratio=ratio)
         return {"ratio": ratio}
+
+
+class MagnitudeStrategy(Strategy):
+    """One evaluation: global magnitude pruning's allocation (:func:`magnitude_kept`), the usual automatic baseline
+    (Torch-Pruning's ``global_pruning``) that a layer-wise search is compared with."""
+
+    name = "magnitude"
+    needs_reward = False
+
+    def run(self, ctx: SearchContext) -> dict:
+        if self.problem.importance is None:
+            raise UserError("strategy magnitude needs the channels' importance scores: build the problem with them")
+        ctx.evaluate(magnitude_kept(self.problem, self.problem.importance))
+        return {}
 
 
 class RandomStrategy(Strategy):
