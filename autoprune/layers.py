@@ -33,7 +33,7 @@ from torch_pruning.utils.op_counter import MODULES_MAPPING
 
 from autoprune.errors import UserError
 from autoprune.swin import CUSTOMIZED_PRUNERS, HeadQuery, WindowAttention, explicit_swin_attention, swin_stage_layers
-from autoprune.vit import HeadAttention, attention_flops, explicit_vit_attention
+from autoprune.vit import HeadAttention, attention_flops, explicit_vit_attention, known_unwrapped
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)  # the layers whose output channels can root a group
@@ -291,6 +291,14 @@ def _unwrapped(dg: tp.DependencyGraph) -> list[nn.Parameter]:
     return [u.parameters for u in getattr(dg, "unwrapped_parameters", None) or []]
 
 
+def _unknown_unwrapped(dg: tp.DependencyGraph, model: nn.Module) -> list[str]:
+    """The modules owning parameters outside any layer whose pruning autoprune has not verified (a ViT's class
+    token and position embedding it has: :data:`autoprune.vit.KNOWN_UNWRAPPED`)."""
+    known = known_unwrapped(model)
+    names = (dg._param_to_name.get(p) for p in _unwrapped(dg) if id(p) not in known)
+    return sorted({name.rpartition(".")[0] or "(model)" for name in names if name})
+
+
 def output_layers(dg: tp.DependencyGraph, recorder: _Recorder) -> list[nn.Module]:
     """Modules whose output channels are the network's output (the classifier): never pruned."""
     outs = recorder.output if isinstance(recorder.output, (tuple, list)) else [recorder.output]
@@ -334,7 +342,7 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "m
         float(base_flops),
         int(base_params),
         [name_of[m] for m in ignored],
-        sorted({name.rpartition(".")[0] or "(model)" for name in map(dg._param_to_name.get, _unwrapped(dg)) if name}),
+        _unknown_unwrapped(dg, model),
         model=model,
         tp_groups=[g for _, g in rooted],
         recipes=[_recipe(g) for _, g in rooted],

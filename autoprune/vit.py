@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch_pruning.utils.op_counter import MODULES_MAPPING
-from torchvision.models.vision_transformer import EncoderBlock, VisionTransformer
+from torchvision.models.vision_transformer import Encoder, EncoderBlock, VisionTransformer
 
 PROJECTIONS = ("q", "k", "v", "out_proj")
 
@@ -132,6 +132,17 @@ def explicit_vit_attention(model: nn.Module) -> int:
     for block in blocks:
         block.self_attention = HeadAttention.from_multihead(block.self_attention)
     return len(blocks)
+
+
+# Parameters outside any layer (Torch-Pruning's "unwrapped" ones) that a torchvision ViT has: the class token (1, 1, E)
+# and the position embedding (1, L, E). Torch-Pruning cuts an unwrapped parameter along its last dim, here the
+# embedding width, which is right (tests/test_vit.py, the model zoo), so they need no check at analysis.
+KNOWN_UNWRAPPED = ((VisionTransformer, "class_token"), (Encoder, "pos_embedding"))
+
+
+def known_unwrapped(model: nn.Module) -> set[int]:
+    """``id`` of every parameter of ``model`` in :data:`KNOWN_UNWRAPPED`."""
+    return {id(getattr(m, attr)) for m in model.modules() for cls, attr in KNOWN_UNWRAPPED if isinstance(m, cls)}
 
 
 def sync_vit_widths(model: nn.Module) -> None:

@@ -99,6 +99,12 @@ def test_a_random_policy_is_priced_exactly_and_pruned_for_real(pruner, seed):
         assert block.mlp[0].out_features == block.mlp[3].in_features == mlp
 
 
+def test_its_class_token_and_position_embedding_are_cut_with_the_embedding_unchecked(pruner):
+    assert pruner.graph.unwrapped == []  # known to Torch-Pruning's rule: no half-pruned trial run at analysis
+    pruned = pruner.apply([48, 2, 64, 3, 96])
+    assert pruned.class_token.shape == (1, 1, 48) and pruned.encoder.pos_embedding.shape == (1, 17, 48)
+
+
 def test_removing_heads_removes_their_rows_and_columns(pruner):
     kept = list(pruner.graph.channels)
     kept[1], kept[3] = 1, 3  # block 0 keeps one head, block 1 three
