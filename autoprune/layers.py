@@ -301,8 +301,11 @@ def output_layers(dg: tp.DependencyGraph, recorder: _Recorder) -> list[nn.Module
 
 
 def _channel_dim_size(shape: torch.Size, owned: int) -> int:
-    """The channel count of an activation: dim 1 (NCHW) unless only the last dim (NHWC, NLC) fits ``owned``."""
+    """The channel count of an activation: dim 1 (NCHW) unless only the last dim (NHWC, NLC) fits ``owned``, or the
+    last dim holds exactly ``owned`` and dim 1 does not (a MaxViT's (B, G, P, C) partitions, G > C)."""
     if len(shape) < 2:
+        return int(shape[-1])
+    if owned and shape[-1] == owned != shape[1]:
         return int(shape[-1])
     if shape[1] >= owned or shape[-1] < owned:
         return int(shape[1])

@@ -32,10 +32,9 @@ is not counted, as in a Swin. :mod:`autoprune.layers` prices it as a WindowAtten
 times the partitions), so analytic equals counted. The unconverted model's count differs: the op counter sees its
 ``to_qkv`` and ``merge`` as plain Linear layers and not the einsums.
 
-Limit. :mod:`autoprune.layers` finds the channels of a LayerNorm's or activation's (B, G, P, C) input at dim 1 unless
-only the last dim can hold them, so it is exact while no stage has more partitions than channels: maxvit_t at 224x224
-(64 partitions of 64 channels in the first stage at most). At 448x448 (256 partitions of 64) the unpruned cost is
-still exact but a pruned one drifts (0.2-0.5 % on a tiny MaxVit at 128x128).
+A LayerNorm's or activation's (B, G, P, C) input may have more partitions than channels (maxvit_t at 448x448: 256
+windows of 64 channels in its first stage): :mod:`autoprune.layers` takes the last dim for its channels when that dim
+holds exactly the group channels the layer owns and dim 1 does not, so the cost stays exact there too.
 """
 
 from __future__ import annotations

@@ -31,10 +31,10 @@ WIDTHS = (32, 64)
 OUTPUTS = ("attn_layer.1.out_proj", "mlp_layer.3")  # a partition attention layer's outputs to the stage width
 
 
-def tiny_maxvit() -> MaxVit:
+def tiny_maxvit(size: int = SHAPE[2]) -> MaxVit:
     torch.manual_seed(0)
     return MaxVit(
-        input_size=SHAPE[2:],
+        input_size=(size, size),
         stem_channels=16,
         partition_size=4,
         block_channels=list(WIDTHS),
@@ -122,6 +122,17 @@ def test_a_random_policy_is_priced_exactly_and_pruned_for_real(pruner, seed):
     with torch.no_grad():
         assert pruned(torch.randn(2, *SHAPE[1:])).shape == (2, 10)
     flops, params = tp.utils.count_ops_and_params(pruned, torch.randn(*SHAPE))
+    analytic = costs(pruner.graph, kept)
+    assert analytic["flops"] == pytest.approx(flops, rel=1e-12) and analytic["params"] == params
+
+
+def test_more_partitions_than_channels_are_priced_exactly():
+    """At 128x128 the first stage has 64 windows (and grid cells) of 32 channels: its LayerNorms and MLP activations
+    see (B, G, P, C) with G > C, whose channels are the last dim."""
+    shape = (1, 3, 128, 128)
+    pruner = ChannelPruner(tiny_maxvit(128), shape, model_name="tiny-maxvit-128")
+    kept = [max(1, g.channels // 3) for g in pruner.graph.groups]
+    flops, params = tp.utils.count_ops_and_params(pruner.apply(kept), torch.randn(*shape))
     analytic = costs(pruner.graph, kept)
     assert analytic["flops"] == pytest.approx(flops, rel=1e-12) and analytic["params"] == params
 
