@@ -32,6 +32,7 @@ import torch_pruning as tp
 from torch_pruning.utils.op_counter import MODULES_MAPPING
 
 from autoprune.errors import UserError
+from autoprune.maxvit import explicit_maxvit_attention
 from autoprune.swin import CUSTOMIZED_PRUNERS, HeadQuery, WindowAttention, explicit_swin_attention, swin_stage_layers
 from autoprune.vit import HeadAttention, attention_flops, explicit_vit_attention, known_unwrapped
 
@@ -308,8 +309,11 @@ def output_layers(dg: tp.DependencyGraph, recorder: _Recorder) -> list[nn.Module
 
 
 def _channel_dim_size(shape: torch.Size, owned: int) -> int:
-    """The channel count of an activation: dim 1 (NCHW) unless only the last dim (NHWC, NLC) fits ``owned``."""
+    """The channel count of an activation: dim 1 (NCHW) unless only the last dim (NHWC, NLC) fits ``owned``, or the
+    last dim holds exactly ``owned`` and dim 1 does not (a MaxViT's (B, G, P, C) partitions, G > C)."""
     if len(shape) < 2:
+        return int(shape[-1])
+    if owned and shape[-1] == owned != shape[1]:
         return int(shape[-1])
     if shape[1] >= owned or shape[-1] < owned:
         return int(shape[1])
@@ -319,13 +323,15 @@ def _channel_dim_size(shape: torch.Size, owned: int) -> int:
 def analyze(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "model") -> LayerGraph:
     """Find the prunable groups of ``model`` and its cost model for inputs of ``input_shape``.
 
-    A torchvision ViT's or Swin's attention is first made explicit, in place
-    (:func:`autoprune.vit.explicit_vit_attention`, :func:`autoprune.swin.explicit_swin_attention`: the same outputs),
+    A torchvision ViT's, Swin's or MaxViT's attention is first made explicit, in place
+    (:func:`autoprune.vit.explicit_vit_attention`, :func:`autoprune.swin.explicit_swin_attention`,
+    :func:`autoprune.maxvit.explicit_maxvit_attention`: the same outputs),
     so that each block's heads are a group; a Swin's stage widths are left whole
     (:func:`autoprune.swin.swin_stage_layers`).
     """
     explicit_vit_attention(model)
     explicit_swin_attention(model)
+    explicit_maxvit_attention(model)
     example = torch.randn(*input_shape)
     dg, rec = build_dependency_graph(model, example)
     name_of = {m: n for n, m in model.named_modules()}

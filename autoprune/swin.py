@@ -213,6 +213,19 @@ class WindowAttention(HeadAttention):
         mask = mask.masked_fill(mask != 0, -100.0)
         return bias.unsqueeze(0) + mask.unsqueeze(1)
 
+    def attend(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The attention within windows: ``x`` (B, nW, N, C) -> (B, nW, N, C), ``mask`` added to each head's logits
+        (broadcast to (B, nW, H, N, N)); the projections and the output dropout included."""
+        q, k, v = (proj(x).unflatten(-1, (-1, self.head_dim)).transpose(2, 3) for proj in (self.q, self.k, self.v))
+        q, k, scale = self.scaled_query_key(q, k)
+        drop = self.dropout if self.training else 0.0
+        if torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export():
+            out = _Attend.apply(q, k, v, mask, drop, scale)  # B, nW, H, N, d
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, scale=scale)
+        out = self.out_proj(out.transpose(2, 3).flatten(3))
+        return F.dropout(out, p=self.proj_dropout, training=self.training)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         b, h, w, c = x.shape
         ws = self.window_size
@@ -223,16 +236,7 @@ class WindowAttention(HeadAttention):
         nh, nw = ph // ws[0], pw // ws[1]
         # windows: (B, nW, N, C)
         x = x.view(b, nh, ws[0], nw, ws[1], c).permute(0, 1, 3, 2, 4, 5).reshape(b, nh * nw, ws[0] * ws[1], c)
-        q, k, v = (proj(x).unflatten(-1, (-1, self.head_dim)).transpose(2, 3) for proj in (self.q, self.k, self.v))
-        q, k, scale = self.scaled_query_key(q, k)
-        mask = self._bias_and_mask(ph, pw, shift, x)
-        drop = self.dropout if self.training else 0.0
-        if torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export():
-            out = _Attend.apply(q, k, v, mask, drop, scale)  # B, nW, H, N, d
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, scale=scale)
-        out = self.out_proj(out.transpose(2, 3).flatten(3))
-        out = F.dropout(out, p=self.proj_dropout, training=self.training)
+        out = self.attend(x, self._bias_and_mask(ph, pw, shift, x))
         out = out.view(b, nh, nw, ws[0], ws[1], c).permute(0, 1, 3, 2, 4, 5).reshape(b, ph, pw, c)
         if sum(shift) > 0:
             out = torch.roll(out, shifts=(shift[0], shift[1]), dims=(1, 2))
