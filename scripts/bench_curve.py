@@ -5,8 +5,9 @@ For each model (``fmnist-resnet20``, the demo ResNet-20; ``fmnist-mobilenetv2``,
 model's floor, the cheapest policy ``--min-keep`` and the channel block allow, is searched at the floor) and each
 seed, every strategy is one cell: ``uniform``, ``reference`` (Torch-Pruning's global magnitude pruning at the same
 FLOPs; at a latency budget at the FLOPs share of the cell's uniform policy), ``magnitude`` (autoprune's own global
-magnitude allocation, at the budget and the channel block), ``ddpg``, ``optuna`` (TPE) and ``netadapt``. A search cell is one ``autoprune.api.search`` call (``kd=True``, ``measure=True``, the cell's seed for
-the search and the fine-tune); the reference cell prunes with Torch-Pruning and then scores, fine-tunes and measures
+magnitude allocation, at the budget and the channel block), ``ddpg``, ``optuna`` (TPE) and ``netadapt``. A search
+cell is one ``autoprune.api.search`` call (``kd=True``, ``measure=True``, the cell's seed for the search and the
+fine-tune); the reference cell prunes with Torch-Pruning and then scores, fine-tunes and measures
 as the search's finish does. Every cell gets the same distilled fine-tune (``--finetune-epochs``).
 
 One row per finished cell is appended to ``--out`` at once; a cell whose (model, budget, strategy, seed,
