@@ -12,6 +12,16 @@ torch.set_num_threads(2)
 TINY_SHAPE = (1, 1, 16, 16)
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one intra-op thread for the test (modules of large models use it: on 2 shared cores, a second
+    thread's spinning costs more than it gives)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """A ResNet-20 (random weights) for 1x16x16 inputs: 12 groups with residual couplings."""

@@ -45,12 +45,7 @@ def tiny_maxvit(size: int = SHAPE[2]) -> MaxVit:
     ).eval()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # big models: one thread is faster on a shared machine
 
 
 @pytest.fixture(scope="module")

@@ -47,12 +47,7 @@ CASES = [pytest.param(n, s, id=n) for n, s in FAST] + [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # big models: one thread is faster on a shared machine
 
 
 def _random_policy(channels: list[int], seed: int = 0) -> list[int]:

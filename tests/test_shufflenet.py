@@ -24,12 +24,7 @@ SHAPE = (1, 3, 64, 64)
 STAGES = {2: (4, 24), 3: (8, 48), 4: (4, 96)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # big models: one thread is faster on a shared machine
 
 
 @pytest.fixture(scope="module")
