@@ -256,7 +256,10 @@ def user_ignored_layers(model: nn.Module) -> list[nn.Module]:
     return [modules[n] for n in names]
 
 
-def build_dependency_graph(model: nn.Module, example: torch.Tensor) -> tuple[tp.DependencyGraph, _Recorder]:
+def build_dependency_graph(
+    model: nn.Module, example: torch.Tensor, ignored_layers: list[nn.Module]
+) -> tuple[tp.DependencyGraph, _Recorder]:
+    """Torch-Pruning's graph of ``model`` traced on ``example``, ``ignored_layers`` (the factory's) left untraced."""
     recorder = _Recorder(model)
     with torch.enable_grad():
         try:
@@ -266,7 +269,7 @@ def build_dependency_graph(model: nn.Module, example: torch.Tensor) -> tuple[tp.
                 forward_fn=recorder.forward,
                 # the window attention's own pruner (autoprune.swin), then what the model's factory registers
                 customized_pruners={**CUSTOMIZED_PRUNERS, **(getattr(model, CUSTOMIZED_PRUNERS_ATTR, None) or {})},
-                ignored_layers=user_ignored_layers(model),
+                ignored_layers=ignored_layers,
                 verbose=False,
             )
         except UserError:
@@ -333,9 +336,10 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...], model_name: str = "m
     explicit_swin_attention(model)
     explicit_maxvit_attention(model)
     example = torch.randn(*input_shape)
-    dg, rec = build_dependency_graph(model, example)
+    users = user_ignored_layers(model)
+    dg, rec = build_dependency_graph(model, example, users)
     name_of = {m: n for n, m in model.named_modules()}
-    ignored = output_layers(dg, rec) + swin_stage_layers(model) + user_ignored_layers(model)
+    ignored = output_layers(dg, rec) + swin_stage_layers(model) + users
     rooted = _prunable_groups(dg, rec, ignored)
     groups, own = _describe_groups(dg, rec, rooted, name_of)
     terms = _cost_terms(model, rec, groups, own, name_of, input_shape[0])

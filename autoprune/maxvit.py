@@ -45,7 +45,7 @@ from torch_pruning.utils.op_counter import MODULES_MAPPING
 from torchvision.models.maxvit import PartitionAttentionLayer, RelativePositionalMultiHeadAttention
 
 from autoprune.swin import WindowAttention
-from autoprune.vit import attention_flops
+from autoprune.vit import attention_count
 
 
 class PartitionAttention(WindowAttention):
@@ -82,11 +82,7 @@ class PartitionAttention(WindowAttention):
 def partition_attention_flops(m: PartitionAttention, x: torch.Tensor) -> int:
     """The attention's FLOPs on ``x`` (B, G, P, C): per partition :func:`autoprune.vit.attention_flops`, times B*G."""
     n = x.shape[-2]
-    per_partition = sum(
-        a * getattr(m, p).in_features * getattr(m, p).out_features + b * getattr(m, p).out_features
-        for p, (a, b) in attention_flops(m, n, n, n).items()
-    )
-    return int(round(per_partition)) * x.shape[:-2].numel()
+    return attention_count(m, n, n, n) * x.shape[:-2].numel()
 
 
 def _count_flops_hook(m: PartitionAttention, inputs: tuple, output: object) -> None:

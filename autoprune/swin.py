@@ -45,7 +45,7 @@ from torchvision.models.swin_transformer import (
     SwinTransformer,
 )
 
-from autoprune.vit import HeadAttention, attention_flops
+from autoprune.vit import HeadAttention, attention_count
 
 
 class HeadQuery(nn.Linear):
@@ -296,12 +296,8 @@ def window_attention_flops(m: WindowAttention, x: torch.Tensor) -> int:
     ph, pw, _ = m._geometry(h, w)
     n = m.window_size[0] * m.window_size[1]
     windows = b * (ph // m.window_size[0]) * (pw // m.window_size[1])
-    per_window = sum(
-        a * getattr(m, p).in_features * getattr(m, p).out_features + bb * getattr(m, p).out_features
-        for p, (a, bb) in attention_flops(m, n, n, n).items()
-    )
     const, per_out = m.position_flops()
-    return int(round(per_window)) * windows + int(round(const + per_out * m.q.out_features))
+    return attention_count(m, n, n, n) * windows + int(round(const + per_out * m.q.out_features))
 
 
 def _count_flops_hook(m: WindowAttention, inputs: tuple, output: object) -> None:

@@ -101,15 +101,25 @@ def attention_flops(m: HeadAttention, q_len: int, k_len: int, v_len: int) -> dic
     }
 
 
+def attention_count(m: HeadAttention, q_len: int, k_len: int, v_len: int) -> int:
+    """The attention's FLOPs for one sequence (a ViT's example, a Swin's window, a MaxViT's partition) at the
+    projections' current widths: :func:`attention_flops` summed. Exact: the coefficients are integers but for /d,
+    whose terms add up to whole numbers."""
+    terms = attention_flops(m, q_len, k_len, v_len)
+    return int(
+        round(
+            sum(
+                a * getattr(m, p).in_features * getattr(m, p).out_features + b * getattr(m, p).out_features
+                for p, (a, b) in terms.items()
+            )
+        )
+    )
+
+
 def _count_flops_hook(m: HeadAttention, inputs: tuple, output: object) -> None:
     """The op counter's hook: the attention's FLOPs for this call's batch (see :func:`attention_flops`)."""
     query, key, value = inputs[:3]
-    terms = attention_flops(m, query.shape[1], key.shape[1], value.shape[1])
-    per_example = sum(
-        a * getattr(m, p).in_features * getattr(m, p).out_features + b * getattr(m, p).out_features
-        for p, (a, b) in terms.items()
-    )
-    m.__flops__ += int(round(per_example)) * query.shape[0]  # exact: the coefficients are integers but for /d
+    m.__flops__ += attention_count(m, query.shape[1], key.shape[1], value.shape[1]) * query.shape[0]
 
 
 MODULES_MAPPING[HeadAttention] = _count_flops_hook
