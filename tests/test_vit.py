@@ -14,7 +14,6 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch_pruning as tp
-from torchvision.models.vision_transformer import VisionTransformer
 
 import autoprune
 from autoprune.budget import parse_budget
@@ -27,17 +26,11 @@ from autoprune.onnx_graph import onnx_bytes
 from autoprune.problem import Problem
 from autoprune.prune import CRITERIA, ChannelPruner
 from autoprune.vit import HeadAttention, explicit_vit_attention
+from tests._tiny_models import tiny_vit  # 32x32 images, 2 blocks: the sizes below
 
 SHAPE = (1, 3, 32, 32)
 HEADS, HEAD_DIM, HIDDEN, MLP = 4, 16, 64, 128
 BLOCKS = ("encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1")
-
-
-def tiny_vit() -> VisionTransformer:
-    torch.manual_seed(0)
-    return VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=HEADS, hidden_dim=HIDDEN, mlp_dim=MLP, num_classes=10
-    ).eval()
 
 
 @pytest.fixture(scope="module")

@@ -117,7 +117,7 @@ def promote_best(setup: Setup, result: SearchResult, phase: Callable[[str], None
         f"promoting the best {spec.promote} policies, uniform and global magnitude to {spec.promote_steps} "
         "fine-tune steps each"
     )
-    magnitude = magnitude_kept(setup.problem, setup.pruner.scores)  # what --strategy magnitude evaluates
+    magnitude = magnitude_kept(setup.problem, setup.problem.importance)  # what --strategy magnitude evaluates
     ranked = promote(
         result.history, setup.problem, setup.evaluator, spec.promote, spec.promote_steps, {"magnitude": magnitude}
     )
