@@ -22,6 +22,14 @@ within 1 point of the unpruned model's (the axis NetAdapt argues on).
     .venv/bin/python scripts/bench_curve.py --plot-only          # redraw the png, print the summary
     .venv/bin/python scripts/bench_curve.py --smoke --models fmnist-resnet20 --strategies uniform,reference,ddpg
 
+Each search cell's ``policy.json`` is kept beside ``--out`` (``search_curve_policies/MODEL/BUDGET/CELL.json``,
+committed with the CSV: the run directories under ``runs/`` are not), so a cell can be re-created and re-timed in
+a later sitting: ``--retime`` times every selected row that has one again (the pruned model built from the
+unpruned one by the policy, timed with the unpruned model in the same interleaved rounds, on this machine's ISA
+only) and rewrites its latency columns, the first timing kept in ``note``. Use it for cells timed on a busy machine.
+
+    .venv/bin/python scripts/bench_curve.py --retime --models fmnist-resnet20 --budgets flops=20%
+
 ``--smoke`` is tiny (4 episodes, 200 held-out images, 0.02 fine-tune epochs, seed 0, ``flops=50%``) and writes to
 ``/tmp/bench_curve_smoke.csv`` and ``/tmp/bench_curve_smoke_runs/``, never to ``benchmarks/``.
 """
@@ -31,12 +39,18 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import fcntl
+import hashlib
 import math
+import os
 import re
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +76,7 @@ from autoprune.finetune import DEFAULT_FINETUNE_LR, finetune  # noqa: E402
 from autoprune.models import COMPACT_MODEL, DEMO_MODEL, parse_input_shape  # noqa: E402
 from autoprune.pipeline import Setup, prepare  # noqa: E402
 from autoprune.pipeline.finish import evaluate_pruned  # noqa: E402
+from autoprune.pipeline.policy_jobs import apply_policy  # noqa: E402
 from autoprune.pipeline.verify import time_pair  # noqa: E402
 from autoprune.policy import Policy  # noqa: E402
 from autoprune.search import SAMPLERS, STRATEGIES, SearchEvent  # noqa: E402
@@ -138,10 +153,16 @@ class Settings:
     out: Path
     runs: Path
     plot_only: bool
+    retime: bool = False
 
     @property
     def png(self) -> Path:
         return self.out.with_suffix(".png")
+
+    @property
+    def policies(self) -> Path:
+        """Where each search cell's policy.json is kept (beside --out, committed with it)."""
+        return self.out.with_name(f"{self.out.stem}_policies")
 
 
 @dataclass
@@ -241,6 +262,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     ap.add_argument("--out", help=f"the CSV appended to (default {FULL['out']}); the plot is beside it (.png)")
     ap.add_argument("--runs", help=f"where the cells' run directories go (default {FULL['runs']})")
     ap.add_argument("--plot-only", action="store_true", help="redraw the png and print the summary from --out")
+    ap.add_argument(
+        "--retime",
+        action="store_true",
+        help="time the selected rows' kept policies again on this machine and rewrite their latency columns",
+    )
     ap.add_argument("--smoke", action="store_true", help="tiny settings; CSV and runs under /tmp")
     a = ap.parse_args(argv)
     d = SMOKE if a.smoke else FULL
@@ -253,6 +279,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         shape = parse_input_shape(a.input_shape)
     except UserError as e:
         raise FlagError(f"--input-shape: {e}") from e
+    if a.plot_only and a.retime:
+        raise FlagError("--plot-only and --retime: give one (--retime also redraws the plot)")
     if not seeds or pick["episodes"] < 1 or pick["held_out"] < 1 or pick["finetune_epochs"] < 0 or a.threads < 1:
         raise FlagError("--seeds needs a seed; --episodes, --held-out, --threads at least 1; --finetune-epochs >= 0")
     return Settings(
@@ -269,6 +297,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         out=Path(pick["out"]),
         runs=Path(pick["runs"]),
         plot_only=a.plot_only,
+        retime=a.retime,
     )
 
 
@@ -304,15 +333,35 @@ def done_keys(out: Path) -> set[tuple]:
     return {cell_key(*r) for r in read_rows(out)[KEY].itertuples(index=False)}
 
 
+@contextmanager
+def csv_lock(out: Path) -> Iterator[None]:
+    """Held while --out is appended to or rewritten, so a --retime beside a running curve loses no row."""
+    key = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"bench_curve-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def append_row(out: Path, row: dict) -> None:
     """One finished cell, appended at once (a fixed header: parallel sittings never overwrite each other's rows)."""
-    new = not out.is_file() or out.stat().st_size == 0
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="raise")
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    with csv_lock(out):
+        new = not out.is_file() or out.stat().st_size == 0
+        with out.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="raise")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+def rewrite_rows(out: Path, update: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
+    """``--out`` replaced, under the lock, by ``update`` of its rows as they are then (a temporary file renamed
+    over it: an interrupted rewrite leaves the old CSV whole)."""
+    with csv_lock(out):
+        rows = update(pd.read_csv(out, keep_default_na=False, dtype=str))
+        tmp = out.with_name(f".{out.name}.tmp")
+        rows[COLUMNS].to_csv(tmp, index=False)
+        os.replace(tmp, out)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -365,6 +414,24 @@ def searched_budget(ctx: ModelContext, budget: str) -> tuple[str, str] | None:
 def run_dir_for(s: Settings, model: str, budget: str, strategy: str, seed: int, episodes: int) -> Path:
     safe = budget.replace("=", "-").replace("%", "pct")
     return s.runs / model / safe / f"{strategy.replace(':', '-')}-e{episodes}-ft{s.finetune_epochs:g}-s{seed}"
+
+
+def kept_policy_path(s: Settings, model: str, budget: str, strategy: str, seed: int, episodes: int) -> Path:
+    """The cell's policy.json as kept beside --out (named as its run directory is)."""
+    path = run_dir_for(replace(s, runs=s.policies), model, budget, strategy, seed, episodes)
+    return path.with_name(f"{path.name}.json")  # not with_suffix: "ft0.5" has a dot
+
+
+def keep_policies(s: Settings) -> None:
+    """Copy the policy.json of every row's finished run directory beside --out where it is not there yet (cells
+    finished before policies were kept, or by another sitting)."""
+    for r in read_rows(s.out).itertuples(index=False):
+        if not isinstance(r.run_dir, str) or not r.run_dir:
+            continue
+        path = kept_policy_path(s, r.model, r.budget, r.strategy, r.seed, r.episodes)
+        if not path.is_file() and finished_policy(Path(r.run_dir)) is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(r.run_dir) / "policy.json", path)
 
 
 def finished_policy(run_dir: Path) -> Policy | None:
@@ -534,6 +601,7 @@ def reference_cell(ctx: ModelContext, s: Settings, budget: str, searched: str, s
 def run_cells(s: Settings) -> None:
     """Every missing cell, in order model > budget > strategy > seed; a row appended as each finishes."""
     done, isa = done_keys(s.out), cpu_isa()
+    keep_policies(s)
     for model in s.models:
         ctx = prepare_model(model, s)
         if ctx is None:
@@ -551,6 +619,7 @@ def run_cells(s: Settings) -> None:
                         continue
                     append_row(s.out, run_cell(ctx, s, budget, target, strategy, seed, isa))
                     done.add(key)
+                    keep_policies(s)
 
 
 def run_cell(
@@ -589,6 +658,71 @@ def describe(row: dict) -> str:
         f"test {row['test_acc_before_ft']:.2%} -> {row['test_acc_ft']:.2%} (unpruned {row['test_acc_unpruned']:.2%}), "
         f"search {row['search_seconds']:.0f}s, cell {row['cell_seconds']:.0f}s"
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Re-timing
+
+
+def retime(s: Settings) -> None:
+    """Time each selected row's kept policy again with the unpruned model, in the same interleaved rounds as a
+    search's finish does, and rewrite its latency columns (the first timing said in ``note``). Rows of another ISA
+    and rows without a kept policy (the reference's, cells from before policies were kept) are listed and left."""
+    keep_policies(s)
+    rows, isa = read_rows(s.out), cpu_isa()
+    chosen = rows[
+        rows["model"].isin(s.models)
+        & rows["budget"].isin(s.budgets)
+        & rows["strategy"].isin(s.strategies)
+        & rows["seed"].astype(int).isin(s.seeds)
+    ]
+    timed: dict[tuple, dict] = {}
+    for model, group in chosen.groupby("model", sort=False):
+        ctx = prepare_model(model, replace(s, budgets=list(dict.fromkeys(group["budget"]))))
+        if ctx is None:
+            continue
+        for r in group.itertuples(index=False):
+            path = kept_policy_path(s, r.model, r.budget, r.strategy, r.seed, r.episodes)
+            label = f"{r.model} {r.budget} {r.strategy} seed {r.seed}"
+            if str(r.cpu_isa) != isa or not path.is_file():
+                why = f"timed on {r.cpu_isa}, this machine is {isa}" if str(r.cpu_isa) != isa else "no kept policy"
+                console.print(f"  [dim]not re-timed ({why}): {label}[/dim]")
+                continue
+            metric = r.budget_searched.partition("=")[0]
+            setup = ctx.setups[metric]
+            policy = Policy.load(path)
+            pruned = apply_policy(setup.net, policy, setup.shape)
+            unpruned_t, pruned_t = time_pair(setup.net, pruned, setup.shape, setup.table, int(r.threads))
+            new = {
+                "latency_measured_us": pruned_t.median_us,
+                "latency_unpruned_us": unpruned_t.median_us,
+                "speedup": unpruned_t.median_us / pruned_t.median_us,
+            }
+            if metric == "latency":
+                share = float(r.budget_searched.partition("=")[2].rstrip("%")) / 100
+                new["latency_budget_met"] = pruned_t.median_us <= share * unpruned_t.median_us
+            was = (
+                f"retimed {dt.date.today().isoformat()}; first timing {r.latency_measured_us / 1000:.2f} ms "
+                f"(unpruned {r.latency_unpruned_us / 1000:.2f} ms, x{r.speedup:.2f})"
+            )
+            new["note"] = "; ".join(n for n in (str(r.note) if isinstance(r.note, str) else "", was) if n)
+            timed[cell_key(r.model, r.budget, r.strategy, r.seed, r.finetune_epochs, r.episodes)] = new
+            console.print(
+                f"  re-timed {label}: {new['latency_measured_us'] / 1000:.2f} ms (x{new['speedup']:.2f}; "
+                f"was x{r.speedup:.2f})",
+                highlight=False,
+            )
+
+    def update(df: pd.DataFrame) -> pd.DataFrame:
+        for i, r in df.iterrows():
+            new = timed.get(cell_key(r.model, r.budget, r.strategy, r.seed, r.finetune_epochs, r.episodes))
+            for column, value in (new or {}).items():
+                df.at[i, column] = str(value)
+        return df
+
+    if timed:
+        rewrite_rows(s.out, update)
+        console.print(f"re-timed {len(timed)} row(s) of {s.out}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -745,7 +879,9 @@ def report(s: Settings) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         s = parse_args(argv)
-        if not s.plot_only:
+        if s.retime:
+            retime(s)
+        elif not s.plot_only:
             run_cells(s)
         report(s)
     except (FlagError, UserError) as e:
