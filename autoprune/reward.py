@@ -10,7 +10,14 @@ Rewards (``REWARDS``):
 * ``acc``: held-out accuracy after BN recalibration (AMC's and EagleEye's evaluation of a candidate);
 * ``acc-ft``: held-out accuracy after a short fine-tune (a few hundred SGD steps, optionally distilled from the
   unpruned model) — closer to what the final fine-tune reaches, at a hundredfold cost per evaluation;
-* ``r-flops``: AMC's ``R_FLOPs = -error * log(FLOPs)``, which rewards saving FLOPs beyond the budget.
+* ``r-flops``: AMC's ``R_FLOPs = -error * log(FLOPs)``, which rewards saving FLOPs beyond the budget;
+* ``kd``: minus the distillation loss on the held-out split after BN recalibration — the objective the distilled
+  fine-tune starts from (``training.distillation_loss`` with the fine-tune's weight and temperature, the unpruned
+  model's logits as the targets). At a deep cut the recalibrated top-1 is near chance for every candidate and ranks
+  them by little; the loss still separates them by how far each is from the unpruned model's outputs.
+
+Every evaluation records both the accuracy and the distillation loss (``distill_loss`` in the history), whichever
+reward ranks the policies, so a search's history shows how the two orderings differ.
 
 Speed matters: a 300-episode search evaluates 300 policies. The :class:`Evaluator` therefore keeps the held-out
 images and the recalibration batches as ready, normalised, ``channels_last`` tensors, folds every BatchNorm into
@@ -34,19 +41,20 @@ from autoprune.data import DataBundle, Split
 from autoprune.errors import UserError
 from autoprune.evaluate import recalibrate_bn
 from autoprune.prune import ChannelPruner
-from autoprune.training import TrainConfig, train
+from autoprune.training import TrainConfig, distillation_loss, train
 
-REWARDS = ("acc", "acc-ft", "r-flops")
+REWARDS = ("acc", "acc-ft", "r-flops", "kd")
 DEFAULT_REWARD = "acc"
 
 
 @dataclass
 class Evaluation:
-    """One evaluated policy: held-out accuracy and where the seconds went."""
+    """One evaluated policy: held-out accuracy, distillation loss and where the seconds went."""
 
     accuracy: float
     phases: dict[str, float] = field(default_factory=dict)  # apply, finetune, recalibrate, evaluate (seconds)
     cached: bool = False
+    distill_loss: float | None = None  # None: replayed from a journal written before it was recorded
 
     @property
     def seconds(self) -> float:
@@ -101,6 +109,7 @@ class Evaluator:
         calib = _materialise(data.train, calib_batch_size, calib_batches, shuffle=True, seed=seed, compute=compute)
         self._calib = [x for x, _ in calib]
         self._cache: dict[tuple[tuple[int, ...], int], Evaluation] = {}
+        self._teacher_logits: list[torch.Tensor] | None = None
         self.calls = 0
 
     # -- the three phases -------------------------------------------------------------------------------------
@@ -109,20 +118,35 @@ class Evaluator:
         """Re-estimate BN running statistics as a cumulative average over the fixed calibration batches."""
         return recalibrate_bn(model, batches=self._calib, compute=self.compute)
 
-    def score(self, model: nn.Module) -> float:
-        """Held-out accuracy of an already recalibrated model (BN folded first when ``fast``)."""
+    def teacher_logits(self) -> list[torch.Tensor]:
+        """The unpruned model's held-out logits, once: the distillation loss's targets."""
+        if self._teacher_logits is None:
+            teacher = self.pruner.model
+            was_training = teacher.training
+            teacher.eval()
+            with torch.inference_mode(), self.compute.autocast():
+                self._teacher_logits = [teacher(x).float() for x, _ in self._eval_batches]
+            teacher.train(was_training)
+        return self._teacher_logits
+
+    def score(self, model: nn.Module) -> tuple[float, float]:
+        """Held-out accuracy and distillation loss (mean per image, as the fine-tune weighs it) of an already
+        recalibrated model (BN folded first when ``fast``); both NaN when its outputs are not finite."""
         model.eval()
         if self.fast:
             model = _fold_bn(model)
+        cfg = TrainConfig()
         correct = total = 0
+        loss = 0.0
         with torch.inference_mode(), self.compute.autocast():
-            for x, y in self._eval_batches:
-                logits = model(x)
+            for (x, y), t in zip(self._eval_batches, self.teacher_logits(), strict=True):
+                logits = model(x).float()
                 if not torch.isfinite(logits).all():  # argmax would call it class 0: the accuracy is undefined
-                    return float("nan")
+                    return float("nan"), float("nan")
                 correct += int((logits.argmax(1) == y).sum())
+                loss += float(distillation_loss(logits, t, y, cfg.kd_alpha, cfg.kd_temperature)) * len(y)
                 total += len(y)
-        return correct / max(total, 1)
+        return correct / max(total, 1), loss / max(total, 1)
 
     def finetune(self, model: nn.Module, steps: int) -> nn.Module:
         """A short SGD fine-tune (constant small lr, no augmentation), distilled from the unpruned model if ``kd``."""
@@ -136,13 +160,16 @@ class Evaluator:
         return model
 
     # -- the whole evaluation ---------------------------------------------------------------------------------
-    def evaluate(self, kept: Sequence[int] | np.ndarray, finetune_steps: int | None = None) -> Evaluation:
-        """Accuracy of the policy ``kept`` (cached by kept tuple and fine-tune length)."""
+    def evaluate(
+        self, kept: Sequence[int] | np.ndarray, finetune_steps: int | None = None, *, need_loss: bool = False
+    ) -> Evaluation:
+        """Accuracy and distillation loss of the policy ``kept`` (cached by kept tuple and fine-tune length; a
+        replayed entry without the loss is evaluated again when ``need_loss``)."""
         steps = self.finetune_steps if finetune_steps is None else int(finetune_steps)
         key = (tuple(int(k) for k in kept), steps)
-        if key in self._cache:
-            hit = self._cache[key]
-            return Evaluation(hit.accuracy, dict(hit.phases), cached=True)
+        hit = self._cache.get(key)
+        if hit is not None and not (need_loss and hit.distill_loss is None):
+            return Evaluation(hit.accuracy, dict(hit.phases), cached=True, distill_loss=hit.distill_loss)
         self.calls += 1
         phases: dict[str, float] = {}
         t = time.perf_counter()
@@ -160,15 +187,23 @@ class Evaluator:
             self.recalibrate(model)
         phases["recalibrate"] = time.perf_counter() - t
         t = time.perf_counter()
-        acc = self.score(model)
+        acc, loss = self.score(model)
         phases["evaluate"] = time.perf_counter() - t
-        ev = Evaluation(acc, phases)
+        ev = Evaluation(acc, phases, distill_loss=loss)
         self._cache[key] = ev
         return ev
 
-    def remember(self, kept: Sequence[int], finetune_steps: int, accuracy: float, phases: dict | None = None) -> None:
+    def remember(
+        self,
+        kept: Sequence[int],
+        finetune_steps: int,
+        accuracy: float,
+        phases: dict | None = None,
+        distill_loss: float | None = None,
+    ) -> None:
         """Seed the cache with an evaluation made earlier (a resumed search replays it for free)."""
-        self._cache[(tuple(int(k) for k in kept), int(finetune_steps))] = Evaluation(accuracy, dict(phases or {}))
+        key = (tuple(int(k) for k in kept), int(finetune_steps))
+        self._cache[key] = Evaluation(accuracy, dict(phases or {}), distill_loss=distill_loss)
 
 
 def _fold_bn(model: nn.Module) -> nn.Module:
@@ -187,6 +222,7 @@ class RewardResult:
     accuracy: float
     phases: dict[str, float]
     cached: bool
+    distill_loss: float | None = None
 
 
 class Reward:
@@ -202,9 +238,11 @@ class Reward:
 
     def __call__(self, kept: Sequence[int] | np.ndarray, finetune_steps: int | None = None) -> RewardResult:
         steps = self.finetune_steps if finetune_steps is None else finetune_steps
-        ev = self.evaluator.evaluate(kept, steps)
+        ev = self.evaluator.evaluate(kept, steps, need_loss=self.name == "kd")
         if self.name == "r-flops":  # AMC, eq. for R_FLOPs: -error * log(FLOPs)
             reward = -(1.0 - ev.accuracy) * math.log(max(self.cost(kept)["flops"], 1.0))
+        elif self.name == "kd":
+            reward = -float(ev.distill_loss)  # NaN stays NaN: never the best
         else:
             reward = ev.accuracy
-        return RewardResult(reward, ev.accuracy, ev.phases, ev.cached)
+        return RewardResult(reward, ev.accuracy, ev.phases, ev.cached, ev.distill_loss)

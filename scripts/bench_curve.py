@@ -79,6 +79,7 @@ from autoprune.pipeline.finish import evaluate_pruned  # noqa: E402
 from autoprune.pipeline.policy_jobs import apply_policy  # noqa: E402
 from autoprune.pipeline.verify import time_pair  # noqa: E402
 from autoprune.policy import Policy  # noqa: E402
+from autoprune.reward import DEFAULT_REWARD, REWARDS  # noqa: E402
 from autoprune.search import SAMPLERS, STRATEGIES, SearchEvent  # noqa: E402
 from autoprune.spec import DEMO_DATA, DEMO_INPUT_SHAPE, RunSpec, load_spec  # noqa: E402
 
@@ -219,23 +220,57 @@ def parse_budgets(text: str) -> list[str]:
     return budgets
 
 
+@dataclass(frozen=True)
+class Label:
+    """A strategy label ``NAME[:SAMPLER][+REWARD][+promoteK]``: e.g. ``optuna:tpe+kd+promote5`` is an Optuna TPE
+    search ranking by the ``kd`` reward whose best 5 policies are promoted. Without ``+REWARD``, ``acc``."""
+
+    name: str
+    sampler: str = ""
+    reward: str | None = None
+    promote: int = 0
+
+    @classmethod
+    def parse(cls, token: str) -> Label:
+        base, *extras = token.split("+")
+        name, _, sampler = base.partition(":")
+        reward, promote = None, 0
+        for extra in extras:
+            if re.fullmatch(r"promote\d+", extra):
+                promote = int(extra.removeprefix("promote"))
+            elif extra in REWARDS and extra != DEFAULT_REWARD:
+                reward = extra
+            else:
+                rewards = ", ".join(r for r in REWARDS if r != DEFAULT_REWARD)
+                raise FlagError(
+                    f"--strategies: {token!r}: after a + give promoteK (e.g. ddpg+promote5) or a reward ({rewards})"
+                )
+        if name == "optuna":
+            sampler = sampler or "tpe"
+        return cls(name, sampler, reward, promote)
+
+    def __str__(self) -> str:
+        base = f"{self.name}:{self.sampler}" if self.sampler else self.name
+        return base + (f"+{self.reward}" if self.reward else "") + (f"+promote{self.promote}" if self.promote else "")
+
+
 def parse_strategies(text: str) -> list[str]:
     """Strategy labels, uniform first and reference second (the reference at a latency budget needs uniform's row)."""
     labels: list[str] = []
     for token in (t.strip() for t in text.split(",") if t.strip()):
-        base, _, promotion = token.partition("+")
-        if promotion and not re.fullmatch(r"promote\d+", promotion):
-            raise FlagError(f"--strategies: {token!r}: a promoted search is STRATEGY+promoteK, e.g. ddpg+promote5")
-        name, _, sampler = base.partition(":")
+        label = Label.parse(token)
+        name, sampler = label.name, label.sampler
         if name == "optuna":
-            sampler = sampler or "tpe"
             if sampler not in SAMPLERS:
                 raise FlagError(f"--strategies: unknown Optuna sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
-            token = f"optuna:{sampler}" + (f"+{promotion}" if promotion else "")
+            token = str(label)
         elif sampler or (name not in STRATEGIES and name != "reference"):
             raise FlagError(
                 f"--strategies: unknown {token!r}: use reference, {', '.join(STRATEGIES)}, optuna:<sampler>"
             )
+        if (label.reward or label.promote) and (name in ONE_SHOT or name == "reference"):
+            raise FlagError(f"--strategies: {token!r}: {name} makes no search to rank or promote")
+        token = str(label)
         if token not in labels:
             labels.append(token)
     if not labels:
@@ -457,14 +492,15 @@ def same_search(run_dir: Path, spec: RunSpec) -> bool:
 def search_cell(ctx: ModelContext, s: Settings, budget: str, searched: str, strategy: str, seed: int) -> dict:
     """One ``api.search`` cell: search, prune, score, the distilled fine-tune, measure; its CSV row. A label
     ``STRATEGY+promoteK`` promotes the search's best K policies, uniform and global magnitude to 200 distilled
-    fine-tune steps."""
-    base, _, promotion = strategy.partition("+")
-    name, _, sampler = base.partition(":")
+    fine-tune steps; ``STRATEGY+REWARD`` ranks the search's policies by that reward (:class:`Label`)."""
+    label = Label.parse(strategy)
+    name = label.name
     episodes = 1 if name in ONE_SHOT else s.episodes
     settings = dict(
         strategy=name,
-        promote=int(promotion.removeprefix("promote")) if promotion else 0,
-        options={"sampler": sampler} if sampler else {},
+        promote=label.promote,
+        reward=label.reward,
+        options={"sampler": label.sampler} if label.sampler else {},
         episodes=episodes,
         seed=seed,
         held_out=s.held_out,

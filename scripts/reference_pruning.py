@@ -86,4 +86,4 @@ def evaluate_model(evaluator: Evaluator, model: nn.Module, recalibrate: bool = T
         model = model.to(memory_format=torch.channels_last)
     if recalibrate:
         evaluator.recalibrate(model)
-    return evaluator.score(model)
+    return evaluator.score(model)[0]

@@ -7,12 +7,14 @@ import importlib.util
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from autoprune.errors import UserError
 from autoprune.pareto import pareto_front
 from autoprune.reward import Evaluator, Reward
 from autoprune.search import STRATEGIES, SearchEvent, run_search, uniform_kept
 from autoprune.search.baselines import magnitude_kept
+from autoprune.training import TrainConfig, distillation_loss
 from tests._search_tiny import tiny_evaluator, tiny_model, tiny_problem
 
 FAST = {"ddpg": {"warmup": 2, "hidden": (32, 32), "batch_size": 8}, "netadapt": {"short_finetune": 1}}
@@ -161,6 +163,50 @@ def test_rewards(evaluator):
     assert rflops.reward == pytest.approx(-(1 - acc.accuracy) * np.log(problem.cost(kept)["flops"]))
     ft = Reward("acc-ft", evaluator, finetune_steps=2)(kept)
     assert "finetune" in ft.phases and 0 <= ft.accuracy <= 1
+
+
+def test_kd_reward_is_minus_the_distillation_loss_against_the_unpruned_models_logits():
+    """The ``kd`` reward is the distilled fine-tune's objective at its start: the held-out distillation loss of the
+    recalibrated pruned model, the unpruned model's logits as targets, mean per image."""
+    _, _, pruner, data = tiny_model()
+    evaluator = tiny_evaluator(fast=False)
+    problem = tiny_problem()
+    kept = problem.project(np.full(len(problem.channels), 0.5))
+    r = Reward("kd", evaluator)(kept)
+    assert r.reward == -r.distill_loss and r.accuracy == Reward("acc", evaluator)(kept).reward
+
+    model = evaluator.recalibrate(pruner.apply(list(kept))).eval()
+    cfg = TrainConfig()
+    pruner.model.eval()
+    with torch.no_grad():
+        x = torch.cat([x for x, _ in data.held_out.batches(1000)])[:48]
+        y = torch.cat([y for _, y in data.held_out.batches(1000)])[:48]
+        expected = float(distillation_loss(model(x), pruner.model(x), y, cfg.kd_alpha, cfg.kd_temperature))
+    assert r.distill_loss == pytest.approx(expected, rel=1e-4)
+    # the lighter prune is nearer the unpruned model's outputs
+    lighter = Reward("kd", evaluator)(problem.project(np.full(len(problem.channels), 0.9)))
+    assert lighter.distill_loss < r.distill_loss
+
+
+def test_a_replayed_evaluation_without_the_loss_is_scored_again_only_for_the_kd_reward():
+    """A journal written before the loss was recorded replays accuracies only: ``acc`` reuses them, ``kd``
+    evaluates the policy again rather than rank it by a missing number."""
+    evaluator = tiny_evaluator()
+    problem = tiny_problem()
+    kept = problem.project(np.full(len(problem.channels), 0.7))
+    evaluator.remember(kept, 0, 0.123)
+    assert Reward("acc", evaluator)(kept).reward == 0.123
+    kd = Reward("kd", evaluator)(kept)
+    assert not kd.cached and kd.distill_loss > 0 and kd.reward == -kd.distill_loss
+    assert Reward("kd", evaluator)(kept).cached  # now with its loss
+
+
+def test_a_search_with_the_kd_reward_keeps_the_policy_of_the_lowest_loss(evaluator):
+    problem = tiny_problem()
+    result = run_search("random", problem, evaluator, episodes=5, seed=0, options={"reward": "kd"})
+    h = result.history
+    assert h["distill_loss"].notna().all() and (h["reward"] == -h["distill_loss"]).all()
+    assert result.best_reward == -h.loc[h["feasible"], "distill_loss"].min()
 
 
 def test_bn_folding_changes_no_prediction():

@@ -126,7 +126,9 @@ def run_search(
     if resume and journal is not None and reward is not None:
         for row in journal.read():  # replayed evaluations cost nothing
             if row.get("accuracy") is not None:
-                evaluator.remember(row["kept"], reward.finetune_steps, row["accuracy"])
+                evaluator.remember(
+                    row["kept"], reward.finetune_steps, row["accuracy"], distill_loss=row.get("distill_loss")
+                )
     ctx = SearchContext(problem, reward, strategy, episodes, callback, journal)
     try:
         extra = runner.run(ctx)

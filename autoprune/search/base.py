@@ -169,7 +169,7 @@ class SearchContext:
             row.update(reward=None, accuracy=None, cached=False)
         else:
             r = self.reward(kept, finetune_steps) if finetune_steps is not None else self.reward(kept)
-            row.update(reward=r.reward, accuracy=r.accuracy, cached=r.cached)
+            row.update(reward=r.reward, accuracy=r.accuracy, distill_loss=r.distill_loss, cached=r.cached)
             row.update({f"{k}_s": v for k, v in r.phases.items()})
         row["eval_s"] = time.perf_counter() - t
         row.update(extra)

@@ -99,7 +99,7 @@ class StudyMirror:
             ctx.add_row(row)
             acc = row.get("accuracy")
             if evaluator is not None and changed and acc is not None and math.isfinite(acc):
-                evaluator.remember(row["kept"], ctx.reward.finetune_steps, acc)
+                evaluator.remember(row["kept"], ctx.reward.finetune_steps, acc, distill_loss=row.get("distill_loss"))
         self.synced = numbers
         return changed
 
