@@ -19,6 +19,7 @@ from autoprune.errors import UserError
 from autoprune.prune import CRITERIA
 from autoprune.reward import DEFAULT_REWARD, REWARDS
 from autoprune.search import SAMPLERS, STRATEGIES
+from autoprune.spec import DEFAULT_STRATEGY
 
 app = typer.Typer(
     add_completion=False,
@@ -192,7 +193,7 @@ def search(
     weights: Path | None = typer.Option(None, help="a state_dict file"),
     data: str | None = typer.Option(None, help="fashion-mnist | cifar10 | cifar100 | imagefolder:PATH | synthetic"),
     input_shape: str | None = typer.Option(None, help=SHAPE_HELP),
-    strategy: str = typer.Option("ddpg", help=" | ".join(STRATEGIES)),
+    strategy: str = typer.Option(DEFAULT_STRATEGY, help=" | ".join(STRATEGIES)),
     episodes: int = typer.Option(300, help="evaluation budget: policies scored by the search"),
     reward: str | None = typer.Option(None, help=" | ".join(REWARDS) + f" (default: {DEFAULT_REWARD})"),
     promote: int = typer.Option(
