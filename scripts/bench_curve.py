@@ -26,7 +26,8 @@ Each search cell's ``policy.json`` is kept beside ``--out`` (``search_curve_poli
 committed with the CSV: the run directories under ``runs/`` are not), so a cell can be re-created and re-timed in
 a later sitting: ``--retime`` times every selected row that has one again (the pruned model built from the
 unpruned one by the policy, timed with the unpruned model in the same interleaved rounds, on this machine's ISA
-only) and rewrites its latency columns, the first timing kept in ``note``. Use it for cells timed on a busy machine.
+only) and rewrites its latency columns, the timing it replaces kept in ``note``. Use it for cells timed on a
+busy machine.
 
     .venv/bin/python scripts/bench_curve.py --retime --models fmnist-resnet20 --budgets flops=20%
 
@@ -263,7 +264,6 @@ def parse_strategies(text: str) -> list[str]:
         if name == "optuna":
             if sampler not in SAMPLERS:
                 raise FlagError(f"--strategies: unknown Optuna sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
-            token = str(label)
         elif sampler or (name not in STRATEGIES and name != "reference"):
             raise FlagError(
                 f"--strategies: unknown {token!r}: use reference, {', '.join(STRATEGIES)}, optuna:<sampler>"
@@ -451,20 +451,21 @@ def run_dir_for(s: Settings, model: str, budget: str, strategy: str, seed: int, 
     return s.runs / model / safe / f"{strategy.replace(':', '-')}-e{episodes}-ft{s.finetune_epochs:g}-s{seed}"
 
 
-def kept_policy_path(s: Settings, model: str, budget: str, strategy: str, seed: int, episodes: int) -> Path:
-    """The cell's policy.json as kept beside --out (named as its run directory is)."""
-    path = run_dir_for(replace(s, runs=s.policies), model, budget, strategy, seed, episodes)
-    return path.with_name(f"{path.name}.json")  # not with_suffix: "ft0.5" has a dot
+def kept_policy_path(s: Settings, run_dir: object) -> Path | None:
+    """Where a row's policy.json is kept beside --out: named as the row's run directory is (model, budget, cell);
+    None for a row without one (the reference's)."""
+    if not isinstance(run_dir, str) or not run_dir:
+        return None
+    model, budget, cell = Path(run_dir).parts[-3:]
+    return s.policies / model / budget / f"{cell}.json"  # not with_suffix: "ft0.5" has a dot
 
 
 def keep_policies(s: Settings) -> None:
     """Copy the policy.json of every row's finished run directory beside --out where it is not there yet (cells
     finished before policies were kept, or by another sitting)."""
     for r in read_rows(s.out).itertuples(index=False):
-        if not isinstance(r.run_dir, str) or not r.run_dir:
-            continue
-        path = kept_policy_path(s, r.model, r.budget, r.strategy, r.seed, r.episodes)
-        if not path.is_file() and finished_policy(Path(r.run_dir)) is not None:
+        path = kept_policy_path(s, r.run_dir)
+        if path is not None and not path.is_file() and finished_policy(Path(r.run_dir)) is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(r.run_dir) / "policy.json", path)
 
@@ -586,6 +587,11 @@ def reference_target(ctx: ModelContext, s: Settings, budget: str, searched: str,
     return share, f"flops target = uniform's flops_share {share:.4f} at {searched}"
 
 
+def latency_met(searched: str, unpruned_us: float, pruned_us: float) -> bool:
+    """A relative latency budget (``latency=50%``) judged on the pruned and unpruned models timed in the same rounds."""
+    return pruned_us <= float(searched.partition("=")[2].rstrip("%")) / 100 * unpruned_us
+
+
 def reference_cell(ctx: ModelContext, s: Settings, budget: str, searched: str, strategy: str, seed: int) -> dict:
     """Torch-Pruning's global magnitude pruning at a FLOPs share, then the search's scoring, distilled fine-tune
     (same lr, seed, epochs) and interleaved measurement."""
@@ -611,9 +617,7 @@ def reference_cell(ctx: ModelContext, s: Settings, budget: str, searched: str, s
         finetune(pruned, data, epochs=s.finetune_epochs, lr=DEFAULT_FINETUNE_LR, teacher=net, seed=seed)
     table = ctx.setups["latency"].table if searched.startswith("latency") else None
     unpruned_t, pruned_t = time_pair(net, pruned, shape, table, s.threads)
-    met = ""
-    if searched.startswith("latency"):
-        met = pruned_t.median_us <= float(searched.partition("=")[2].rstrip("%")) / 100 * unpruned_t.median_us
+    met = latency_met(searched, unpruned_t.median_us, pruned_t.median_us) if searched.startswith("latency") else ""
     return {
         "episodes": 0,
         "flops_share": flops / base_flops,
@@ -702,7 +706,7 @@ def describe(row: dict) -> str:
 
 def retime(s: Settings) -> None:
     """Time each selected row's kept policy again with the unpruned model, in the same interleaved rounds as a
-    search's finish does, and rewrite its latency columns (the first timing said in ``note``). Rows of another ISA
+    search's finish does, and rewrite its latency columns (the timing it replaces said in ``note``). Rows of another ISA
     and rows without a kept policy (the reference's, cells from before policies were kept) are listed and left."""
     keep_policies(s)
     rows, isa = read_rows(s.out), cpu_isa()
@@ -718,9 +722,9 @@ def retime(s: Settings) -> None:
         if ctx is None:
             continue
         for r in group.itertuples(index=False):
-            path = kept_policy_path(s, r.model, r.budget, r.strategy, r.seed, r.episodes)
+            path = kept_policy_path(s, r.run_dir)
             label = f"{r.model} {r.budget} {r.strategy} seed {r.seed}"
-            if str(r.cpu_isa) != isa or not path.is_file():
+            if str(r.cpu_isa) != isa or path is None or not path.is_file():
                 why = f"timed on {r.cpu_isa}, this machine is {isa}" if str(r.cpu_isa) != isa else "no kept policy"
                 console.print(f"  [dim]not re-timed ({why}): {label}[/dim]")
                 continue
@@ -735,10 +739,9 @@ def retime(s: Settings) -> None:
                 "speedup": unpruned_t.median_us / pruned_t.median_us,
             }
             if metric == "latency":
-                share = float(r.budget_searched.partition("=")[2].rstrip("%")) / 100
-                new["latency_budget_met"] = pruned_t.median_us <= share * unpruned_t.median_us
+                new["latency_budget_met"] = latency_met(r.budget_searched, unpruned_t.median_us, pruned_t.median_us)
             was = (
-                f"retimed {dt.date.today().isoformat()}; first timing {r.latency_measured_us / 1000:.2f} ms "
+                f"retimed {dt.date.today().isoformat()}; timed before {r.latency_measured_us / 1000:.2f} ms "
                 f"(unpruned {r.latency_unpruned_us / 1000:.2f} ms, x{r.speedup:.2f})"
             )
             new["note"] = "; ".join(n for n in (str(r.note) if isinstance(r.note, str) else "", was) if n)
