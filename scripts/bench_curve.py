@@ -768,6 +768,11 @@ def retime(s: Settings) -> None:
 # Summary and plot
 
 
+def short_isa(isa: str) -> str:
+    """``cpu_isa`` as its widest vector ISA (``avx512``, ``avx2``): a cell whose seeds ran on two says both."""
+    return next((name for name in ("avx512", "avx2") if name in isa.split(" ") or f"{name}f" in isa), isa)
+
+
 def cell_means(df: pd.DataFrame) -> pd.DataFrame:
     """Per (model, budget, strategy): mean and std over seeds (accuracies in points), one fine-tune length only."""
     df = df[df["test_acc_ft"].notna()].copy()
@@ -793,15 +798,28 @@ def cell_means(df: pd.DataFrame) -> pd.DataFrame:
         latency_us=("latency_measured_us", "mean"),
         speedup=("speedup", "mean"),
         search_s=("search_seconds", "mean"),
-        isa=("cpu_isa", lambda x: ",".join(sorted(set(map(str, x))))),
+        isa=("cpu_isa", lambda x: "+".join(sorted({short_isa(str(v)) for v in x}))),
     )
     return out.reset_index().fillna({"acc_std": 0.0})
 
 
 def print_summary(means: pd.DataFrame) -> None:
     t = Table(title="test accuracy after the fine-tune, mean ± std over seeds (points)")
-    for c in ("model", "budget", "strategy", "n", "flops", "latency", "speedup", "before FT", "after FT", "− uniform"):
-        t.add_column(c, justify="left" if c in ("model", "budget", "strategy") else "right")
+    columns = (
+        "model",
+        "budget",
+        "strategy",
+        "n",
+        "flops",
+        "latency",
+        "speedup",
+        "ISA",
+        "before FT",
+        "after FT",
+        "− uniform",
+    )
+    for c in columns:
+        t.add_column(c, justify="left" if c in ("model", "budget", "strategy", "ISA") else "right")
     for _, r in means.iterrows():
         uni = means[
             (means["model"] == r["model"]) & (means["budget"] == r["budget"]) & (means["strategy"] == "uniform")
@@ -819,6 +837,7 @@ def print_summary(means: pd.DataFrame) -> None:
             f"{100 * r['flops']:.1f}%",
             f"{r['latency_us'] / 1000:.2f} ms",
             f"x{r['speedup']:.2f}",
+            r["isa"],
             f"{r['before']:.2f}",
             f"{r['acc']:.2f} ± {r['acc_std']:.2f}",
             diff,
