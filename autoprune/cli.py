@@ -19,7 +19,7 @@ from autoprune.errors import UserError
 from autoprune.prune import CRITERIA
 from autoprune.reward import DEFAULT_REWARD, REWARDS
 from autoprune.search import SAMPLERS, STRATEGIES
-from autoprune.spec import DEFAULT_STRATEGY
+from autoprune.spec import DEFAULT_PROMOTE, DEFAULT_STRATEGY
 
 app = typer.Typer(
     add_completion=False,
@@ -196,10 +196,11 @@ def search(
     strategy: str = typer.Option(DEFAULT_STRATEGY, help=" | ".join(STRATEGIES)),
     episodes: int = typer.Option(300, help="evaluation budget: policies scored by the search"),
     reward: str | None = typer.Option(None, help=" | ".join(REWARDS) + f" (default: {DEFAULT_REWARD})"),
-    promote: int = typer.Option(
-        0,
+    promote: int | None = typer.Option(
+        None,
         help="multi-fidelity: the search's best K policies, uniform and global magnitude each get a short distilled "
-        "fine-tune, and the best after it wins (0: the search's best by its reward)",
+        f"fine-tune, and the best after it wins (0: the search's best by its reward; default: {DEFAULT_PROMOTE} when "
+        "the winner is fine-tuned and the strategy searches, else 0)",
     ),
     promote_steps: int = typer.Option(200, help="SGD steps of that short fine-tune"),
     sampler: str | None = typer.Option(None, help="optuna sampler: " + " | ".join(SAMPLERS)),

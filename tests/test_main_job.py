@@ -32,6 +32,13 @@ def run(tmp_path_factory, tiny_data):
     return out, outcome
 
 
+def test_the_default_search_ends_with_the_promotion_rung(run):
+    out, outcome = run
+    rung = json.loads((out / "policy.json").read_text())["search"]["promotion"]
+    assert {"uniform", "magnitude"} <= {r["source"] for r in rung}
+    assert outcome.policy.kept == rung[0]["kept"]  # the best after the short fine-tune is the policy
+
+
 def test_run_directory_is_complete_and_loadable(run):
     out, outcome = run
     for name in (

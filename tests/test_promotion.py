@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 
 from autoprune import api
+from autoprune.pipeline import promotion_size
 from autoprune.search.baselines import magnitude_kept, uniform_kept
 from autoprune.search.promotion import candidates, promote
+from autoprune.spec import DEFAULT_PROMOTE, RunSpec
 from tests._search_tiny import tiny_evaluator, tiny_problem
 
 
@@ -105,3 +107,14 @@ def test_a_promoted_search_writes_the_winner_and_the_rung(tmp_path):
     assert rung[0]["accuracy_ft"] == max(r["accuracy_ft"] for r in rung)
     assert {"uniform", "magnitude"} <= {r["source"] for r in rung}
     assert list(out.policy.kept) == rung[0]["kept"]
+
+
+def test_by_default_a_search_that_fine_tunes_its_winner_promotes_and_others_do_not():
+    def size(strategy: str, finetune_epochs: float, **settings) -> int:
+        spec = RunSpec.create("flops=50%", "resnet20", strategy=strategy, finetune_epochs=finetune_epochs, **settings)
+        return promotion_size(spec)
+
+    assert size("optuna", 1.0) == size("ddpg", 0.5) == DEFAULT_PROMOTE > 0
+    assert size("optuna", 0.0) == 0  # no fine-tune: the search's reward is the final criterion
+    assert size("uniform", 1.0) == size("magnitude", 1.0) == 0  # one policy each: nothing to choose between
+    assert size("optuna", 0.0, promote=3) == 3 and size("optuna", 1.0, promote=0) == 0  # asked for: as asked

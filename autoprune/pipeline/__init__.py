@@ -26,11 +26,11 @@ from autoprune.pipeline.finish import finish
 from autoprune.pipeline.run_dir import save_interrupted, write_run_dir
 from autoprune.pipeline.setup import Setup, prepare
 from autoprune.policy import Policy
-from autoprune.search import SearchResult, run_search
+from autoprune.search import SearchResult, run_search, strategy_class
 from autoprune.search.baselines import magnitude_kept
 from autoprune.search.optuna_storage import check_storage
 from autoprune.search.promotion import promote
-from autoprune.spec import RunSpec, save_spec
+from autoprune.spec import DEFAULT_PROMOTE, RunSpec, save_spec
 
 
 @dataclass
@@ -99,7 +99,7 @@ def run(
     )
     if role == "worker":
         return RunOutcome(result, None, None, run_dir)
-    if spec.promote > 0 and setup.evaluator is not None:
+    if promotion_size(spec) > 0 and setup.evaluator is not None:
         result = promote_best(setup, result, phase)
     outcome = finish(setup, result, started, phase)
     if run_dir is not None:
@@ -108,19 +108,24 @@ def run(
     return RunOutcome(result, outcome.policy, outcome.pruned, run_dir)
 
 
+def promotion_size(spec: RunSpec) -> int:
+    """How many of the search's best policies the promotion rung fine-tunes: ``--promote`` when given, else
+    :data:`~autoprune.spec.DEFAULT_PROMOTE` for a searching strategy whose winner is fine-tuned (the rung predicts
+    that fine-tune) and 0 otherwise (no fine-tune: the reward is the criterion; uniform, magnitude: one policy)."""
+    if spec.promote is not None:
+        return spec.promote
+    searches = strategy_class(spec.strategy).needs_reward
+    return DEFAULT_PROMOTE if searches and spec.finetune_epochs > 0 else 0
+
+
 def promote_best(setup: Setup, result: SearchResult, phase: Callable[[str], None]) -> SearchResult:
     """The multi-fidelity rung (:mod:`autoprune.search.promotion`): the search's best ``promote`` policies, the uniform
     one and global magnitude pruning's fine-tuned ``promote_steps`` steps; the best after it becomes the result's
     policy."""
-    spec = setup.spec
-    phase(
-        f"promoting the best {spec.promote} policies, uniform and global magnitude to {spec.promote_steps} "
-        "fine-tune steps each"
-    )
+    spec, k = setup.spec, promotion_size(setup.spec)
+    phase(f"promoting the best {k} policies, uniform and global magnitude to {spec.promote_steps} fine-tune steps each")
     magnitude = magnitude_kept(setup.problem, setup.problem.importance)  # what --strategy magnitude evaluates
-    ranked = promote(
-        result.history, setup.problem, setup.evaluator, spec.promote, spec.promote_steps, {"magnitude": magnitude}
-    )
+    ranked = promote(result.history, setup.problem, setup.evaluator, k, spec.promote_steps, {"magnitude": magnitude})
     record = [{**asdict(p), "kept": list(p.kept)} for p in ranked]
     best = ranked[0]
     phase(f"promoted: {best.source} wins with {best.accuracy_ft:.2%} after the short fine-tune")
@@ -164,4 +169,4 @@ def search_policy(
         raise
 
 
-__all__ = ["RunOutcome", "run", "search_policy", "Setup", "prepare"]
+__all__ = ["RunOutcome", "promotion_size", "run", "search_policy", "Setup", "prepare"]
