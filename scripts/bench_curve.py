@@ -493,7 +493,8 @@ def same_search(run_dir: Path, spec: RunSpec) -> bool:
 def search_cell(ctx: ModelContext, s: Settings, budget: str, searched: str, strategy: str, seed: int) -> dict:
     """One ``api.search`` cell: search, prune, score, the distilled fine-tune, measure; its CSV row. A label
     ``STRATEGY+promoteK`` promotes the search's best K policies, uniform and global magnitude to 200 distilled
-    fine-tune steps; ``STRATEGY+REWARD`` ranks the search's policies by that reward (:class:`Label`)."""
+    fine-tune steps (without it ``promote=0``: the search's best by its reward, not ``search``'s default rung);
+    ``STRATEGY+REWARD`` ranks the search's policies by that reward (:class:`Label`)."""
     label = Label.parse(strategy)
     name = label.name
     episodes = 1 if name in ONE_SHOT else s.episodes

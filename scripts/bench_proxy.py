@@ -89,9 +89,12 @@ def gather(a: argparse.Namespace, setup: Setup) -> dict[tuple[int, ...], str]:
 
     add(uniform_kept(problem)[0], "uniform")
     add(magnitude_kept(problem, problem.importance), "magnitude")
+    names: set[str] = set()
     for path in a.policies:
         policy = Policy.load(path)
         name = Path(path).parent.name if Path(path).name == "policy.json" else Path(path).stem
+        name = name if name not in names else str(Path(path).parent)  # two cells of one name: say where each is
+        names.add(name)
         add(policy.check_fits(setup.graph), name)
         for cand in policy.search.get("promotion") or []:
             add(cand["kept"], f"{name}: {cand['source']}")
@@ -182,7 +185,7 @@ def summary(out: Path) -> None:
             rho = (sign * g[p]).corr(g["test_acc_ft"], method="spearman")
             top = g.loc[(sign * g[p]).idxmax()]
             t.add_row(
-                p,
+                f"{p} (lowest first)" if p == "distill_loss" else p,
                 f"{rho:+.2f}",
                 str(top["source"]),
                 f"{top['test_acc_ft']:.2%}",
