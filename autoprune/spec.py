@@ -46,11 +46,10 @@ DEFAULT_STRATEGY = "optuna"
 # halving's second rung). At deep cuts the reward (held-out accuracy after BN recalibration, or the distillation
 # loss) is near chance and ranks policies against their fine-tuned accuracy (Spearman -0.2 and -0.4 over 13
 # policies of the compact model at flops=20%), while 50 or 200 fine-tune steps rank them with it (+0.8;
-# scripts/bench_proxy.py). Measured at
-# flops=20%, one seed (benchmarks/README.md, "The promotion rung"): the compact model's TPE search ends 0.9 points
-# under uniform without the rung, 0.1-0.3 under it with it (5,000 held-out images); the demo ResNet-20's keeps its
-# lead (+1.9 over uniform, +1.6 without). Without a fine-tune the reward is the final criterion and there is no
-# rung; a one-shot strategy (uniform, magnitude) has nothing to promote.
+# scripts/bench_proxy.py). Measured at flops=20%, one seed (benchmarks/README.md, "The promotion rung"): the compact
+# model's TPE search ends 0.9 points under uniform without the rung, 0.1-0.3 under it with it (5,000 held-out
+# images); the demo ResNet-20's keeps its lead (+1.9 over uniform, +1.6 without). Without a fine-tune the reward is
+# the final criterion and there is no rung; a one-shot strategy (uniform, magnitude) has nothing to promote.
 DEFAULT_PROMOTE = 5
 
 
