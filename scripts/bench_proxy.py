@@ -145,6 +145,8 @@ def run(a: argparse.Namespace) -> None:
         "finetune_epochs": a.finetune_epochs,
     }
     columns = [*SETTINGS, "source", "kept", *MEASURED, *(f"acc_ft{s}" for s in a.steps_list), "cpu_isa", "date"]
+    if a.out.is_file() and pd.read_csv(a.out, nrows=0).columns.tolist() != columns:
+        raise SystemExit(f"{a.out} has other columns (another --steps): pass another --out")
     policies = gather(a, setup)
     for i, (kept, source) in enumerate(policies.items(), 1):
         row = {**settings, "source": source, "kept": " ".join(map(str, kept))}
@@ -161,8 +163,6 @@ def run(a: argparse.Namespace) -> None:
         )
         a.out.parent.mkdir(parents=True, exist_ok=True)
         new = not a.out.is_file()
-        if not new and pd.read_csv(a.out, nrows=0).columns.tolist() != columns:
-            raise SystemExit(f"{a.out} has other columns (another --steps): pass another --out")
         with a.out.open("a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=columns)
             if new:
