@@ -224,35 +224,55 @@ def parse_budgets(text: str) -> list[str]:
 @dataclass(frozen=True)
 class Label:
     """A strategy label ``NAME[:SAMPLER][+REWARD][+promoteK]``: e.g. ``optuna:tpe+kd+promote5`` is an Optuna TPE
-    search ranking by the ``kd`` reward whose best 5 policies are promoted. Without ``+REWARD``, ``acc``."""
+    search ranking by the ``kd`` reward whose best 5 policies are promoted. Without ``+REWARD``, ``acc``;
+    ``+acc-ftN`` is the ``acc-ft`` reward after N distilled steps (``acc-ft`` alone: its default, 200); ``+warm``
+    starts an Optuna study from the uniform policy and global magnitude's allocation (``warm_start``)."""
 
     name: str
     sampler: str = ""
     reward: str | None = None
     promote: int = 0
+    reward_steps: int | None = None  # the acc-ft reward's fine-tune steps; None: the reward's default
+    warm: bool = False
 
     @classmethod
     def parse(cls, token: str) -> Label:
         base, *extras = token.split("+")
         name, _, sampler = base.partition(":")
-        reward, promote = None, 0
+        reward, promote, steps, warm = None, 0, None, False
         for extra in extras:
-            if re.fullmatch(r"promote\d+", extra):
+            if extra == "warm" and name == "optuna":
+                warm = True
+            elif re.fullmatch(r"promote\d+", extra):
                 promote = int(extra.removeprefix("promote"))
             elif extra in REWARDS and extra != DEFAULT_REWARD:
                 reward = extra
+            elif re.fullmatch(r"acc-ft[1-9]\d*", extra):
+                reward, steps = "acc-ft", int(extra.removeprefix("acc-ft"))
             else:
                 rewards = ", ".join(r for r in REWARDS if r != DEFAULT_REWARD)
                 raise FlagError(
-                    f"--strategies: {token!r}: after a + give promoteK (e.g. ddpg+promote5) or a reward ({rewards})"
+                    f"--strategies: {token!r}: after a + give promoteK (e.g. ddpg+promote5) or a reward ({rewards}, "
+                    "or acc-ftN for N fine-tune steps), or warm (optuna)"
                 )
         if name == "optuna":
             sampler = sampler or "tpe"
-        return cls(name, sampler, reward, promote)
+        return cls(name, sampler, reward, promote, steps, warm)
 
     def __str__(self) -> str:
         base = f"{self.name}:{self.sampler}" if self.sampler else self.name
-        return base + (f"+{self.reward}" if self.reward else "") + (f"+promote{self.promote}" if self.promote else "")
+        reward = f"+{self.reward}{self.reward_steps or ''}" if self.reward else ""
+        return base + reward + ("+warm" if self.warm else "") + (f"+promote{self.promote}" if self.promote else "")
+
+    @property
+    def options(self) -> dict:
+        """The strategy and reward options the label names."""
+        options: dict = {"sampler": self.sampler} if self.sampler else {}
+        if self.reward_steps is not None:
+            options["finetune_steps"] = self.reward_steps
+        if self.warm:
+            options["warm_start"] = True
+        return options
 
 
 def parse_strategies(text: str) -> list[str]:
@@ -502,7 +522,7 @@ def search_cell(ctx: ModelContext, s: Settings, budget: str, searched: str, stra
         strategy=name,
         promote=label.promote,
         reward=label.reward,
-        options={"sampler": label.sampler} if label.sampler else {},
+        options=label.options,
         episodes=episodes,
         seed=seed,
         held_out=s.held_out,

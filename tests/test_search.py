@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import numpy as np
@@ -129,6 +130,23 @@ def test_optuna_resume_continues_the_trial_count(tmp_path, evaluator):
     assert resumed.best_reward >= first.best_reward
 
 
+@pytest.mark.parametrize("round_to", [1, 8])
+def test_optuna_warm_start_evaluates_uniform_and_magnitude_first(tmp_path, evaluator, round_to):
+    problem = tiny_problem("flops=30%", round_to=round_to)
+    baselines = [list(uniform_kept(problem)[0]), list(magnitude_kept(problem, problem.importance))]
+    options = {"warm_start": True}
+    result = run_search("optuna", problem, evaluator, episodes=4, seed=0, options=options, workdir=tmp_path)
+    assert [list(k) for k in result.history["kept"][:2]] == baselines
+    assert result.extra["complete"] == 4
+    # resumed, the study has trials: nothing is enqueued again
+    resumed = run_search(
+        "optuna", problem, evaluator, episodes=6, seed=0, options=options, workdir=tmp_path, resume=True
+    )
+    assert [list(k) for k in resumed.history["kept"]].count(baselines[0]) == 1
+    cold = run_search("optuna", problem, evaluator, episodes=4, seed=0)
+    assert baselines[0] not in [list(k) for k in cold.history["kept"]]
+
+
 @pytest.mark.parametrize("sampler", ["cmaes", "gp", "nsga2"])
 def test_other_samplers(sampler, evaluator):
     dep = {"cmaes": "cmaes", "gp": "scipy"}.get(sampler)
@@ -163,6 +181,28 @@ def test_rewards(evaluator):
     assert rflops.reward == pytest.approx(-(1 - acc.accuracy) * np.log(problem.cost(kept)["flops"]))
     ft = Reward("acc-ft", evaluator, finetune_steps=2)(kept)
     assert "finetune" in ft.phases and 0 <= ft.accuracy <= 1
+
+
+def _result(ev) -> tuple[float, float]:
+    return ev.accuracy, ev.distill_loss
+
+
+def test_short_finetunes_replay_the_teachers_logits_and_change_no_result():
+    """The distilled short fine-tunes of one evaluator see the same batches, so the unpruned model runs once per
+    step for all the policies; each policy's result is what a fresh evaluator (a teacher run afresh) gives."""
+    problem = tiny_problem()
+    policies = [problem.project(np.full(len(problem.channels), r)) for r in (0.5, 0.7)]
+    shared = tiny_evaluator(kd=True)
+    replayed = [_result(shared.evaluate(kept, finetune_steps=2)) for kept in policies]
+    assert shared._finetune_teacher.computed == 2  # the second policy's two steps were replayed
+    fresh = [_result(tiny_evaluator(kd=True).evaluate(kept, finetune_steps=2)) for kept in policies]
+    assert replayed == fresh and replayed[0] != replayed[1]
+    # a fine-tune on other batches (another split) is not fed the remembered logits
+    other = tiny_evaluator(kd=True)
+    other._finetune_teacher = shared._finetune_teacher
+    other.data = dataclasses.replace(other.data, train=other.data.test)
+    other.evaluate(policies[0], finetune_steps=2)
+    assert shared._finetune_teacher.computed == 4
 
 
 def test_kd_reward_is_minus_the_distillation_loss_against_the_unpruned_models_logits():

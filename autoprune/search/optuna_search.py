@@ -60,6 +60,7 @@ from optuna.trial import TrialState
 from autoprune.errors import UserError
 from autoprune.pareto import pareto_front
 from autoprune.search.base import SearchContext, Strategy
+from autoprune.search.baselines import magnitude_kept, uniform_kept
 from autoprune.search.optuna_storage import JOURNAL, lost_storage, open_storage, quiet_heartbeat_failures, redact
 from autoprune.search.optuna_study import (
     CONVERGED,
@@ -108,6 +109,7 @@ class OptunaStrategy(Strategy):
         "max_failures": 10,  # a worker stops after this many of its trials fail in a row
         "max_repeats": None,  # the study ends early after this many proposals in a row of evaluated policies
         # (None: max(50, episodes); a repeat costs milliseconds)
+        "warm_start": False,  # a new study's first trials: the uniform policy and global magnitude's allocation
     }
 
     def __init__(self, *args, **kwargs) -> None:
@@ -216,6 +218,9 @@ class OptunaStrategy(Strategy):
         study = self.open_study(ctx.episodes)
         mirror = StudyMirror(study, ctx)
         role = self.role
+        if self.options["warm_start"] and role == "search" and not study.get_trials(deepcopy=False):
+            for params in self.warm_start_params():
+                study.enqueue_trial(params, skip_if_exists=True)
         if self.resume and self.owned and role == "search":
             # a process that owned this storage was killed: its RUNNING trial is re-run (local workers still
             # alive, from a --workers parent that died, finish theirs)
@@ -262,6 +267,23 @@ class OptunaStrategy(Strategy):
             extra["pareto_front"] = front[["kept", self.objective_cost, "reward"]].to_dict("records")
         return extra
 
+    def param_names(self) -> list[str]:
+        return [f"{i:03d}:{g.name}" for i, g in enumerate(self.problem.graph.groups)]
+
+    def warm_start_params(self) -> list[dict[str, float]]:
+        """The ratios of the two baselines a search must beat, as trial parameters: the uniform policy and (when
+        the problem has importance scores) global magnitude pruning's allocation. Each projects back onto itself,
+        so TPE starts from their rewards instead of only random policies (the issue-13 proxy study: at deep cuts
+        the random region the start-up trials sample fine-tunes worse than these two)."""
+        p = self.problem
+        policies = [uniform_kept(p)[0]]
+        if p.importance is not None:
+            policies.append(magnitude_kept(p, p.importance))
+        return [
+            dict(zip(self.param_names(), np.clip(k / p.channels, p.min_keep, 1.0).tolist(), strict=True))
+            for k in policies
+        ]
+
     def objective(self, trial: optuna.Trial, study: optuna.Study, ctx: SearchContext, outcome: dict[str, Any]):
         """One trial: suggest ratios, project them onto the budget, evaluate the policy through ``ctx``. A trial
         over the study's budget or proposing a policy already evaluated is PRUNED and costs no evaluation;
@@ -275,8 +297,7 @@ class OptunaStrategy(Strategy):
             outcome["surplus"] = True
             trial.set_user_attr("surplus", True)
             raise optuna.TrialPruned("the evaluation budget is taken by other workers' running trials")
-        names = [f"{i:03d}:{g.name}" for i, g in enumerate(p.graph.groups)]
-        kept = p.project(np.array([trial.suggest_float(n, p.min_keep, 1.0) for n in names]))
+        kept = p.project(np.array([trial.suggest_float(n, p.min_keep, 1.0) for n in self.param_names()]))
         policy = [int(k) for k in kept]
         seen = {tuple(r["kept"]) for r in ctx.rows} | {tuple(t.user_attrs.get("kept", ())) for t in running}
         if tuple(policy) in seen:
