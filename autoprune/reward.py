@@ -80,7 +80,8 @@ class Evaluator:
     reward noisier (a binomial standard error of ~0.45 points at 90% accuracy on 5,000 images, ~0.7 on 2,000).
     ``calib_batches`` x ``calib_batch_size`` training images re-estimate BN statistics — always the same images,
     so two evaluations of one policy agree exactly. ``fast`` folds BN into the convs and uses ``channels_last``;
-    it changes no prediction beyond float rounding.
+    it changes no prediction beyond float rounding. The distilled short fine-tunes (``finetune_steps``, the
+    promotion rung) replay the unpruned model's logits up to ``teacher_replay_bytes`` (0: computed afresh each time).
     """
 
     def __init__(
@@ -98,6 +99,7 @@ class Evaluator:
         finetune_lr: float = 0.01,
         kd: bool = False,
         compute: Compute = CPU,
+        teacher_replay_bytes: int = 256 * 2**20,
     ) -> None:
         if held_out is not None and held_out < 1:
             raise UserError(f"held-out size {held_out} must be at least 1")
@@ -110,7 +112,7 @@ class Evaluator:
         self._calib = [x for x, _ in calib]
         self._cache: dict[tuple[tuple[int, ...], int], Evaluation] = {}
         self._teacher_logits: list[torch.Tensor] | None = None
-        self._finetune_teacher = _ReplayedTeacher(pruner.model) if kd else None
+        self._finetune_teacher = _ReplayedTeacher(pruner.model, teacher_replay_bytes) if kd else None
         self.calls = 0
 
     # -- the three phases -------------------------------------------------------------------------------------

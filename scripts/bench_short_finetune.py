@@ -36,9 +36,16 @@ def main() -> None:
     cpu = isa_level(read_cpuinfo()["isa"])
     print(f"{a.model} {a.budget}, {a.steps} distilled steps x {len(policies)} policies, CPU {cpu}")
     for replay in (False, True):
-        ev = Evaluator(s.pruner, s.bundle, held_out=spec.held_out, seed=0, kd=True, compute=s.compute)
-        if not replay:
-            ev._finetune_teacher.max_bytes = 0  # nothing remembered: every fine-tune runs the teacher itself
+        # teacher_replay_bytes=0: nothing remembered, every fine-tune runs the teacher itself
+        ev = Evaluator(
+            s.pruner,
+            s.bundle,
+            held_out=spec.held_out,
+            seed=0,
+            kd=True,
+            compute=s.compute,
+            teacher_replay_bytes=256 * 2**20 if replay else 0,
+        )
         ev.teacher_logits()  # the held-out targets, once, outside the timing
         seconds, accs = [], []
         for kept in policies:
