@@ -211,7 +211,8 @@ def search(
     round_to: int | None = typer.Option(
         None,
         help="kept channels rounded to a multiple of this (default: this device's channel block, from its latency "
-        "table, else 8, for every budget: other widths run on slower kernels; 1: any width)",
+        "table, else 8, for every budget: other widths run on slower kernels; a finer divisor of it where the budget "
+        "is below the cheapest policy in whole blocks; 1: any width)",
     ),
     criterion: str = typer.Option("l2", help="channel importance: " + " | ".join(CRITERIA)),
     held_out: int = typer.Option(5000, help="held-out training images each reward is measured on"),

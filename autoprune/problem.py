@@ -18,6 +18,33 @@ from autoprune.errors import UserError
 from autoprune.layers import LayerGraph, round_channels
 
 
+def group_steps(graph: LayerGraph, round_to: int) -> np.ndarray:
+    """Per group, ``round_to`` channels in the group's units (a head is already whole blocks)."""
+    return np.array([g.step(round_to) for g in graph.groups], dtype=np.int64)
+
+
+def floor_counts(graph: LayerGraph, min_keep: float, round_to: int) -> np.ndarray:
+    """Per group, the fewest units a policy may keep: ``min_keep`` of its units, rounded to its step, at least one
+    step (and never more than it has)."""
+    steps = group_steps(graph, round_to)
+    floor = [round_channels(g.channels, min_keep, int(s), 1) for g, s in zip(graph.groups, steps, strict=True)]
+    return np.minimum(np.array(floor, dtype=np.int64), graph.channels)
+
+
+def coarsest_round_to(graph: LayerGraph, cost: CostModel, budget: Budget, min_keep: float, block: int) -> int:
+    """The largest divisor of the channel ``block`` whose cheapest policy meets ``budget`` (1 when none does).
+
+    Whole blocks are the fast widths, but one block is the narrowest a layer can then be: ResNet-20's 16-channel
+    stage cannot go below half its width at block 8, which puts its floor at 12 % of the FLOPs. A budget under that
+    floor is still met, by finer widths, rather than refused or silently raised.
+    """
+    limits = budget.limits(cost.baseline)
+    for r in (d for d in range(max(block, 1), 0, -1) if block % d == 0):
+        if not excess(cost(floor_counts(graph, min_keep, r)), limits):
+            return r
+    return 1
+
+
 @dataclass
 class Problem:
     graph: LayerGraph
@@ -48,23 +75,18 @@ class Problem:
         if self.round_to < 1:
             raise UserError(f"--round-to {self.round_to} must be at least 1")
         self.limits = self.budget.limits(self.cost.baseline)
-        self.steps = np.array([g.step(self.round_to) for g in self.graph.groups], dtype=np.int64)
-        self.floor = np.array(
-            [
-                round_channels(g.channels, self.min_keep, int(s), 1)
-                for g, s in zip(self.graph.groups, self.steps, strict=True)
-            ],
-            dtype=np.int64,
-        )
-        self.floor = np.minimum(self.floor, self.graph.channels)
+        self.steps = group_steps(self.graph, self.round_to)
+        self.floor = floor_counts(self.graph, self.min_keep, self.round_to)
         cheapest = self.cost(self.floor)
         for metric, limit in self.limits.items():
             if cheapest[metric] > limit:
                 share = cheapest[metric] / self.cost.baseline[metric]
+                lower = "--min-keep or --round-to" if self.round_to > 1 else "--min-keep"
                 raise UserError(
                     f"budget {metric}={format_cost(metric, limit)} is unreachable: the smallest reachable with "
-                    f"--min-keep {self.min_keep} is {format_cost(metric, cheapest[metric])} ({share:.1%} of the "
-                    f"unpruned model); raise the budget or lower --min-keep"
+                    f"--min-keep {self.min_keep} and --round-to {self.round_to} is "
+                    f"{format_cost(metric, cheapest[metric])} ({share:.1%} of the unpruned model); raise the budget "
+                    f"or lower {lower}"
                 )
 
     @property

@@ -80,6 +80,7 @@ from autoprune.pipeline.finish import evaluate_pruned  # noqa: E402
 from autoprune.pipeline.policy_jobs import apply_policy  # noqa: E402
 from autoprune.pipeline.verify import time_pair  # noqa: E402
 from autoprune.policy import Policy  # noqa: E402
+from autoprune.problem import floor_counts  # noqa: E402
 from autoprune.reward import DEFAULT_REWARD, REWARDS  # noqa: E402
 from autoprune.search import SAMPLERS, STRATEGIES, SearchEvent  # noqa: E402
 from autoprune.spec import DEMO_DATA, DEMO_INPUT_SHAPE, RunSpec, load_spec  # noqa: E402
@@ -181,8 +182,11 @@ class ModelContext:
         return next(iter(self.setups.values()))
 
     def floor_share(self, metric: str) -> float:
+        """The cheapest policy's share at any width: below the channel block's floor the default ``--round-to``
+        falls back to finer widths (:func:`autoprune.problem.coarsest_round_to`)."""
         problem = self.setups[metric].problem
-        return float(problem.cost(problem.floor)[metric] / problem.cost.baseline[metric])
+        floor = floor_counts(problem.graph, problem.min_keep, 1)
+        return float(problem.cost(floor)[metric] / problem.cost.baseline[metric])
 
     def data(self) -> DataBundle:
         if self.bundle is None:
@@ -226,7 +230,8 @@ class Label:
     """A strategy label ``NAME[:SAMPLER][+REWARD][+promoteK]``: e.g. ``optuna:tpe+kd+promote5`` is an Optuna TPE
     search ranking by the ``kd`` reward whose best 5 policies are promoted. Without ``+REWARD``, ``acc``;
     ``+acc-ftN`` is the ``acc-ft`` reward after N distilled steps (``acc-ft`` alone: its default, 200); ``+warm``
-    starts an Optuna study from the uniform policy and global magnitude's allocation (``warm_start``)."""
+    starts an Optuna study from the uniform policy and global magnitude's allocation (``warm_start``); ``+rtN``
+    searches with ``--round-to N`` instead of the default (the device's block)."""
 
     name: str
     sampler: str = ""
@@ -234,15 +239,18 @@ class Label:
     promote: int = 0
     reward_steps: int | None = None  # the acc-ft reward's fine-tune steps; None: the reward's default
     warm: bool = False
+    round_to: int | None = None  # --round-to; None: search's default
 
     @classmethod
     def parse(cls, token: str) -> Label:
         base, *extras = token.split("+")
         name, _, sampler = base.partition(":")
-        reward, promote, steps, warm = None, 0, None, False
+        reward, promote, steps, warm, round_to = None, 0, None, False, None
         for extra in extras:
             if extra == "warm" and name == "optuna":
                 warm = True
+            elif re.fullmatch(r"rt[1-9]\d*", extra):
+                round_to = int(extra.removeprefix("rt"))
             elif re.fullmatch(r"promote\d+", extra):
                 promote = int(extra.removeprefix("promote"))
             elif extra in REWARDS and extra != DEFAULT_REWARD:
@@ -253,16 +261,17 @@ class Label:
                 rewards = ", ".join(r for r in REWARDS if r != DEFAULT_REWARD)
                 raise FlagError(
                     f"--strategies: {token!r}: after a + give promoteK (e.g. ddpg+promote5) or a reward ({rewards}, "
-                    "or acc-ftN for N fine-tune steps), or warm (optuna)"
+                    "or acc-ftN for N fine-tune steps), warm (optuna), or rtN (--round-to N)"
                 )
         if name == "optuna":
             sampler = sampler or "tpe"
-        return cls(name, sampler, reward, promote, steps, warm)
+        return cls(name, sampler, reward, promote, steps, warm, round_to)
 
     def __str__(self) -> str:
         base = f"{self.name}:{self.sampler}" if self.sampler else self.name
         reward = f"+{self.reward}{self.reward_steps or ''}" if self.reward else ""
-        return base + reward + ("+warm" if self.warm else "") + (f"+promote{self.promote}" if self.promote else "")
+        rt = f"+rt{self.round_to}" if self.round_to else ""
+        return base + reward + ("+warm" if self.warm else "") + rt + (f"+promote{self.promote}" if self.promote else "")
 
     @property
     def options(self) -> dict:
@@ -288,7 +297,9 @@ def parse_strategies(text: str) -> list[str]:
             raise FlagError(
                 f"--strategies: unknown {token!r}: use reference, {', '.join(STRATEGIES)}, optuna:<sampler>"
             )
-        if (label.reward or label.promote) and (name in ONE_SHOT or name == "reference"):
+        if (label.reward or label.promote or label.round_to) and name == "reference":
+            raise FlagError(f"--strategies: {token!r}: the reference makes no search to rank, promote or round")
+        if (label.reward or label.promote) and name in ONE_SHOT:
             raise FlagError(f"--strategies: {token!r}: {name} makes no search to rank or promote")
         token = str(label)
         if token not in labels:
@@ -457,8 +468,7 @@ def searched_budget(ctx: ModelContext, budget: str) -> tuple[str, str] | None:
     searched, note = budget, ""
     if share < floor:
         searched = f"{metric}={math.ceil(floor * 1000) / 10:g}%"  # the floor, rounded up to a tenth of a percent
-        round_to = ctx.setups[metric].problem.round_to
-        note = f"{budget} is below the floor ({floor:.2%}, round-to {round_to}): searched at {searched}"
+        note = f"{budget} is below the floor ({floor:.2%}, round-to 1): searched at {searched}"
     if searched in ctx.searched and ctx.searched[searched] != budget:
         console.print(f"  {ctx.name} {budget}: the floor {searched} is searched already as {ctx.searched[searched]}")
         return None
@@ -532,6 +542,7 @@ def search_cell(ctx: ModelContext, s: Settings, budget: str, searched: str, stra
         threads=s.threads,
         input_shape=s.input_shape,
         min_keep=s.min_keep,
+        round_to=label.round_to,
     )
     run_dir = run_dir_for(s, ctx.name, budget, strategy, seed, episodes)
     resume = same_search(run_dir, RunSpec.create(searched, ctx.name, DEMO_DATA, **settings))

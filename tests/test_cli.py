@@ -309,3 +309,20 @@ def test_prune_takes_an_input_shape_of_another_batch_only(uniform_run, run_cli, 
         )[::2]
     )
     assert "1x3x32x32" in line and "1x3x16x16" in line and "only the batch" in line
+
+
+def test_a_flops_budget_below_the_channel_blocks_floor_is_searched_at_finer_widths(run_cli, tmp_path):
+    """ResNet-20's 16-channel stage cannot go below 8 channels in whole blocks of 8 (the cheapest policy is ~12 % of
+    its FLOPs): flops=8% is met with narrower widths, and said so; with --round-to 8 asked for, it is refused."""
+    args = ("search", "--model", "resnet20", "--budget", "flops=8%", "--strategy", "uniform", "--no-measure")
+    code, out, err = run_cli(*args, "--out", tmp_path / "r")
+    assert code == 0, err
+    policy = json.loads((tmp_path / "r" / "policy.json").read_text())
+    assert policy["search"]["round_to"] == 4
+    assert policy["metrics"]["flops_share"] <= 0.08
+    assert "round-to 4" in out + err
+
+    code, _, err = run_cli(*args, "--round-to", "8", "--out", tmp_path / "r8")
+    line = one_line_error(code, err)
+    assert "unreachable" in line and "--round-to 8" in line
+    assert not (tmp_path / "r8").exists()

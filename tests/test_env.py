@@ -110,3 +110,26 @@ def test_round_to_gives_multiples():
     while not done:
         _, _, done, _, info = env.step(rng.uniform(0.1, 1.0, 1))
     assert all(k % 4 == 0 or k == c for k, c in zip(info["kept"], problem.channels, strict=True))
+
+
+def test_a_budget_below_the_blocks_floor_is_met_with_the_coarsest_finer_widths():
+    from autoprune.budget import parse_budget
+    from autoprune.errors import UserError
+    from autoprune.problem import Problem, coarsest_round_to, floor_counts
+
+    whole = tiny_problem("flops=100%", round_to=8, min_keep=0.1)
+    graph, cost = whole.graph, whole.cost
+    block_floor = cost(floor_counts(graph, 0.1, 8))["flops"] / cost.baseline["flops"]
+    finest_floor = cost(floor_counts(graph, 0.1, 1))["flops"] / cost.baseline["flops"]
+    assert finest_floor < block_floor  # the tiny model has groups that one block of 8 keeps at half or more
+
+    above = parse_budget(f"flops={100 * block_floor + 1:.2f}%")
+    assert coarsest_round_to(graph, cost, above, 0.1, 8) == 8  # whole blocks wherever they can meet the budget
+
+    below = parse_budget(f"flops={100 * (block_floor + finest_floor) / 2:.2f}%")
+    r = coarsest_round_to(graph, cost, below, 0.1, 8)
+    assert r < 8 and 8 % r == 0
+    problem = Problem(graph, cost, below, min_keep=0.1, round_to=r)
+    assert problem.feasible(problem.project(np.full(len(problem.channels), 0.5)))
+    with pytest.raises(UserError, match="--round-to"):  # the next coarser block cannot: its error says what to lower
+        Problem(graph, cost, below, min_keep=0.1, round_to=2 * r)

@@ -20,7 +20,7 @@ from autoprune.errors import UserError
 from autoprune.latency_workflows import build_table
 from autoprune.layers import LayerGraph, analyze
 from autoprune.models import CIFAR_RESNET_DEPTHS, DEMO_MODEL, build_model, input_normalisation
-from autoprune.problem import Problem
+from autoprune.problem import Problem, coarsest_round_to
 from autoprune.prune import ChannelPruner
 from autoprune.reward import Evaluator
 from autoprune.search import needs_data
@@ -147,13 +147,14 @@ def prepare(
     # a table of another device predicts for that device: nothing measured here can confirm or refute it
     elsewhere = table is not None and bool(table.device_differences())
     signature = check_table_speed(table, path, phase) if table is not None and not elsewhere else None
-    round_to = spec.round_to
-    if round_to is None:  # whole blocks of this device's kernels, so that a cut in FLOPs is also a speed-up
-        round_to = (
-            max(1, table.block)
-            if table is not None
-            else channel_block(spec.model, shape, CACHE_DIR / "latency_tables", threads=spec.threads)
-        )
+    # by default whole blocks of this device's kernels, so that a cut in FLOPs is also a speed-up; finer widths only
+    # where the budget is below the cheapest policy in whole blocks
+    block = spec.round_to or (
+        max(1, table.block)
+        if table is not None
+        else channel_block(spec.model, shape, CACHE_DIR / "latency_tables", threads=spec.threads)
+    )
+    round_to = block if spec.round_to else coarsest_round_to(graph, cost, spec.budget, spec.min_keep, block)
     pruner = ChannelPruner(
         net,
         shape,
@@ -167,6 +168,11 @@ def prepare(
     problem = Problem(
         graph, cost, spec.budget, min_keep=spec.min_keep, round_to=round_to, importance=list(pruner.scores)
     )
+    if round_to < block:
+        phase(
+            f"round-to {round_to}: {spec.budget} is below the cheapest policy in whole blocks of {block} channels, "
+            "so narrower widths are allowed (pass --round-to to choose)"
+        )
     evaluator = None
     if bundle is not None:
         evaluator = Evaluator(pruner, bundle, held_out=spec.held_out, seed=spec.seed, kd=spec.kd, compute=compute)
