@@ -76,7 +76,9 @@ class RunSpec:
     promote_steps: int = 200  # SGD steps of that fine-tune
     seed: int = 0
     min_keep: float = 0.1
-    round_to: int | None = None  # None: this device's channel block (its table's, else 8), for every budget
+    # None: this device's channel block (its table's, else 8), for every budget; its coarsest divisor that meets a
+    # budget below the block's floor (problem.coarsest_round_to)
+    round_to: int | None = None
     criterion: str = "l2"
     held_out: int | None = 5000
     finetune_epochs: float = 1.0

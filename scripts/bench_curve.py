@@ -943,7 +943,7 @@ def plot(means: pd.DataFrame, png: Path) -> None:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
     isa = ",".join(sorted(set(",".join(means["isa"]).split(","))))
-    fig.suptitle(f"search curve: mean ± std over seeds (CPU ISA {isa})")
+    fig.suptitle(f"search curve: mean ± std over seeds\n(CPU ISA {isa})", fontsize="medium")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)
