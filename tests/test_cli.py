@@ -326,3 +326,12 @@ def test_a_flops_budget_below_the_channel_blocks_floor_is_searched_at_finer_widt
     line = one_line_error(code, err)
     assert "unreachable" in line and "--round-to 8" in line
     assert not (tmp_path / "r8").exists()
+
+
+def test_round_to_zero_is_refused(run_cli, tmp_path):
+    code, _, err = run_cli(
+        "search", "--model", "resnet20", "--budget", "flops=50%", "--strategy", "uniform", "--no-measure",
+        "--round-to", "0", "--out", tmp_path / "r",
+    )  # fmt: skip
+    assert "--round-to 0 must be at least 1" in one_line_error(code, err)
+    assert not (tmp_path / "r").exists()

@@ -149,12 +149,15 @@ def prepare(
     signature = check_table_speed(table, path, phase) if table is not None and not elsewhere else None
     # by default whole blocks of this device's kernels, so that a cut in FLOPs is also a speed-up; finer widths only
     # where the budget is below the cheapest policy in whole blocks
-    block = spec.round_to or (
-        max(1, table.block)
-        if table is not None
-        else channel_block(spec.model, shape, CACHE_DIR / "latency_tables", threads=spec.threads)
-    )
-    round_to = block if spec.round_to else coarsest_round_to(graph, cost, spec.budget, spec.min_keep, block)
+    if spec.round_to is not None:
+        block = round_to = spec.round_to
+    else:
+        block = (
+            max(1, table.block)
+            if table is not None
+            else channel_block(spec.model, shape, CACHE_DIR / "latency_tables", threads=spec.threads)
+        )
+        round_to = coarsest_round_to(graph, cost, spec.budget, spec.min_keep, block)
     pruner = ChannelPruner(
         net,
         shape,
