@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
+from autoprune.budget import parse_budget
 from autoprune.envs import ENV_ID, ChannelPruningEnv
+from autoprune.errors import UserError
+from autoprune.problem import Problem, coarsest_round_to, floor_counts
 from autoprune.reward import Reward
 from tests._search_tiny import tiny_evaluator, tiny_problem
 
@@ -113,10 +116,6 @@ def test_round_to_gives_multiples():
 
 
 def test_a_budget_below_the_blocks_floor_is_met_with_the_coarsest_finer_widths():
-    from autoprune.budget import parse_budget
-    from autoprune.errors import UserError
-    from autoprune.problem import Problem, coarsest_round_to, floor_counts
-
     whole = tiny_problem("flops=100%", round_to=8, min_keep=0.1)
     graph, cost = whole.graph, whole.cost
     block_floor = cost(floor_counts(graph, 0.1, 8))["flops"] / cost.baseline["flops"]
