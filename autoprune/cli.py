@@ -198,8 +198,9 @@ def search(
     reward: str | None = typer.Option(None, help=" | ".join(REWARDS) + f" (default: {DEFAULT_REWARD})"),
     promote: int | None = typer.Option(
         None,
-        help="multi-fidelity: the search's best K policies, uniform and global magnitude each get a short distilled "
-        f"fine-tune, and the best after it wins (0: the search's best by its reward; default: {DEFAULT_PROMOTE} when "
+        help="multi-fidelity: the search's best K policies, uniform and global magnitude (as is and filled to the "
+        "budget) each get a short distilled fine-tune, and the best after it wins, a baseline on a tie (0: the "
+        f"search's best by its reward; default: {DEFAULT_PROMOTE} when "
         "the winner is fine-tuned and the strategy searches, else 0)",
     ),
     promote_steps: int = typer.Option(200, help="SGD steps of that short fine-tune"),

@@ -164,6 +164,37 @@ class Problem:
             kept[i] = self.clip_step(i, kept, r)
         return kept
 
+    def fill(self, kept: Sequence[int] | np.ndarray, priority: Callable[[int, int, int], float]) -> np.ndarray:
+        """``kept`` grown into the budget it leaves unspent, one candidate step at a time.
+
+        A policy in whole blocks stops short of its budget: one ratio (or one importance threshold) for every group
+        rounds each group down to its step, and at a deep cut the steps are coarse (ResNet-20's uniform prune in
+        blocks of 4 spends 7.6 % of a 10 % FLOPs budget). Greedily, the group with the highest
+        ``priority(group, kept now, kept after the step)`` among those whose next candidate still meets the budget
+        takes that step, until no group's does. Costs only grow with kept channels, so a group whose next step
+        breaks the budget once never fits later, and is dropped. ``kept`` must be feasible."""
+        kept = np.array(kept, dtype=np.int64).copy()
+        nexts = {}
+        for i, cands in enumerate(self.candidates):
+            above = cands[cands > kept[i]]
+            if len(above):
+                nexts[i] = int(above[0])
+        while nexts:
+            trial = kept.copy()
+            for i in sorted(nexts, key=lambda g: -priority(g, int(kept[g]), nexts[g])):
+                trial[i] = nexts[i]
+                if self.feasible(trial):
+                    kept[i] = nexts[i]
+                    above = self.candidates[i][self.candidates[i] > kept[i]]
+                    if len(above):
+                        nexts[i] = int(above[0])
+                    else:
+                        del nexts[i]
+                    break
+                trial[i] = kept[i]
+                del nexts[i]
+        return kept
+
 
 def last_true(n: int, ok: Callable[[int], bool]) -> int:
     """The largest ``j`` in ``[0, n)`` with ``ok(j)``, for a predicate true up to some index then false (costs only

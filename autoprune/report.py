@@ -198,6 +198,7 @@ def render(run_dir: str | Path, policy: Policy | None = None, history: pd.DataFr
             f"Fine-tuned {ft.get('epochs')} epoch(s) at lr {ft.get('lr')}"
             f"{' with distillation from the unpruned model' if ft.get('kd') else ''}.",
         ]
+    lines += promotion_lines(policy.search.get("promotion"))
     lines += ["", "## Plots", ""]
     lines += [f"### {title}\n\n![{title}]({name})\n" for title, name in plots]
     lines += ["## Kept channels", "", "| group | channels | kept | ratio |", "|---|---:|---:|---:|"]
@@ -207,6 +208,27 @@ def render(run_dir: str | Path, policy: Policy | None = None, history: pd.DataFr
     out = run_dir / "report.md"
     atomic.write_text(out, "\n".join(lines) + "\n")
     return out
+
+
+def promotion_lines(rung: list[dict] | None) -> list[str]:
+    """The promotion rung's candidates, best first, as a section: where the winner came from and why it won."""
+    if not rung:
+        return []
+    lines = [
+        "",
+        "## How the winner was chosen",
+        "",
+        "The search's best policies and the baselines it must beat each got a short distilled fine-tune; the best "
+        "after it won (a baseline on a tie). `filled`: grown into the budget whole channel blocks leave unspent.",
+        "",
+        "| candidate | held-out accuracy, recalibrated | after the short fine-tune |",
+        "|---|---:|---:|",
+    ]
+    for i, c in enumerate(rung):
+        name = c["source"].replace("+fill", ", filled")
+        name = f"**{name}** (winner)" if i == 0 else name
+        lines.append(f"| {name} | {c['accuracy']:.2%} | {c['accuracy_ft']:.2%} |")
+    return lines
 
 
 def evaluations_text(search: dict) -> str:

@@ -70,7 +70,8 @@ class RunSpec:
     options: Mapping[str, Any] = field(default_factory=dict)  # the strategy's own (``Strategy.defaults``)
     reward: str | None = None
     episodes: int = 300
-    # the search's best k policies (uniform and global magnitude too) get a short distilled fine-tune; the best wins.
+    # the search's best k policies (uniform and global magnitude too, as is and filled) get a short distilled
+    # fine-tune; the best wins.
     # None: DEFAULT_PROMOTE when the winner is fine-tuned and the strategy searches, else 0 (``promotion_size``)
     promote: int | None = None
     promote_steps: int = 200  # SGD steps of that fine-tune

@@ -230,8 +230,9 @@ class Label:
     """A strategy label ``NAME[:SAMPLER][+REWARD][+promoteK]``: e.g. ``optuna:tpe+kd+promote5`` is an Optuna TPE
     search ranking by the ``kd`` reward whose best 5 policies are promoted. Without ``+REWARD``, ``acc``;
     ``+acc-ftN`` is the ``acc-ft`` reward after N distilled steps (``acc-ft`` alone: its default, 200); ``+warm``
-    starts an Optuna study from the uniform policy and global magnitude's allocation (``warm_start``); ``+rtN``
-    searches with ``--round-to N`` instead of the default (the device's block)."""
+    starts an Optuna study from the uniform policy and global magnitude's allocation (``warm_start``); ``+fill``
+    grows uniform's or magnitude's policy into the budget its whole blocks leave (``fill``); ``+rtN`` searches with
+    ``--round-to N`` instead of the default (the device's block)."""
 
     name: str
     sampler: str = ""
@@ -240,15 +241,18 @@ class Label:
     reward_steps: int | None = None  # the acc-ft reward's fine-tune steps; None: the reward's default
     warm: bool = False
     round_to: int | None = None  # --round-to; None: search's default
+    fill: bool = False
 
     @classmethod
     def parse(cls, token: str) -> Label:
         base, *extras = token.split("+")
         name, _, sampler = base.partition(":")
-        reward, promote, steps, warm, round_to = None, 0, None, False, None
+        reward, promote, steps, warm, round_to, fill = None, 0, None, False, None, False
         for extra in extras:
             if extra == "warm" and name == "optuna":
                 warm = True
+            elif extra == "fill" and name in ONE_SHOT:
+                fill = True
             elif re.fullmatch(r"rt[1-9]\d*", extra):
                 round_to = int(extra.removeprefix("rt"))
             elif re.fullmatch(r"promote\d+", extra):
@@ -261,17 +265,18 @@ class Label:
                 rewards = ", ".join(r for r in REWARDS if r != DEFAULT_REWARD)
                 raise FlagError(
                     f"--strategies: {token!r}: after a + give promoteK (e.g. ddpg+promote5) or a reward ({rewards}, "
-                    "or acc-ftN for N fine-tune steps), warm (optuna), or rtN (--round-to N)"
+                    "or acc-ftN for N fine-tune steps), warm (optuna), fill (uniform, magnitude), or rtN (--round-to N)"
                 )
         if name == "optuna":
             sampler = sampler or "tpe"
-        return cls(name, sampler, reward, promote, steps, warm, round_to)
+        return cls(name, sampler, reward, promote, steps, warm, round_to, fill)
 
     def __str__(self) -> str:
         base = f"{self.name}:{self.sampler}" if self.sampler else self.name
         reward = f"+{self.reward}{self.reward_steps or ''}" if self.reward else ""
         rt = f"+rt{self.round_to}" if self.round_to else ""
-        return base + reward + ("+warm" if self.warm else "") + rt + (f"+promote{self.promote}" if self.promote else "")
+        flags = ("+warm" if self.warm else "") + ("+fill" if self.fill else "")
+        return base + reward + flags + rt + (f"+promote{self.promote}" if self.promote else "")
 
     @property
     def options(self) -> dict:
@@ -281,6 +286,8 @@ class Label:
             options["finetune_steps"] = self.reward_steps
         if self.warm:
             options["warm_start"] = True
+        if self.fill:
+            options["fill"] = True
         return options
 
 
@@ -683,7 +690,8 @@ def run_cells(s: Settings) -> None:
             if target is None:
                 continue
             for strategy in s.strategies:
-                episodes = 1 if strategy in ONE_SHOT else 0 if strategy == "reference" else s.episodes
+                name = Label.parse(strategy).name
+                episodes = 1 if name in ONE_SHOT else 0 if name == "reference" else s.episodes
                 for seed in s.seeds:
                     key = cell_key(model, budget, strategy, seed, s.finetune_epochs, episodes)
                     if key in done:
@@ -712,7 +720,7 @@ def run_cell(
         strategy=strategy,
         seed=seed,
         finetune_epochs=s.finetune_epochs,
-        held_out=s.held_out if strategy not in (*ONE_SHOT, "reference") else "",
+        held_out=s.held_out if Label.parse(strategy).name not in (*ONE_SHOT, "reference") else "",
         input_shape="x".join(map(str, s.input_shape)),
         speedup=row["latency_unpruned_us"] / row["latency_measured_us"],
         threads=s.threads,

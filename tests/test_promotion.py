@@ -11,7 +11,7 @@ import pandas as pd
 from autoprune import api
 from autoprune.pipeline import promotion_size
 from autoprune.search.baselines import magnitude_kept, uniform_kept
-from autoprune.search.promotion import candidates, promote
+from autoprune.search.promotion import Promoted, best_first, candidates, promote
 from autoprune.spec import DEFAULT_PROMOTE, RunSpec
 from tests._search_tiny import tiny_evaluator, tiny_problem
 
@@ -86,6 +86,43 @@ def test_global_magnitude_is_the_lowest_threshold_that_meets_the_budget():
     assert not problem.feasible(more)
 
 
+def _no_step_fits(problem, kept) -> bool:
+    """No group's next candidate count fits the budget any more."""
+    for g, cands in enumerate(problem.candidates):
+        above = cands[cands > kept[g]]
+        if len(above):
+            more = kept.copy()
+            more[g] = above[0]
+            if problem.feasible(more):
+                return False
+    return True
+
+
+def test_fill_grows_a_policy_into_the_budget_by_priority_until_no_step_fits():
+    problem = tiny_problem("flops=50%", round_to=4)
+    floor = problem.floor.copy()
+    first = problem.fill(floor, lambda g, _now, _after: -g)  # the earliest group first, as far as it goes
+    assert first[0] == problem.max_feasible(0, floor)  # alone above its floor, it takes all it can
+    last = problem.fill(floor, lambda g, _now, _after: g)
+    assert last[-1] == problem.max_feasible(len(floor) - 1, floor)
+    for kept in (first, last):
+        assert problem.feasible(kept) and np.all(kept >= floor) and _no_step_fits(problem, kept)
+        assert all(int(k) in problem.candidates[g] for g, k in enumerate(kept))
+    assert list(first) != list(last)
+
+
+def test_filled_uniform_and_magnitude_spend_what_whole_steps_leave():
+    problem = tiny_problem("flops=30%", round_to=4)
+    scores = [np.random.default_rng(i).uniform(0.1, 1.0, int(c)) for i, c in enumerate(problem.channels)]
+    for plain, filled in (
+        (uniform_kept(problem)[0], uniform_kept(problem, fill=True)[0]),
+        (magnitude_kept(problem, scores), magnitude_kept(problem, scores, fill=True)),
+    ):
+        assert problem.feasible(filled) and np.all(filled >= plain) and _no_step_fits(problem, filled)
+        assert problem.cost(filled)["flops"] >= problem.cost(plain)["flops"]
+    assert not np.array_equal(uniform_kept(problem, fill=True)[0], uniform_kept(problem)[0])  # room was left here
+
+
 def test_promotion_ranks_by_accuracy_after_the_short_fine_tune():
     problem, evaluator = tiny_problem("flops=50%"), tiny_evaluator(kd=True)
     kept = problem.ratios_to_kept(np.full(len(problem.channels), 0.3))
@@ -95,6 +132,16 @@ def test_promotion_ranks_by_accuracy_after_the_short_fine_tune():
     assert [p.accuracy_ft for p in ranked] == sorted((p.accuracy_ft for p in ranked), reverse=True)
     # each candidate's fine-tuned score is the evaluator's acc-ft evaluation of it (cached: the same number)
     assert ranked[0].accuracy_ft == evaluator.evaluate(ranked[0].kept, finetune_steps=3).accuracy
+
+
+def test_a_searched_policy_must_beat_the_baselines_to_win_the_rung():
+    def rung(*entries: tuple[str, float]) -> list[str]:
+        return [p.source for p in best_first([Promoted((i,), s, 0.1, acc) for i, (s, acc) in enumerate(entries)])]
+
+    tied = rung(("search #1", 0.9), ("search #2", 0.8), ("uniform", 0.9), ("magnitude", 0.9))
+    assert tied == ["uniform", "magnitude", "search #1", "search #2"]  # a tie keeps the baseline
+    assert rung(("search #1", 0.91), ("uniform", 0.9))[0] == "search #1"  # a lead wins
+    assert rung(("search #1", float("nan")), ("uniform", 0.2)) == ["uniform", "search #1"]
 
 
 def test_a_promoted_search_writes_the_winner_and_the_rung(tmp_path):
@@ -107,6 +154,9 @@ def test_a_promoted_search_writes_the_winner_and_the_rung(tmp_path):
     assert rung[0]["accuracy_ft"] == max(r["accuracy_ft"] for r in rung)
     assert {"uniform", "magnitude"} <= {r["source"] for r in rung}
     assert list(out.policy.kept) == rung[0]["kept"]
+    report = (tmp_path / "run" / "report.md").read_text()
+    winner = rung[0]["source"].replace("+fill", ", filled")
+    assert f"| **{winner}** (winner) | {rung[0]['accuracy']:.2%} | {rung[0]['accuracy_ft']:.2%} |" in report
 
 
 def test_by_default_a_search_that_fine_tunes_its_winner_promotes_and_others_do_not():

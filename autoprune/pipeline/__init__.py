@@ -27,7 +27,7 @@ from autoprune.pipeline.run_dir import save_interrupted, write_run_dir
 from autoprune.pipeline.setup import Setup, prepare
 from autoprune.policy import Policy
 from autoprune.search import SearchResult, run_search, strategy_class
-from autoprune.search.baselines import magnitude_kept
+from autoprune.search.baselines import magnitude_kept, uniform_kept
 from autoprune.search.optuna_storage import check_storage
 from autoprune.search.promotion import promote
 from autoprune.spec import DEFAULT_PROMOTE, RunSpec, save_spec
@@ -120,12 +120,19 @@ def promotion_size(spec: RunSpec) -> int:
 
 def promote_best(setup: Setup, result: SearchResult, phase: Callable[[str], None]) -> SearchResult:
     """The multi-fidelity rung (:mod:`autoprune.search.promotion`): the search's best ``promote`` policies, the uniform
-    one and global magnitude pruning's fine-tuned ``promote_steps`` steps; the best after it becomes the result's
-    policy."""
-    spec, k = setup.spec, promotion_size(setup.spec)
-    phase(f"promoting the best {k} policies, uniform and global magnitude to {spec.promote_steps} fine-tune steps each")
-    magnitude = magnitude_kept(setup.problem, setup.problem.importance)  # what --strategy magnitude evaluates
-    ranked = promote(result.history, setup.problem, setup.evaluator, k, spec.promote_steps, {"magnitude": magnitude})
+    one and global magnitude pruning's, and those two grown into the budget their whole steps leave (``fill``),
+    fine-tuned ``promote_steps`` steps; the best after it becomes the result's policy."""
+    spec, k, problem = setup.spec, promotion_size(setup.spec), setup.problem
+    phase(
+        f"promoting the best {k} policies, uniform and global magnitude (as is and filled to the budget) to "
+        f"{spec.promote_steps} fine-tune steps each"
+    )
+    others = {
+        "magnitude": magnitude_kept(problem, problem.importance),  # what --strategy magnitude evaluates
+        "uniform+fill": uniform_kept(problem, fill=True)[0],
+        "magnitude+fill": magnitude_kept(problem, problem.importance, fill=True),
+    }
+    ranked = promote(result.history, problem, setup.evaluator, k, spec.promote_steps, others)
     record = [{**asdict(p), "kept": list(p.kept)} for p in ranked]
     best = ranked[0]
     phase(f"promoted: {best.source} wins with {best.accuracy_ft:.2%} after the short fine-tune")

@@ -13,9 +13,11 @@ from autoprune.problem import Problem
 from autoprune.search.base import SearchContext, Strategy
 
 
-def uniform_kept(problem: Problem, iterations: int = 40) -> tuple[np.ndarray, float]:
+def uniform_kept(problem: Problem, iterations: int = 40, fill: bool = False) -> tuple[np.ndarray, float]:
     """The largest uniform keep ratio whose policy meets the budget, by bisection (rounding makes the cost a
-    non-decreasing step function of the ratio, so bisection finds the last feasible step)."""
+    non-decreasing step function of the ratio, so bisection finds the last feasible step). With ``fill``, the
+    budget its rounding leaves is spent on the groups then kept at the lowest ratios (:meth:`Problem.fill`): as
+    near to one ratio as whole steps allow."""
     full = problem.ratios_to_kept(np.ones(len(problem.channels)))
     if problem.feasible(full):
         return full, 1.0
@@ -26,15 +28,21 @@ def uniform_kept(problem: Problem, iterations: int = 40) -> tuple[np.ndarray, fl
             lo = mid
         else:
             hi = mid
-    return problem.ratios_to_kept(np.full(len(problem.channels), lo)), lo
+    kept = problem.ratios_to_kept(np.full(len(problem.channels), lo))
+    if fill:
+        channels = problem.channels
+        kept = problem.fill(kept, lambda g, _now, after: -after / int(channels[g]))
+    return kept, lo
 
 
-def magnitude_kept(problem: Problem, scores: Sequence[np.ndarray]) -> np.ndarray:
+def magnitude_kept(problem: Problem, scores: Sequence[np.ndarray], fill: bool = False) -> np.ndarray:
     """The allocation of global magnitude pruning (Torch-Pruning's ``global_pruning`` with its default ``mean``
     normaliser): each group's unit importances divided by their mean, one threshold for the whole network, and each
     group keeps its units at or above it (rounded down to the group's step, never below its floor). The threshold is
     the lowest whose policy meets the budget, found by bisection over the normalised scores: a higher threshold
-    never keeps more, so feasibility only switches on once."""
+    never keeps more, so feasibility only switches on once. With ``fill``, the budget that rounding down leaves is
+    spent a step at a time on the group whose next units score highest (:meth:`Problem.fill`): the threshold's
+    order, in whole steps."""
     normed = [np.asarray(s, dtype=np.float64) / max(float(np.mean(s)), 1e-12) for s in scores]
     channels, floor, steps = problem.channels, problem.floor, problem.steps
 
@@ -55,7 +63,11 @@ def magnitude_kept(problem: Problem, scores: Sequence[np.ndarray]) -> np.ndarray
             hi = mid
         else:
             lo = mid
-    return kept_at(float(thresholds[hi]) if hi < len(thresholds) else np.inf)
+    kept = kept_at(float(thresholds[hi]) if hi < len(thresholds) else np.inf)
+    if fill:
+        ranked = [np.sort(s)[::-1] for s in normed]
+        kept = problem.fill(kept, lambda g, now, after: float(ranked[g][now:after].mean()))
+    return kept
 
 
 class UniformStrategy(Strategy):
@@ -63,9 +75,10 @@ class UniformStrategy(Strategy):
 
     name = "uniform"
     needs_reward = False
+    defaults: ClassVar[dict] = {"fill": False}  # spend the budget whole steps leave (uniform_kept's fill)
 
     def run(self, ctx: SearchContext) -> dict:
-        kept, ratio = uniform_kept(self.problem)
+        kept, ratio = uniform_kept(self.problem, fill=self.options["fill"])
         ctx.evaluate(kept, ratio=ratio)
         return {"ratio": ratio}
 
@@ -76,11 +89,12 @@ class MagnitudeStrategy(Strategy):
 
     name = "magnitude"
     needs_reward = False
+    defaults: ClassVar[dict] = {"fill": False}  # spend the budget whole steps leave (magnitude_kept's fill)
 
     def run(self, ctx: SearchContext) -> dict:
         if self.problem.importance is None:
             raise UserError("strategy magnitude needs the channels' importance scores: build the problem with them")
-        ctx.evaluate(magnitude_kept(self.problem, self.problem.importance))
+        ctx.evaluate(magnitude_kept(self.problem, self.problem.importance, fill=self.options["fill"]))
         return {}
 
 

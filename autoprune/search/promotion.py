@@ -6,7 +6,8 @@ cut is deep: a policy that loses more before fine-tuning may recover more. Succe
 (Jamieson & Talwalkar, 2016; the schedule of Optuna's ``SuccessiveHalvingPruner``) spends the expensive fidelity
 only where it can change the choice: the ``k`` best distinct feasible policies of the search, and the policies the
 search must beat (the uniform prune of the same budget, and the caller's others: the pipeline adds global magnitude
-pruning's allocation, :func:`~autoprune.search.baselines.magnitude_kept`), each get ``steps`` SGD steps of distilled
+pruning's allocation, :func:`~autoprune.search.baselines.magnitude_kept`, and both grown into the budget their whole
+channel blocks leave unspent, :meth:`~autoprune.problem.Problem.fill`), each get ``steps`` SGD steps of distilled
 fine-tuning (the ``acc-ft`` evaluation) and the best of them after it is the winner. So a promoted search ends at
 least where those baselines do, as far as the short fine-tune can tell.
 """
@@ -64,11 +65,21 @@ def promote(
     steps: int,
     others: dict[str, Sequence[int]] | None = None,
 ) -> list[Promoted]:
-    """Fine-tune each candidate ``steps`` steps and score it; returns them best first (ties: the search's order)."""
+    """Fine-tune each candidate ``steps`` steps and score it; returns them best first (:func:`best_first`)."""
     out = []
     for kept, source in candidates(history, problem, k, others):
         before = evaluator.evaluate(kept).accuracy
         after = evaluator.evaluate(kept, finetune_steps=steps).accuracy
         out.append(Promoted(kept, source, before, after))
-    order = sorted(range(len(out)), key=lambda i: (-np.nan_to_num(out[i].accuracy_ft, nan=-1.0), i))
-    return [out[i] for i in order]
+    return best_first(out)
+
+
+def best_first(promoted: Sequence[Promoted]) -> list[Promoted]:
+    """By accuracy after the short fine-tune (NaN last). A searched policy has to beat the baselines to win: on a
+    tie the baselines come first (uniform, then the others in their order), then the search's ranks."""
+
+    def rank(i: int) -> tuple[float, bool, int]:
+        p = promoted[i]
+        return (-np.nan_to_num(p.accuracy_ft, nan=-1.0), p.source.startswith("search #"), i)
+
+    return [promoted[i] for i in sorted(range(len(promoted)), key=rank)]
