@@ -51,7 +51,8 @@ DEFAULT_STRATEGY = "optuna"
 # images); in the four searches run with and without it the rung's pick ended 0.1-0.7 points above the search's own
 # (ResNet-20 too: +1.87 over uniform against +1.62). Without a fine-tune the reward is the final criterion and there
 # is no rung; a one-shot strategy (uniform, magnitude) has nothing to promote. As the CLI runs it (5,000 held-out
-# images) the default ends ResNet-20 at 91.25 +- 0.27 % over three seeds, +1.31 over uniform.
+# images) the default ends ResNet-20 at 91.25 +- 0.27 % over three seeds, +1.31 over uniform, and with the filled
+# baselines in the rung (Problem.fill) at flops=10% 87.30 +- 0.69 %, +1.89 (benchmarks/README.md, "Filling the budget").
 DEFAULT_PROMOTE = 5
 
 
