@@ -164,6 +164,11 @@ class Problem:
             kept[i] = self.clip_step(i, kept, r)
         return kept
 
+    def next_candidate(self, i: int, k: int) -> int | None:
+        """Group ``i``'s next candidate count above ``k``; None when ``k`` is its last."""
+        above = self.candidates[i][self.candidates[i] > k]
+        return int(above[0]) if len(above) else None
+
     def fill(self, kept: Sequence[int] | np.ndarray, priority: Callable[[int, int, int], float]) -> np.ndarray:
         """``kept`` grown into the budget it leaves unspent, one candidate step at a time.
 
@@ -173,25 +178,20 @@ class Problem:
         ``priority(group, kept now, kept after the step)`` among those whose next candidate still meets the budget
         takes that step, until no group's does. Costs only grow with kept channels, so a group whose next step
         breaks the budget once never fits later, and is dropped. ``kept`` must be feasible."""
-        kept = np.array(kept, dtype=np.int64).copy()
-        nexts = {}
-        for i, cands in enumerate(self.candidates):
-            above = cands[cands > kept[i]]
-            if len(above):
-                nexts[i] = int(above[0])
+        kept = np.array(kept, dtype=np.int64)
+        nexts = {i: n for i, k in enumerate(kept) if (n := self.next_candidate(i, int(k))) is not None}
         while nexts:
-            trial = kept.copy()
             for i in sorted(nexts, key=lambda g: -priority(g, int(kept[g]), nexts[g])):
+                trial = kept.copy()
                 trial[i] = nexts[i]
                 if self.feasible(trial):
-                    kept[i] = nexts[i]
-                    above = self.candidates[i][self.candidates[i] > kept[i]]
-                    if len(above):
-                        nexts[i] = int(above[0])
-                    else:
+                    kept = trial
+                    step = self.next_candidate(i, int(kept[i]))
+                    if step is None:
                         del nexts[i]
+                    else:
+                        nexts[i] = step
                     break
-                trial[i] = kept[i]
                 del nexts[i]
         return kept
 

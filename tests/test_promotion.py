@@ -88,11 +88,11 @@ def test_global_magnitude_is_the_lowest_threshold_that_meets_the_budget():
 
 def _no_step_fits(problem, kept) -> bool:
     """No group's next candidate count fits the budget any more."""
-    for g, cands in enumerate(problem.candidates):
-        above = cands[cands > kept[g]]
-        if len(above):
+    for g, k in enumerate(kept):
+        step = problem.next_candidate(g, int(k))
+        if step is not None:
             more = kept.copy()
-            more[g] = above[0]
+            more[g] = step
             if problem.feasible(more):
                 return False
     return True
