@@ -199,7 +199,8 @@ def search(
     promote: int | None = typer.Option(
         None,
         help="multi-fidelity: the search's best K policies, uniform and global magnitude (as is and filled to the "
-        "budget) each get a short distilled fine-tune, and the best after it wins, a baseline on a tie (0: the "
+        "budget) each get a short distilled fine-tune, and the best after it wins if it leads uniform by more than two "
+        "standard errors on the held-out images, else uniform (0: the "
         f"search's best by its reward; default: {DEFAULT_PROMOTE} when "
         "the winner is fine-tuned and the strategy searches, else 0)",
     ),

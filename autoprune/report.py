@@ -7,6 +7,7 @@ of any finished (or interrupted) run without the model.
 from __future__ import annotations
 
 import ast
+import math
 from pathlib import Path
 
 import matplotlib
@@ -198,7 +199,7 @@ def render(run_dir: str | Path, policy: Policy | None = None, history: pd.DataFr
             f"Fine-tuned {ft.get('epochs')} epoch(s) at lr {ft.get('lr')}"
             f"{' with distillation from the unpruned model' if ft.get('kd') else ''}.",
         ]
-    lines += promotion_lines(policy.search.get("promotion"))
+    lines += promotion_lines(policy.search.get("promotion"), policy.search.get("promotion_margin_se"))
     lines += ["", "## Plots", ""]
     lines += [f"### {title}\n\n![{title}]({name})\n" for title, name in plots]
     lines += ["## Kept channels", "", "| group | channels | kept | ratio |", "|---|---:|---:|---:|"]
@@ -210,24 +211,36 @@ def render(run_dir: str | Path, policy: Policy | None = None, history: pd.DataFr
     return out
 
 
-def promotion_lines(rung: list[dict] | None) -> list[str]:
-    """The promotion rung's candidates, best first, as a section: where the winner came from and why it won."""
+def promotion_lines(rung: list[dict] | None, margin_se: float | None = None) -> list[str]:
+    """The promotion rung's candidates, winner first, as a section: where the winner came from and why it won
+    (``margin_se``: the lead over uniform, in standard errors, the winner needed; None: a policy written before the
+    rung asked for one, whose winner was the best)."""
     if not rung:
         return []
+    rule = (
+        f"The best after it won if it led the uniform policy by more than {margin_se:g} standard errors of the "
+        "difference on the held-out images, else uniform won"
+        if margin_se is not None
+        else "The best after it won"
+    )
     lines = [
         "",
         "## How the winner was chosen",
         "",
-        "The search's best policies and the baselines it must beat each got a short distilled fine-tune; the best "
-        "after it won (a baseline on a tie). `filled`: grown into the budget whole channel blocks leave unspent.",
+        "The search's best policies and the baselines it must beat each got a short distilled fine-tune. "
+        f"{rule} (a baseline on a tie). `filled`: grown into the budget whole channel blocks leave unspent.",
         "",
-        "| candidate | held-out accuracy, recalibrated | after the short fine-tune |",
-        "|---|---:|---:|",
+        "| candidate | held-out accuracy, recalibrated | after the short fine-tune | − uniform (s.e.) |",
+        "|---|---:|---:|---:|",
     ]
+    uniform = next((c["accuracy_ft"] for c in rung if c["source"] == "uniform"), None)
     for i, c in enumerate(rung):
         name = c["source"].replace("+fill", ", filled")
         name = f"**{name}** (winner)" if i == 0 else name
-        lines.append(f"| {name} | {c['accuracy']:.2%} | {c['accuracy_ft']:.2%} |")
+        se = c.get("se_vs_uniform", float("nan"))
+        lead = "" if uniform is None or c["source"] == "uniform" else f"{c['accuracy_ft'] - uniform:+.2%}"
+        lead += f" ({se:.2%})" if lead and math.isfinite(se) else ""
+        lines.append(f"| {name} | {c['accuracy']:.2%} | {c['accuracy_ft']:.2%} | {lead} |")
     return lines
 
 

@@ -55,6 +55,7 @@ class Evaluation:
     phases: dict[str, float] = field(default_factory=dict)  # apply, finetune, recalibrate, evaluate (seconds)
     cached: bool = False
     distill_loss: float | None = None  # None: replayed from a journal written before it was recorded
+    correct: np.ndarray | None = None  # per held-out image, right or not (None: replayed from a journal)
 
     @property
     def seconds(self) -> float:
@@ -98,6 +99,7 @@ class Evaluator:
         finetune_steps: int = 0,
         finetune_lr: float = 0.01,
         kd: bool = False,
+        finetune_augment: bool = False,
         compute: Compute = CPU,
         teacher_replay_bytes: int = 256 * 2**20,
     ) -> None:
@@ -105,6 +107,7 @@ class Evaluator:
             raise UserError(f"held-out size {held_out} must be at least 1")
         self.pruner, self.data, self.fast, self.seed = pruner, data, fast, seed
         self.finetune_steps, self.finetune_lr, self.kd, self.compute = finetune_steps, finetune_lr, kd, compute
+        self.finetune_augment = finetune_augment
         split = data.held_out if held_out is None else data.held_out.subset(min(held_out, len(data.held_out)))
         self.held_out_size = len(split)
         self._eval_batches = _materialise(split, eval_batch_size, compute=compute)
@@ -135,27 +138,39 @@ class Evaluator:
     def score(self, model: nn.Module) -> tuple[float, float]:
         """Held-out accuracy and distillation loss (mean per image, as the fine-tune weighs it) of an already
         recalibrated model (BN folded first when ``fast``); both NaN when its outputs are not finite."""
+        acc, loss, _ = self._score(model)
+        return acc, loss
+
+    def _score(self, model: nn.Module) -> tuple[float, float, np.ndarray | None]:
+        """:meth:`score` and which held-out images the model gets right (None when its outputs are not finite)."""
         model.eval()
         if self.fast:
             model = _fold_bn(model)
         cfg = TrainConfig()
-        correct = total = 0
+        right: list[torch.Tensor] = []
         loss = 0.0
         with torch.inference_mode(), self.compute.autocast():
             for (x, y), t in zip(self._eval_batches, self.teacher_logits(), strict=True):
                 logits = model(x).float()
                 if not torch.isfinite(logits).all():  # argmax would call it class 0: the accuracy is undefined
-                    return float("nan"), float("nan")
-                correct += int((logits.argmax(1) == y).sum())
+                    return float("nan"), float("nan"), None
+                right.append((logits.argmax(1) == y).cpu())
                 loss += float(distillation_loss(logits, t, y, cfg.kd_alpha, cfg.kd_temperature)) * len(y)
-                total += len(y)
-        return correct / max(total, 1), loss / max(total, 1)
+        correct = torch.cat(right).numpy() if right else np.zeros(0, dtype=bool)
+        total = max(len(correct), 1)
+        return int(correct.sum()) / total, loss / total, correct
 
     def finetune(self, model: nn.Module, steps: int) -> nn.Module:
-        """A short SGD fine-tune (constant small lr, no augmentation), distilled from the unpruned model if ``kd``."""
+        """A short SGD fine-tune (cosine-decayed small lr; augmented if ``finetune_augment``, with crops and flips
+        drawn from the evaluator's seed, so every policy sees the same batches), distilled if ``kd``."""
         teacher = self._finetune_teacher.rewound() if self._finetune_teacher is not None else None
         cfg = TrainConfig(
-            epochs=1.0, lr=self.finetune_lr, max_steps=steps, schedule="cosine", augment=False, seed=self.seed
+            epochs=1.0,
+            lr=self.finetune_lr,
+            max_steps=steps,
+            schedule="cosine",
+            augment=self.finetune_augment,
+            seed=self.seed,
         )
         model = model.to(memory_format=torch.contiguous_format)
         with torch.enable_grad():
@@ -172,7 +187,9 @@ class Evaluator:
         key = (tuple(int(k) for k in kept), steps)
         hit = self._cache.get(key)
         if hit is not None and not (need_loss and hit.distill_loss is None):
-            return Evaluation(hit.accuracy, dict(hit.phases), cached=True, distill_loss=hit.distill_loss)
+            return Evaluation(
+                hit.accuracy, dict(hit.phases), cached=True, distill_loss=hit.distill_loss, correct=hit.correct
+            )
         self.calls += 1
         phases: dict[str, float] = {}
         t = time.perf_counter()
@@ -190,9 +207,9 @@ class Evaluator:
             self.recalibrate(model)
         phases["recalibrate"] = time.perf_counter() - t
         t = time.perf_counter()
-        acc, loss = self.score(model)
+        acc, loss, correct = self._score(model)
         phases["evaluate"] = time.perf_counter() - t
-        ev = Evaluation(acc, phases, distill_loss=loss)
+        ev = Evaluation(acc, phases, distill_loss=loss, correct=correct)
         self._cache[key] = ev
         return ev
 
@@ -212,12 +229,12 @@ class Evaluator:
 class _ReplayedTeacher(nn.Module):
     """The unpruned model as the short fine-tunes' teacher, its logits kept for the next fine-tune.
 
-    Every short fine-tune of one :class:`Evaluator` draws the same batches in the same order (one seed, no
-    augmentation), so step *i*'s teacher logits are the same for every policy; on a deep cut the teacher's forward
-    pass costs as much as the student's forward and backward together (the compact model at flops=20%: 0.23 s of
-    0.6 s a step), and the promotion rung and the ``acc-ft`` reward pay it once instead of once per policy. A step
-    whose batch differs from the remembered one (checked by shape and checksum) is computed afresh; logits are kept
-    up to ``max_bytes``.
+    Every short fine-tune of one :class:`Evaluator` draws the same batches in the same order (one seed; the same
+    crops and flips when augmented), so step *i*'s teacher logits are the same for every policy; on a deep cut the
+    teacher's forward pass costs as much as the student's forward and backward together (the compact model at
+    flops=20%: 0.23 s of 0.6 s a step), and the promotion rung and the ``acc-ft`` reward pay it once instead of once
+    per policy. A step whose batch differs from the remembered one (checked by shape and checksum) is computed
+    afresh; logits are kept up to ``max_bytes``.
     """
 
     def __init__(self, teacher: nn.Module, max_bytes: int = 256 * 2**20) -> None:

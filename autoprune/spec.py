@@ -43,16 +43,17 @@ DEFAULT_STRATEGY = "optuna"
 
 # How a search that fine-tunes its winner picks it: its best DEFAULT_PROMOTE policies, the uniform one and global
 # magnitude pruning's allocation each get ``promote_steps`` distilled steps, and the best after them wins (successive
-# halving's second rung). At deep cuts the reward (held-out accuracy after BN recalibration, or the distillation
-# loss) is near chance and ranks policies against their fine-tuned accuracy (Spearman -0.2 and -0.4 over 13
-# policies of the compact model at flops=20%), while 50 or 200 fine-tune steps rank them with it (+0.8;
-# scripts/bench_proxy.py). Measured at flops=20%, one seed (benchmarks/README.md, "The promotion rung"): the compact
-# model's TPE search ends 0.9 points under uniform without the rung, 0.1-0.3 under it with it (5,000 held-out
-# images); in the four searches run with and without it the rung's pick ended 0.1-0.7 points above the search's own
-# (ResNet-20 too: +1.87 over uniform against +1.62). Without a fine-tune the reward is the final criterion and there
-# is no rung; a one-shot strategy (uniform, magnitude) has nothing to promote. As the CLI runs it (5,000 held-out
-# images) the default ends ResNet-20 at 91.25 +- 0.27 % over three seeds, +1.31 over uniform, and with the filled
-# baselines in the rung (Problem.fill) at flops=10% 87.30 +- 0.69 %, +1.89 (benchmarks/README.md, "Filling the budget").
+# halving's second rung) if it leads uniform beyond the held-out images' noise (search/promotion.py, MARGIN_SE). At deep
+# cuts the reward (held-out accuracy after BN recalibration, or the distillation loss) is near chance and ranks policies
+# against their fine-tuned accuracy (Spearman -0.2 and -0.4 over 13 policies of the compact model at flops=20%), while
+# 50 or 200 fine-tune steps rank them with it (+0.8; scripts/bench_proxy.py). Measured at flops=20%, one seed
+# (benchmarks/README.md, "The promotion rung"): the compact model's TPE search ends 0.9 points under uniform without the
+# rung, 0.1-0.3 under it with it (5,000 held-out images); in the four searches run with and without it the rung's pick
+# ended 0.1-0.7 points above the search's own (ResNet-20 too: +1.87 over uniform against +1.62). Without a fine-tune the
+# reward is the final criterion and there is no rung; a one-shot strategy (uniform, magnitude) has nothing to promote.
+# As the CLI runs it (5,000 held-out images) the default ends ResNet-20 at 91.25 +- 0.27 % over three seeds, +1.31 over
+# uniform, and with the filled baselines in the rung (Problem.fill) at flops=10% 87.30 +- 0.69 %, +1.89
+# (benchmarks/README.md, "Filling the budget").
 DEFAULT_PROMOTE = 5
 
 

@@ -29,7 +29,7 @@ from autoprune.policy import Policy
 from autoprune.search import SearchResult, run_search, strategy_class
 from autoprune.search.baselines import magnitude_kept, uniform_kept
 from autoprune.search.optuna_storage import check_storage
-from autoprune.search.promotion import promote
+from autoprune.search.promotion import MARGIN_SE, promote
 from autoprune.spec import DEFAULT_PROMOTE, RunSpec, save_spec
 
 
@@ -121,7 +121,8 @@ def promotion_size(spec: RunSpec) -> int:
 def promote_best(setup: Setup, result: SearchResult, phase: Callable[[str], None]) -> SearchResult:
     """The multi-fidelity rung (:mod:`autoprune.search.promotion`): the search's best ``promote`` policies, the uniform
     one and global magnitude pruning's, and those two grown into the budget their whole steps leave (``fill``),
-    fine-tuned ``promote_steps`` steps; the best after it becomes the result's policy."""
+    fine-tuned ``promote_steps`` steps; the best after it becomes the result's policy if it leads uniform by more than
+    :data:`~autoprune.search.promotion.MARGIN_SE` standard errors, else uniform does."""
     spec, k, problem = setup.spec, promotion_size(setup.spec), setup.problem
     phase(
         f"promoting the best {k} policies, uniform and global magnitude (as is and filled to the budget) to "
@@ -135,8 +136,11 @@ def promote_best(setup: Setup, result: SearchResult, phase: Callable[[str], None
     ranked = promote(result.history, problem, setup.evaluator, k, spec.promote_steps, others)
     record = [{**asdict(p), "kept": list(p.kept)} for p in ranked]
     best = ranked[0]
-    phase(f"promoted: {best.source} wins with {best.accuracy_ft:.2%} after the short fine-tune")
-    return replace(result, best_kept=np.asarray(best.kept), extra={**result.extra, "promotion": record})
+    top = max(ranked, key=lambda p: np.nan_to_num(p.accuracy_ft, nan=-1.0))
+    held = "" if top is best else f" ({top.source}'s {top.accuracy_ft:.2%} is within the held-out images' noise)"
+    phase(f"promoted: {best.source} wins with {best.accuracy_ft:.2%} after the short fine-tune{held}")
+    extra = {**result.extra, "promotion": record, "promotion_margin_se": MARGIN_SE}
+    return replace(result, best_kept=np.asarray(best.kept), extra=extra)
 
 
 def search_policy(

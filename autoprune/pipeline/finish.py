@@ -130,7 +130,8 @@ def _search_record(setup: Setup, result: SearchResult, started: float, finetuned
         "converged": result.extra.get("converged"),  # an Optuna study that ran out of new policies to propose
         "seed": spec.seed,
         "reward": result.extra.get("reward"),
-        "promotion": result.extra.get("promotion"),  # the multi-fidelity rung's candidates, best first
+        "promotion": result.extra.get("promotion"),  # the multi-fidelity rung's candidates, winner first
+        "promotion_margin_se": result.extra.get("promotion_margin_se"),  # the lead over uniform the winner needed
         "episodes": spec.episodes,
         "criterion": spec.criterion,
         "min_keep": spec.min_keep,
