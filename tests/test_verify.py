@@ -200,3 +200,41 @@ def test_after_the_device_stayed_slow_the_next_policy_is_timed_once(built, monke
     )
     assert [ch["kept"] for ch in checks] == [kept] * 3 + [floor] and device.calls == 4 and len(phases) == 2
     assert got == floor and checks[-1]["met"]  # the floor runs well under 0.8x of the unpruned model's time
+
+
+def test_a_policy_over_budget_when_measured_gives_way_to_the_rungs_choice_among_those_that_fit(built, monkeypatch):
+    """After the promotion rung, the policy tried next is the rung's choice among its candidates under the tightened
+    limit (uniform, unless another led it clearly after the short fine-tune), not the search's best by its reward."""
+    from autoprune.budget import parse_budget
+    from autoprune.cost.model import CostModel
+    from autoprune.pipeline.verify import meet_measured_latency
+    from autoprune.problem import Problem
+    from autoprune.search.baselines import uniform_kept
+    from autoprune.search.promotion import Promoted
+
+    _, pruner, model, table, full = _fitted_problem(built)
+    graph = pruner.graph
+    budget = parse_budget(f"latency={table.predictor(graph)(full) * 0.6:.3f}us")
+    problem = Problem(graph, CostModel(graph, latency=table.predictor(graph)), budget)
+    _Device(monkeypatch, problem, pruner, model, slow_calls=0)  # every model measures as its table predicts
+    uniform, floor = [int(k) for k in uniform_kept(problem)[0]], problem.floor.tolist()
+    assert uniform != floor and problem.feasible(uniform)
+    history = pd.DataFrame(
+        [  # the search's reward prefers the floor
+            {"kept": tuple(full), "latency": problem.cost(full)["latency"], "feasible": True, "reward": 0.9},
+            {"kept": tuple(floor), "latency": problem.cost(floor)["latency"], "feasible": True, "reward": 0.95},
+        ]
+    )
+
+    def verified(floor_after: float) -> list[int]:
+        rung = [  # the winner is over the limit when measured (here: the unpruned model)
+            Promoted(tuple(full), "search #1", 0.9, 0.95, 0.01),
+            Promoted(tuple(floor), "magnitude", 0.5, floor_after, 0.01),
+            Promoted(tuple(uniform), "uniform", 0.5, 0.90, 0.0),
+        ]
+        got, _, checks = meet_measured_latency(problem, history, full, pruner, model, SHAPE, table, settle=0, rung=rung)
+        assert not checks[0]["met"] and checks[-1]["met"] and checks[-1]["kept"] == got
+        return got
+
+    assert verified(floor_after=0.91) == uniform  # the floor's lead, 1 standard error, is noise
+    assert verified(floor_after=0.95) == floor  # 5 standard errors: a clear lead

@@ -22,6 +22,7 @@ from autoprune.pipeline.setup import Setup
 from autoprune.pipeline.verify import meet_measured_latency, time_pair
 from autoprune.policy import Policy
 from autoprune.search import SearchResult, uniform_kept
+from autoprune.search.promotion import Promoted
 from autoprune.version import __version__
 
 Phase = Callable[[str], None]
@@ -55,8 +56,9 @@ def finish(setup: Setup, result: SearchResult, started: float, phase: Phase) -> 
     timings, checks = None, None
     if spec.measure and setup.table is not None and "latency" in spec.budget.metrics and not setup.elsewhere:
         phase("measuring the chosen policy against the latency budget")
+        rung = [Promoted(**{**r, "kept": tuple(r["kept"])}) for r in result.extra.get("promotion") or ()]
         kept, timings, checks = meet_measured_latency(
-            problem, result.history, kept, setup.pruner, setup.net, setup.shape, setup.table, on_phase=phase
+            problem, result.history, kept, setup.pruner, setup.net, setup.shape, setup.table, on_phase=phase, rung=rung
         )
     pruned = setup.pruner.apply(kept)
     metrics, unpruned = cost_metrics(problem, kept), cost_metrics(problem, setup.graph.channels)

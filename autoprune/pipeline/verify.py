@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 import torch.nn as nn
@@ -13,6 +13,8 @@ from autoprune.cost.latency_table import LatencyTable
 from autoprune.cost.measure import Timing, device_slowdown, measure_interleaved
 from autoprune.problem import Problem
 from autoprune.prune import ChannelPruner
+from autoprune.search.baselines import uniform_kept
+from autoprune.search.promotion import Promoted, best_first
 
 
 def time_pair(
@@ -39,14 +41,17 @@ def meet_measured_latency(
     settle: int = 2,
     pause_s: float = 20.0,
     on_phase: Callable[[str], None] | None = None,
+    rung: Sequence[Promoted] = (),
 ) -> tuple[list[int], list[Timing], list[dict]]:
     """Measure the chosen policy here and, when it is over the limit, take a smaller evaluated one.
 
     A search ends at the edge of the predicted budget, where the table's few-percent error decides. So the chosen
     policy is pruned and timed here (interleaved with the unpruned model: 3 rounds of 100 runs); if it measures
-    over the limit, the table's error on this very policy becomes the margin — the best evaluated policy predicted
-    under ``limit * predicted / measured`` is tried next — up to ``tries`` times. Returns the policy, the last
-    (unpruned, pruned) timings and every check made.
+    over the limit, the table's error on this very policy becomes the margin — a policy predicted under
+    ``limit * predicted / measured`` is tried next — up to ``tries`` times. That policy is the promotion ``rung``'s
+    choice among its candidates that fit (:func:`~autoprune.search.promotion.best_first`: the uniform policy unless
+    another clearly led it after the short fine-tune), else the best evaluated policy by the search's reward. Returns
+    the policy, the last (unpruned, pruned) timings and every check made.
 
     Before a measurement over an absolute limit counts, the device must be in its table's state: when the unpruned
     model measured more than ``DEVICE_SLOWDOWN_TOLERANCE`` over the table's prediction in the same rounds
@@ -91,6 +96,10 @@ def meet_measured_latency(
         if slowdown is not None:  # it stayed slow through the pauses: time the next policy once
             settle = 0
         tighter = limit * predicted / measured
+        fits = [p for p in rung if float(problem.cost(list(p.kept))["latency"]) <= tighter]
+        if fits:
+            kept = list(best_first(fits, incumbent=tuple(int(k) for k in uniform_kept(problem)[0]))[0].kept)
+            continue
         rows = history[history["feasible"].astype(bool) & history["reward"].notna() & (history["latency"] <= tighter)]
         if rows.empty:
             break
