@@ -198,7 +198,8 @@ def test_after_the_device_stayed_slow_the_next_policy_is_timed_once(built, monke
     got, _, checks = meet_measured_latency(
         problem, history, kept, pruner, model, SHAPE, table, settle=2, pause_s=0, on_phase=phases.append
     )
-    assert [ch["kept"] for ch in checks] == [kept] * 3 + [floor] and device.calls == 4 and len(phases) == 2
+    assert [ch["kept"] for ch in checks] == [kept] * 3 + [floor] and device.calls == 4 and len(phases) == 3
+    assert all("busy or throttled" in p for p in phases[:2]) and "trying the search's best by reward" in phases[2]
     assert got == floor and checks[-1]["met"]  # the floor runs well under 0.8x of the unpruned model's time
 
 
@@ -232,9 +233,14 @@ def test_a_policy_over_budget_when_measured_gives_way_to_the_rungs_choice_among_
             Promoted(tuple(floor), "magnitude", 0.5, floor_after, 0.01),
             Promoted(tuple(uniform), "uniform", 0.5, 0.90, 0.0),
         ]
-        got, _, checks = meet_measured_latency(problem, history, full, pruner, model, SHAPE, table, settle=0, rung=rung)
+        phases: list[str] = []
+        got, _, checks = meet_measured_latency(
+            problem, history, full, pruner, model, SHAPE, table, settle=0, rung=rung, on_phase=phases.append
+        )
         assert not checks[0]["met"] and checks[-1]["met"] and checks[-1]["kept"] == got
-        return got
+        return got, phases[-1]
 
-    assert verified(floor_after=0.91) == uniform  # the floor's lead, 1 standard error, is noise
-    assert verified(floor_after=0.95) == floor  # 5 standard errors: a clear lead
+    got, said = verified(floor_after=0.91)  # the floor's lead, 1 standard error, is noise
+    assert got == uniform and "trying the rung's uniform" in said
+    got, said = verified(floor_after=0.95)  # 5 standard errors: a clear lead
+    assert got == floor and "trying the rung's magnitude" in said

@@ -97,11 +97,17 @@ def meet_measured_latency(
             settle = 0
         tighter = limit * predicted / measured
         fits = [p for p in rung if float(problem.cost(list(p.kept))["latency"]) <= tighter]
-        if fits:
-            kept = list(best_first(fits, incumbent=tuple(int(k) for k in uniform_kept(problem)[0]))[0].kept)
-            continue
         rows = history[history["feasible"].astype(bool) & history["reward"].notna() & (history["latency"] <= tighter)]
-        if rows.empty:
+        if fits:
+            chosen = best_first(fits, incumbent=tuple(int(k) for k in uniform_kept(problem)[0]))[0]
+            kept, source = list(chosen.kept), f"the rung's {chosen.source}"
+        elif not rows.empty:
+            kept, source = [int(k) for k in rows.loc[rows["reward"].idxmax(), "kept"]], "the search's best by reward"
+        else:
             break
-        kept = [int(k) for k in rows.loc[rows["reward"].idxmax(), "kept"]]
+        if on_phase is not None:
+            on_phase(
+                f"measured {measured / 1000:.2f} ms, over the limit of {limit / 1000:.2f} ms: trying {source} "
+                f"(predicted under {tighter / 1000:.2f} ms)"
+            )
     return kept, timings, checks
