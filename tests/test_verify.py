@@ -149,8 +149,8 @@ def test_a_measurement_in_a_slow_spell_is_repeated_before_it_rejects_the_policy(
 
 
 def test_a_device_that_stays_slow_is_reported_with_what_to_do(built, monkeypatch):
-    """Slow in every attempt: the policy is not met, nothing smaller was evaluated, and the verdict says why and
-    which command re-checks or re-fits the table."""
+    """Slow in every attempt of the last try: the policy is not met, and the verdict says why and which command
+    re-checks or re-fits the table."""
     from autoprune.pipeline.verify import meet_measured_latency
     from autoprune.policy import Policy
     from autoprune.report import budget_verdict
@@ -161,7 +161,7 @@ def test_a_device_that_stays_slow_is_reported_with_what_to_do(built, monkeypatch
         [{"kept": tuple(kept), "latency": problem.cost(kept)["latency"], "feasible": True, "reward": 0.9}]
     )
     got, timings, checks = meet_measured_latency(
-        problem, history, kept, pruner, model, SHAPE, table, settle=2, pause_s=0
+        problem, history, kept, pruner, model, SHAPE, table, tries=1, settle=2, pause_s=0
     )
     assert got == kept and device.calls == 3 and not any(ch["met"] for ch in checks)
     policy = Policy.from_kept(
@@ -244,3 +244,47 @@ def test_a_policy_over_budget_when_measured_gives_way_to_the_rungs_choice_among_
     assert got == uniform and "trying the rung's uniform" in said
     got, said = verified(floor_after=0.95)  # 5 standard errors: a clear lead
     assert got == floor and "trying the rung's magnitude" in said
+
+
+def test_when_nothing_evaluated_fits_the_uniform_policy_under_the_tightened_limit_is_tried(built, monkeypatch):
+    """A one-policy strategy (uniform) has no other evaluated policy to fall back on: on a device slower than its
+    table the uniform policy measures 20 % over the limit, and the uniform policy predicted under the limit tightened
+    by that error is tried and meets it."""
+    from autoprune.budget import parse_budget
+    from autoprune.cost.model import CostModel
+    from autoprune.pipeline.verify import meet_measured_latency, uniform_under
+    from autoprune.problem import Problem
+    from autoprune.search.baselines import uniform_kept
+
+    _, pruner, model, table, full = _fitted_problem(built)
+    graph = pruner.graph
+    budget = parse_budget(f"latency={table.predictor(graph)(full) * 0.6:.3f}us")
+    problem = Problem(graph, CostModel(graph, latency=table.predictor(graph)), budget)
+    uniform = [int(k) for k in uniform_kept(problem)[0]]
+    factor = 1.2 * problem.limits["latency"] / float(problem.cost(uniform)["latency"])
+    assert float(problem.cost(problem.floor)["latency"]) * factor < problem.limits["latency"]  # something fits
+    _Device(monkeypatch, problem, pruner, model, slow_calls=99, factor=factor)
+    history = pd.DataFrame(
+        [{"kept": tuple(uniform), "latency": problem.cost(uniform)["latency"], "feasible": True, "reward": 0.5}]
+    )
+    phases: list[str] = []
+    got, _, checks = meet_measured_latency(
+        problem, history, uniform, pruner, model, SHAPE, table, settle=0, on_phase=phases.append
+    )
+    assert [c["met"] for c in checks] == [False, True] and checks[0]["kept"] == uniform
+    smaller = uniform_under(problem, problem.limits["latency"] * checks[0]["predicted_us"] / checks[0]["measured_us"])
+    assert got == smaller and sum(smaller) < sum(uniform) and "trying the uniform policy" in phases[-1]
+
+
+def test_the_policy_returned_after_the_last_try_is_the_one_last_measured(built, monkeypatch):
+    """Out of tries, the policy and the timings returned are of the same policy, not of a next one left untimed."""
+    from autoprune.pipeline.verify import meet_measured_latency
+
+    problem, pruner, model, table, kept = _fitted_problem(built)
+    _Device(monkeypatch, problem, pruner, model, slow_calls=99, factor=50.0)  # nothing fits at this speed
+    history = pd.DataFrame(
+        [{"kept": tuple(kept), "latency": problem.cost(kept)["latency"], "feasible": True, "reward": 0.9}]
+    )
+    got, timings, checks = meet_measured_latency(problem, history, kept, pruner, model, SHAPE, table, tries=2, settle=0)
+    assert len(checks) == 2 and not any(c["met"] for c in checks)
+    assert got == checks[-1]["kept"] != kept and timings[1].median_us == checks[-1]["measured_us"]

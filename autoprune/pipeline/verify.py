@@ -50,8 +50,9 @@ def meet_measured_latency(
     over the limit, the table's error on this very policy becomes the margin — a policy predicted under
     ``limit * predicted / measured`` is tried next — up to ``tries`` times. That policy is the promotion ``rung``'s
     choice among its candidates that fit (:func:`~autoprune.search.promotion.best_first`: the uniform policy unless
-    another clearly led it after the short fine-tune), else the best evaluated policy by the search's reward. Returns
-    the policy, the last (unpruned, pruned) timings and every check made.
+    another clearly led it after the short fine-tune), else the best evaluated policy by the search's reward, else
+    (nothing evaluated fits) the uniform policy under that limit. Returns the policy, the last (unpruned, pruned)
+    timings and every check made.
 
     Before a measurement over an absolute limit counts, the device must be in its table's state: when the unpruned
     model measured more than ``DEVICE_SLOWDOWN_TOLERANCE`` over the table's prediction in the same rounds
@@ -62,7 +63,7 @@ def meet_measured_latency(
     c = next(c for c in problem.budget.constraints if c.metric == "latency")
     reference = float(problem.cost(problem.channels)["latency"])
     checks: list[dict] = []
-    for _ in range(tries):
+    for tried in range(1, tries + 1):
         predicted = float(problem.cost(kept)["latency"])
         model = pruner.apply(kept)
         for attempt in range(settle + 1):
@@ -91,7 +92,7 @@ def meet_measured_latency(
                     f"{pause_s:.0f} s"
                 )
             time.sleep(pause_s)
-        if met:
+        if met or tried == tries:  # the last try's policy is the one its timings are of
             break
         if slowdown is not None:  # it stayed slow through the pauses: time the next policy once
             settle = 0
@@ -103,6 +104,8 @@ def meet_measured_latency(
             kept, source = list(chosen.kept), f"the rung's {chosen.source}"
         elif not rows.empty:
             kept, source = [int(k) for k in rows.loc[rows["reward"].idxmax(), "kept"]], "the search's best by reward"
+        elif (uniform := uniform_under(problem, tighter)) != kept:  # nothing evaluated fits (uniform's own run)
+            kept, source = uniform, "the uniform policy"
         else:
             break
         if on_phase is not None:
@@ -111,3 +114,13 @@ def meet_measured_latency(
                 f"(predicted under {tighter / 1000:.2f} ms)"
             )
     return kept, timings, checks
+
+
+def uniform_under(problem: Problem, latency_us: float) -> list[int]:
+    """The uniform policy of ``problem`` predicted under ``latency_us`` (its floor when none is)."""
+    return [
+        int(k)
+        for k in uniform_kept(
+            problem, fits=lambda k: problem.feasible(k) and float(problem.cost(k)["latency"]) <= latency_us
+        )[0]
+    ]

@@ -3,7 +3,7 @@ for the network), random feasible policies, and classic per-layer sensitivity an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -13,18 +13,26 @@ from autoprune.problem import Problem
 from autoprune.search.base import SearchContext, Strategy
 
 
-def uniform_kept(problem: Problem, iterations: int = 40, fill: bool = False) -> tuple[np.ndarray, float]:
-    """The largest uniform keep ratio whose policy meets the budget, by bisection (rounding makes the cost a
-    non-decreasing step function of the ratio, so bisection finds the last feasible step). With ``fill``, the
-    budget its rounding leaves is spent on the groups then kept at the lowest ratios (:meth:`Problem.fill`): as
-    near to one ratio as whole steps allow."""
+def uniform_kept(
+    problem: Problem,
+    iterations: int = 40,
+    fill: bool = False,
+    fits: Callable[[np.ndarray], bool] | None = None,
+) -> tuple[np.ndarray, float]:
+    """The largest uniform keep ratio whose policy meets the budget (or ``fits``, a stricter test), by bisection
+    (rounding makes the cost a non-decreasing step function of the ratio, so bisection finds the last feasible
+    step; the floor when none is). With ``fill``, the budget its rounding leaves is spent on the groups then kept at
+    the lowest ratios (:meth:`Problem.fill`, which knows the budget only): as near to one ratio as whole steps allow."""
+    if fill and fits is not None:
+        raise ValueError("fill grows a policy into the problem's budget, not into a stricter test")
+    fits = fits or problem.feasible
     full = problem.ratios_to_kept(np.ones(len(problem.channels)))
-    if problem.feasible(full):
+    if fits(full):
         return full, 1.0
     lo, hi = 0.0, 1.0  # ratio lo is feasible (every group at its floor), hi is not
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        if problem.feasible(problem.ratios_to_kept(np.full(len(problem.channels), mid))):
+        if fits(problem.ratios_to_kept(np.full(len(problem.channels), mid))):
             lo = mid
         else:
             hi = mid
