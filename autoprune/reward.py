@@ -55,7 +55,7 @@ class Evaluation:
     phases: dict[str, float] = field(default_factory=dict)  # apply, finetune, recalibrate, evaluate (seconds)
     cached: bool = False
     distill_loss: float | None = None  # None: replayed from a journal written before it was recorded
-    correct: np.ndarray | None = None  # per held-out image, right or not (None: replayed from a journal)
+    correct: np.ndarray | None = None  # per held-out image, right or not (None: replayed, or outputs not finite)
 
     @property
     def seconds(self) -> float:
