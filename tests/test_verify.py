@@ -75,10 +75,14 @@ class _Device:
     what :func:`~autoprune.pipeline.verify.meet_measured_latency` does with the timings; timing noise on a shared CI
     machine must not decide it (real timing: :func:`test_a_policy_over_budget_when_measured_is_replaced`)."""
 
-    def __init__(self, monkeypatch, problem, pruner, net, slow_calls: int, factor: float = 3.0):
+    def __init__(
+        self, monkeypatch, problem, pruner, net, slow_calls: int, factor: float = 3.0, pruned_factor: float = 0.0
+    ):
         import autoprune.pipeline.verify as verify
 
         self.calls, self.slow_calls, self.factor, self.problem = 0, slow_calls, factor, problem
+        self.pruned_factor = pruned_factor or factor  # a slow spell slows a small model more than the unpruned one
+        self.net = net
         self.kept_of = {id(net): problem.channels.tolist()}
         apply = pruner.apply
 
@@ -92,9 +96,10 @@ class _Device:
 
     def measure(self, models, *args, **kwargs) -> list[Timing]:
         self.calls += 1
-        factor = self.factor if self.calls <= self.slow_calls else 1.0
+        slow = self.calls <= self.slow_calls
         out = []
         for m in models:
+            factor = (self.factor if m is self.net else self.pruned_factor) if slow else 1.0
             us = float(self.problem.cost(self.kept_of[id(m)])["latency"]) * factor
             out.append(Timing(us, us, us, 100))
         return out
@@ -146,6 +151,31 @@ def test_a_measurement_in_a_slow_spell_is_repeated_before_it_rejects_the_policy(
     verdict = budget_verdict(policy)
     assert "**met**" in verdict and "1 of 2 measurements over the budget found the device slow" in verdict
     assert "so they were repeated" in verdict
+
+
+def test_a_relative_budget_also_waits_out_a_slow_spell(built, monkeypatch):
+    """Timing the pruned model beside the unpruned one does not cancel a slow spell: it slows the small model more
+    (measured: 0.57 of the unpruned model's time in a busy sitting, 0.47 idle). A policy 10 % under ``latency=P%``
+    when the device is in its table's state, measured over it in a spell, is measured again, not replaced."""
+    from autoprune.budget import parse_budget
+    from autoprune.pipeline.verify import meet_measured_latency, uniform_under
+    from autoprune.problem import Problem
+
+    problem, pruner, model, table, _ = _fitted_problem(built)
+    reference = float(problem.cost(problem.channels)["latency"])
+    kept = uniform_under(problem, 0.5 * reference)
+    share = 1.1 * float(problem.cost(kept)["latency"]) / reference
+    problem = Problem(problem.graph, problem.cost, parse_budget(f"latency={100 * share:.4f}%"))
+    device = _Device(monkeypatch, problem, pruner, model, slow_calls=1, factor=1.4, pruned_factor=1.4 * 1.25)
+    history = pd.DataFrame(
+        [{"kept": tuple(kept), "latency": problem.cost(kept)["latency"], "feasible": True, "reward": 0.9}]
+    )
+    phases = []
+    got, _, checks = meet_measured_latency(
+        problem, history, kept, pruner, model, SHAPE, table, pause_s=0, on_phase=phases.append
+    )
+    assert got == kept and device.calls == 2 and [ch["met"] for ch in checks] == [False, True]
+    assert len(phases) == 1 and "busy or throttled" in phases[0]
 
 
 def test_a_device_that_stays_slow_is_reported_with_what_to_do(built, monkeypatch):

@@ -54,11 +54,15 @@ def meet_measured_latency(
     (nothing evaluated fits) the uniform policy under that limit. Returns the policy, the last (unpruned, pruned)
     timings and every check made.
 
-    Before a measurement over an absolute limit counts, the device must be in its table's state: when the unpruned
-    model measured more than ``DEVICE_SLOWDOWN_TOLERANCE`` over the table's prediction in the same rounds
+    Before a measurement over the limit counts, the device must be in its table's state: when the unpruned model
+    measured more than ``DEVICE_SLOWDOWN_TOLERANCE`` over the table's prediction in the same rounds
     (:func:`~autoprune.cost.measure.device_slowdown`), the pair is measured again after ``pause_s`` seconds, up to
     ``settle`` times (a slow spell of a shared machine passes; a device that stays slower is a device whose policy
-    must shrink, and then it does). Every measurement is recorded, with the unpruned model's time beside it.
+    must shrink, and then it does). This holds for a relative limit (``latency=50%``) too: interleaving does not
+    cancel a slow spell, which slows a small model more than a large one (measured on the compact model: its
+    ``latency=50%`` uniform policy ran at 0.57 and 0.58 of the unpruned model's time in two sittings where the
+    unpruned model ran 36-41 % over its table, at 0.47 where it ran 5 % over). Every measurement is recorded, with
+    the unpruned model's time beside it.
     """
     c = next(c for c in problem.budget.constraints if c.metric == "latency")
     reference = float(problem.cost(problem.channels)["latency"])
@@ -83,7 +87,7 @@ def meet_measured_latency(
                     "met": met,
                 }
             )
-            if met or c.relative or slowdown is None or attempt >= settle:
+            if met or slowdown is None or attempt >= settle:
                 break
             if on_phase is not None:
                 on_phase(
