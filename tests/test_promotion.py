@@ -38,9 +38,20 @@ def test_other_baselines_join_the_candidates_once():
     kept = problem.ratios_to_kept(np.full(len(problem.channels), 0.3))
     history = pd.DataFrame({"kept": [list(kept)], "reward": [0.4], "feasible": [True]})
     other = problem.ratios_to_kept(np.full(len(problem.channels), 0.2))
-    picked = candidates(history, problem, k=1, others={"magnitude": other, "again": kept})
-    assert [source for _, source in picked] == ["search #1", "uniform", "magnitude"]  # "again" is search #1
-    assert picked[2][0] == tuple(other)
+    picked = candidates(history, problem, k=1, others={"magnitude": other, "again": kept, "twice": other})
+    assert [source for _, source in picked] == ["again", "uniform", "magnitude"]  # the search found "again"
+    assert picked[0][0] == tuple(kept) and picked[2][0] == tuple(other)
+
+
+def test_a_searched_policy_that_is_uniform_is_named_uniform():
+    """The rung compares every candidate with the uniform policy: found by the search too, it is one candidate,
+    named uniform, so the report's lead column has its reference."""
+    problem = tiny_problem("flops=50%")
+    uniform = tuple(int(x) for x in uniform_kept(problem)[0])
+    other = problem.ratios_to_kept(np.full(len(problem.channels), 0.3))
+    history = pd.DataFrame({"kept": [list(uniform), list(other)], "reward": [0.6, 0.5], "feasible": [True, True]})
+    picked = candidates(history, problem, k=2)
+    assert picked == [(uniform, "uniform"), (tuple(other), "search #2")]
 
 
 def _scores(problem, important: int) -> list[np.ndarray]:

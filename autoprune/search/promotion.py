@@ -49,20 +49,16 @@ def candidates(
     history: pd.DataFrame, problem: Problem, k: int, others: dict[str, Sequence[int]] | None = None
 ) -> list[tuple[tuple[int, ...], str]]:
     """The ``k`` best distinct feasible policies of ``history`` by reward, then the uniform policy and ``others``
-    (name -> kept), each once."""
+    (name -> kept), each once. A searched policy that is one of those baselines is named after it (the first name
+    that has its widths), so the rung and its report compare the uniform policy with itself under one name."""
+    named: dict[tuple[int, ...], str] = {}
+    for source, kept in {"uniform": uniform_kept(problem)[0], **(others or {})}.items():
+        named.setdefault(tuple(int(c) for c in kept), source)
     rows = history[history["feasible"].astype(bool)] if "feasible" in history else history
     rows = rows[np.isfinite(rows["reward"].astype(float))].sort_values("reward", ascending=False, kind="stable")
-    picked: list[tuple[tuple[int, ...], str]] = []
-    for kept in rows["kept"]:
-        key = tuple(int(c) for c in kept)
-        if key not in (p for p, _ in picked):
-            picked.append((key, f"search #{len(picked) + 1}"))
-        if len(picked) == k:
-            break
-    for source, kept in {"uniform": uniform_kept(problem)[0], **(others or {})}.items():
-        key = tuple(int(c) for c in kept)
-        if key not in (p for p, _ in picked):
-            picked.append((key, source))
+    searched = list(dict.fromkeys(tuple(int(c) for c in kept) for kept in rows["kept"]))[:k]
+    picked = [(key, named.get(key, f"search #{rank}")) for rank, key in enumerate(searched, 1)]
+    picked += [(key, source) for key, source in named.items() if key not in searched]
     return picked
 
 
@@ -76,10 +72,11 @@ def promote(
     margin: float = MARGIN_SE,
 ) -> list[Promoted]:
     """Fine-tune each candidate ``steps`` steps and score it; returns them winner first (:func:`best_first`)."""
-    uniform = tuple(int(c) for c in uniform_kept(problem)[0])
+    picked = candidates(history, problem, k, others)
+    uniform = next(kept for kept, source in picked if source == "uniform")
     baseline = evaluator.evaluate(uniform, finetune_steps=steps).correct
     out = []
-    for kept, source in candidates(history, problem, k, others):
+    for kept, source in picked:
         before = evaluator.evaluate(kept).accuracy
         after = evaluator.evaluate(kept, finetune_steps=steps)
         out.append(Promoted(kept, source, before, after.accuracy, paired_standard_error(after.correct, baseline)))
