@@ -204,7 +204,7 @@ def search(
         f"search's best by its reward; default: {DEFAULT_PROMOTE} when "
         "the winner is fine-tuned and the strategy searches, else 0)",
     ),
-    promote_steps: int = typer.Option(200, help="SGD steps of that short fine-tune"),
+    promote_steps: int = typer.Option(200, help="SGD steps of that short fine-tune (at most the final fine-tune's)"),
     sampler: str | None = typer.Option(None, help="optuna sampler: " + " | ".join(SAMPLERS)),
     option: list[str] = typer.Option([], "--option", help="strategy option KEY=VALUE (repeatable)"),
     table: Path | None = typer.Option(None, help="latency table; built for this device when a latency budget has none"),

@@ -16,9 +16,15 @@ import torch.nn as nn
 from autoprune.compute import CPU, Compute
 from autoprune.data import DataBundle
 from autoprune.distributed import SINGLE, World
-from autoprune.training import TrainConfig, TrainLog, train
+from autoprune.training import TrainConfig, TrainLog, total_steps, train
 
 DEFAULT_FINETUNE_LR = 0.01
+FINETUNE_BATCH_SIZE = 128
+
+
+def finetune_steps(data: DataBundle, epochs: float, batch_size: int = FINETUNE_BATCH_SIZE) -> int:
+    """The SGD steps :func:`finetune` makes in ``epochs`` over ``data.train``."""
+    return total_steps(len(data.train), TrainConfig(epochs=epochs, batch_size=batch_size))
 
 
 def finetune(
@@ -28,7 +34,7 @@ def finetune(
     epochs: float = 1.0,
     lr: float = DEFAULT_FINETUNE_LR,
     teacher: nn.Module | None = None,
-    batch_size: int = 128,
+    batch_size: int = FINETUNE_BATCH_SIZE,
     seed: int = 0,
     kd_alpha: float = 0.9,
     kd_temperature: float = 4.0,

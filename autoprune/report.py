@@ -199,7 +199,9 @@ def render(run_dir: str | Path, policy: Policy | None = None, history: pd.DataFr
             f"Fine-tuned {ft.get('epochs')} epoch(s) at lr {ft.get('lr')}"
             f"{' with distillation from the unpruned model' if ft.get('kd') else ''}.",
         ]
-    lines += promotion_lines(policy.search.get("promotion"), policy.search.get("promotion_margin_se"))
+    lines += promotion_lines(
+        policy.search.get("promotion"), policy.search.get("promotion_margin_se"), policy.search.get("promotion_steps")
+    )
     lines += ["", "## Plots", ""]
     lines += [f"### {title}\n\n![{title}]({name})\n" for title, name in plots]
     lines += ["## Kept channels", "", "| group | channels | kept | ratio |", "|---|---:|---:|---:|"]
@@ -211,10 +213,10 @@ def render(run_dir: str | Path, policy: Policy | None = None, history: pd.DataFr
     return out
 
 
-def promotion_lines(rung: list[dict] | None, margin_se: float | None = None) -> list[str]:
+def promotion_lines(rung: list[dict] | None, margin_se: float | None = None, steps: int | None = None) -> list[str]:
     """The promotion rung's candidates, winner first, as a section: where the winner came from and why it won
     (``margin_se``: the lead over uniform, in standard errors, the winner needed; None: a policy written before the
-    rung asked for one, whose winner was the best)."""
+    rung asked for one, whose winner was the best; ``steps``: the short fine-tune's length, when recorded)."""
     if not rung:
         return []
     rule = (
@@ -227,8 +229,9 @@ def promotion_lines(rung: list[dict] | None, margin_se: float | None = None) -> 
         "",
         "## How the winner was chosen",
         "",
-        "The search's best policies and the baselines it must beat each got a short distilled fine-tune. "
-        f"{rule} (a baseline on a tie). `filled`: grown into the budget whole channel blocks leave unspent.",
+        "The search's best policies and the baselines it must beat each got a short distilled fine-tune"
+        + (f" ({steps} step{'s' if steps != 1 else ''}). " if steps else ". ")
+        + f"{rule} (a baseline on a tie). `filled`: grown into the budget whole channel blocks leave unspent.",
         "",
         "| candidate | held-out accuracy, recalibrated | after the short fine-tune | − uniform (s.e.) |",
         "|---|---:|---:|---:|",

@@ -41,6 +41,13 @@ class TrainConfig:
     resume: bool = False  # continue from ``checkpoint`` when it exists
 
 
+def total_steps(images: int, config: TrainConfig) -> int:
+    """The SGD steps ``config`` makes over ``images`` training images: its (fractional) epochs of whole batches,
+    rounded, at least one, at most ``max_steps``."""
+    steps = max(1, int(round(config.epochs * -(-images // config.batch_size))))
+    return steps if config.max_steps is None else min(steps, config.max_steps)
+
+
 @dataclass
 class TrainLog:
     losses: list[float] = field(default_factory=list)
@@ -79,10 +86,7 @@ def train(
         raise UserError("epochs and learning rate must be positive")
     if world.distributed and config.batch_size < world.size:
         raise UserError(f"--batch-size {config.batch_size} is smaller than the {world.size} processes sharing it")
-    steps_per_epoch = -(-len(split) // config.batch_size)
-    total = max(1, int(round(config.epochs * steps_per_epoch)))
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
+    total = total_steps(len(split), config)
     with placed(model, compute) as net, placed(teacher, compute) if teacher is not None else nullcontext() as tnet:
         opt, sched = _optimizer(net, config, total)
         scaler = compute.grad_scaler()

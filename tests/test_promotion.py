@@ -215,6 +215,18 @@ def test_a_promoted_search_writes_the_winner_and_the_rung(tmp_path):
     assert f"more than {MARGIN_SE:g} standard errors" in report
 
 
+def test_the_rung_fine_tunes_no_longer_than_the_final_fine_tune(tmp_path):
+    """The rung predicts the final fine-tune: 0.01 epochs of a few hundred images is one step, so the rung's
+    fine-tunes are one step too, not ``--promote-steps``' 200."""
+    api.search(
+        "resnet20", "synthetic:256", "flops=50%", strategy="random", episodes=2, promote=1, promote_steps=200,
+        input_shape=(4, 3, 16, 16), held_out=32, finetune_epochs=0.01, measure=False, out=tmp_path / "run",
+    )  # fmt: skip
+    policy = json.loads((tmp_path / "run" / "policy.json").read_text())
+    assert policy["search"]["promotion_steps"] == 1
+    assert "got a short distilled fine-tune (1 step)." in (tmp_path / "run" / "report.md").read_text()
+
+
 def test_by_default_a_search_that_fine_tunes_its_winner_promotes_and_others_do_not():
     def size(strategy: str, finetune_epochs: float, **settings) -> int:
         spec = RunSpec.create("flops=50%", "resnet20", strategy=strategy, finetune_epochs=finetune_epochs, **settings)

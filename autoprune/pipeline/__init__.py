@@ -22,6 +22,7 @@ import torch.nn as nn
 from autoprune.data import DataBundle
 from autoprune.distributed import launched
 from autoprune.errors import UserError
+from autoprune.finetune import finetune_steps
 from autoprune.pipeline.finish import finish
 from autoprune.pipeline.run_dir import save_interrupted, write_run_dir
 from autoprune.pipeline.setup import Setup, prepare
@@ -118,28 +119,39 @@ def promotion_size(spec: RunSpec) -> int:
     return DEFAULT_PROMOTE if searches and spec.finetune_epochs > 0 else 0
 
 
+def promotion_steps(setup: Setup) -> int:
+    """The rung's fine-tune steps: ``--promote-steps``, or the final fine-tune's length when that is shorter (the
+    rung predicts the final fine-tune; a longer one would rank by a recovery the winner never gets, at more cost
+    than the fine-tune it predicts)."""
+    spec = setup.spec
+    if setup.bundle is None or spec.finetune_epochs <= 0:
+        return spec.promote_steps
+    return min(spec.promote_steps, finetune_steps(setup.bundle, spec.finetune_epochs))
+
+
 def promote_best(setup: Setup, result: SearchResult, phase: Callable[[str], None]) -> SearchResult:
     """The multi-fidelity rung (:mod:`autoprune.search.promotion`): the search's best ``promote`` policies, the uniform
     one and global magnitude pruning's, and those two grown into the budget their whole steps leave (``fill``),
     fine-tuned ``promote_steps`` steps; the best after it becomes the result's policy if it leads uniform by more than
     :data:`~autoprune.search.promotion.MARGIN_SE` standard errors, else uniform does."""
     spec, k, problem = setup.spec, promotion_size(setup.spec), setup.problem
+    steps = promotion_steps(setup)
     phase(
         f"promoting the best {k} policies, uniform and global magnitude (as is and filled to the budget) to "
-        f"{spec.promote_steps} fine-tune steps each"
+        f"{steps} fine-tune steps each" + (" (the final fine-tune's length)" if steps < spec.promote_steps else "")
     )
     others = {
         "magnitude": magnitude_kept(problem, problem.importance),  # what --strategy magnitude evaluates
         "uniform+fill": uniform_kept(problem, fill=True)[0],
         "magnitude+fill": magnitude_kept(problem, problem.importance, fill=True),
     }
-    ranked = promote(result.history, problem, setup.evaluator, k, spec.promote_steps, others)
+    ranked = promote(result.history, problem, setup.evaluator, k, steps, others)
     record = [{**asdict(p), "kept": list(p.kept)} for p in ranked]
     best = ranked[0]
     top = max(ranked, key=lambda p: np.nan_to_num(p.accuracy_ft, nan=-1.0))
     held = "" if top is best else f" ({top.source}'s {top.accuracy_ft:.2%} is within the held-out images' noise)"
     phase(f"promoted: {best.source} wins with {best.accuracy_ft:.2%} after the short fine-tune{held}")
-    extra = {**result.extra, "promotion": record, "promotion_margin_se": MARGIN_SE}
+    extra = {**result.extra, "promotion": record, "promotion_margin_se": MARGIN_SE, "promotion_steps": steps}
     return replace(result, best_kept=np.asarray(best.kept), extra=extra)
 
 

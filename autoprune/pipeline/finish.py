@@ -134,6 +134,7 @@ def _search_record(setup: Setup, result: SearchResult, started: float, finetuned
         "reward": result.extra.get("reward"),
         "promotion": result.extra.get("promotion"),  # the multi-fidelity rung's candidates, winner first
         "promotion_margin_se": result.extra.get("promotion_margin_se"),  # the lead over uniform the winner needed
+        "promotion_steps": result.extra.get("promotion_steps"),  # its fine-tune: at most the final one's length
         "episodes": spec.episodes,
         "criterion": spec.criterion,
         "min_keep": spec.min_keep,
