@@ -931,21 +931,25 @@ def plot(means: pd.DataFrame, png: Path) -> None:
     for i, model in enumerate(models):
         for j, metric in enumerate(metrics):
             ax, sub = axes[i][j], means[(means["model"] == model) & (means["metric"] == metric)]
+            if sub.empty:  # this model has no cell at this metric's budgets yet
+                ax.set_title(f"{model}, {metric} budgets: no cell yet")
+                ax.axis("off")
+                continue
             for k, strategy in enumerate(strategies):
                 r = sub[sub["strategy"] == strategy].sort_values("share")
                 if r.empty:
                     continue
                 dx = (k - (len(strategies) - 1) / 2) * 0.3  # side by side, so the error bars do not hide each other
                 ax.errorbar(r["share"] + dx, r["acc"], yerr=r["acc_std"], marker="o", capsize=3, label=strategy)
-            if not sub.empty:
-                unpruned = sub["unpruned"].mean()
-                ax.axhline(unpruned, color="black", linestyle="--", linewidth=1, label=f"unpruned {unpruned:.2f}")
-                ax.axhline(unpruned - WITHIN_POINTS, color="grey", linestyle=":", linewidth=1, label="unpruned − 1")
+            unpruned = sub["unpruned"].mean()
+            ax.axhline(unpruned, color="black", linestyle="--", linewidth=1, label=f"unpruned {unpruned:.2f}")
+            ax.axhline(unpruned - WITHIN_POINTS, color="grey", linestyle=":", linewidth=1, label="unpruned − 1")
             ax.set_title(f"{model}, {metric} budgets")
             ax.set_xlabel(
                 f"{metric} budget (% of the unpruned model{', measured here' if metric == 'latency' else ''})"
             )
             ax.set_ylabel("test accuracy after fine-tune (%)")
+            ax.tick_params(labelleft=True)  # a shared y axis labels only the first panel, which may be empty
             ax.set_xticks(sorted(sub["share"].unique()))
             ax.set_xlim(sub["share"].max() + 3, sub["share"].min() - 3)  # tighter budgets to the right
             ax.grid(alpha=0.3)
