@@ -320,8 +320,9 @@ def budget_verdict(policy: Policy) -> str | None:
     if measured_policies > 1:
         parts.append(
             f"the searched policy measured {format_cost('latency', checks[0]['measured_us'])} (over the "
-            f"budget), so the best evaluated policy under a limit tightened by the table's error on it was "
-            f"taken ({measured_policies} policies measured)"
+            f"budget), so a smaller policy was taken (the rung's choice, else the search's best, else uniform, under "
+            f"a limit set by the table's error on it; {measured_policies} policies measured, in `policy.json` "
+            "`latency_checks`)"
         )
     slow = [
         device_slowdown(ch["unpruned_measured_us"], ch["unpruned_predicted_us"])
@@ -336,7 +337,7 @@ def budget_verdict(policy: Policy) -> str | None:
             f"up to {max(slow):.2f}x its table's prediction)"
             + (
                 ", so they were repeated"
-                if checks[-1]["met"]
+                if any(ch["met"] for ch in checks)  # the policy kept is the last that met
                 else f" and it stayed so: re-check when it is quiet (`autoprune latency-table validate --table {table} "
                 f"--budget {policy.budget}`), or re-fit the table to it (`autoprune latency-table anchor --table "
                 f"{table}`) and search again"

@@ -76,12 +76,21 @@ class _Device:
     machine must not decide it (real timing: :func:`test_a_policy_over_budget_when_measured_is_replaced`)."""
 
     def __init__(
-        self, monkeypatch, problem, pruner, net, slow_calls: int, factor: float = 3.0, pruned_factor: float = 0.0
+        self,
+        monkeypatch,
+        problem,
+        pruner,
+        net,
+        slow_calls: int,
+        factor: float = 3.0,
+        pruned_factor: float = 0.0,
+        table_error=None,
     ):
         import autoprune.pipeline.verify as verify
 
         self.calls, self.slow_calls, self.factor, self.problem = 0, slow_calls, factor, problem
         self.pruned_factor = pruned_factor or factor  # a slow spell slows a small model more than the unpruned one
+        self.table_error = table_error  # predicted us -> measured / predicted of a pruned model, always
         self.net = net
         self.kept_of = {id(net): problem.channels.tolist()}
         apply = pruner.apply
@@ -101,6 +110,8 @@ class _Device:
         for m in models:
             factor = (self.factor if m is self.net else self.pruned_factor) if slow else 1.0
             us = float(self.problem.cost(self.kept_of[id(m)])["latency"]) * factor
+            if self.table_error is not None and m is not self.net:
+                us *= self.table_error(us / factor)
             out.append(Timing(us, us, us, 100))
         return out
 
@@ -226,7 +237,7 @@ def test_after_the_device_stayed_slow_the_next_policy_is_timed_once(built, monke
     )
     phases = []
     got, _, checks = meet_measured_latency(
-        problem, history, kept, pruner, model, SHAPE, table, settle=2, pause_s=0, on_phase=phases.append
+        problem, history, kept, pruner, model, SHAPE, table, tries=2, settle=2, pause_s=0, on_phase=phases.append
     )
     assert [ch["kept"] for ch in checks] == [kept] * 3 + [floor] and device.calls == 4 and len(phases) == 3
     assert all("busy or throttled" in p for p in phases[:2]) and "trying the search's best by reward" in phases[2]
@@ -268,6 +279,7 @@ def test_a_policy_over_budget_when_measured_gives_way_to_the_rungs_choice_among_
             problem, history, full, pruner, model, SHAPE, table, settle=0, rung=rung, on_phase=phases.append
         )
         assert not checks[0]["met"] and checks[-1]["met"] and checks[-1]["kept"] == got
+        assert len(checks) == 2  # far under the limit, yet under a looser one the rung would choose the same
         return got, phases[-1]
 
     got, said = verified(floor_after=0.91)  # the floor's lead, 1 standard error, is noise
@@ -299,7 +311,7 @@ def test_when_nothing_evaluated_fits_the_uniform_policy_under_the_tightened_limi
     )
     phases: list[str] = []
     got, _, checks = meet_measured_latency(
-        problem, history, uniform, pruner, model, SHAPE, table, settle=0, on_phase=phases.append
+        problem, history, uniform, pruner, model, SHAPE, table, tries=2, settle=0, on_phase=phases.append
     )
     assert [c["met"] for c in checks] == [False, True] and checks[0]["kept"] == uniform
     smaller = uniform_under(problem, problem.limits["latency"] * checks[0]["predicted_us"] / checks[0]["measured_us"])
@@ -318,3 +330,70 @@ def test_the_policy_returned_after_the_last_try_is_the_one_last_measured(built, 
     got, timings, checks = meet_measured_latency(problem, history, kept, pruner, model, SHAPE, table, tries=2, settle=0)
     assert len(checks) == 2 and not any(c["met"] for c in checks)
     assert got == checks[-1]["kept"] != kept and timings[1].median_us == checks[-1]["measured_us"]
+
+
+def _over_by_the_table(built, monkeypatch, wrong_from: str):
+    """An absolute budget at 0.6 of the unpruned model's prediction; the search's policies: its best by reward at
+    the limit (``first``), a smaller one (``small``, predicted under a third of the limit) and one between them
+    (``between``, predicted between a third of the limit and halfway from ``small`` to ``first``); and a device where
+    the table is right except on policies predicted from ``wrong_from``'s prediction up, which measure 3x (as widths
+    off the device's channel block did on ResNet-20 at ``latency=35%``)."""
+    from autoprune.budget import parse_budget
+    from autoprune.cost.model import CostModel
+    from autoprune.pipeline.verify import uniform_under
+    from autoprune.problem import Problem
+    from autoprune.search.baselines import uniform_kept
+
+    _, pruner, model, table, full = _fitted_problem(built)
+    graph = pruner.graph
+    limit = table.predictor(graph)(full) * 0.6
+    problem = Problem(graph, CostModel(graph, latency=table.predictor(graph)), parse_budget(f"latency={limit:.3f}us"))
+    limit = problem.limits["latency"]
+
+    def cost(kept) -> float:
+        return float(problem.cost(kept)["latency"])
+
+    first = [int(k) for k in uniform_kept(problem)[0]]
+    small = uniform_under(problem, limit / 3)
+    between = uniform_under(problem, (cost(small) + cost(first)) / 2)
+    assert cost(small) <= limit / 3 < cost(between) < cost(first) <= limit  # the table built here allows it
+    policies = {"first": first, "small": small, "between": between}
+    threshold = cost(policies[wrong_from]) * 0.999
+    _Device(monkeypatch, problem, pruner, model, slow_calls=0, table_error=lambda us: 3 if us >= threshold else 1)
+    history = pd.DataFrame(
+        [
+            {"kept": tuple(kept), "latency": cost(kept), "feasible": True, "reward": reward}
+            for kept, reward in ((first, 0.9), (small, 0.5), (between, 0.7))
+        ]
+    )
+    return problem, pruner, model, table, policies, history
+
+
+def test_a_policy_far_under_the_limit_after_the_table_erred_gives_way_to_a_larger_one(built, monkeypatch):
+    """Tightening by the table's error on the policy over the limit assumed the same error everywhere; the smaller
+    policy then measured far under the limit. The try left goes to the same choice under a limit halfway between
+    the two predictions, which meets the limit and is kept."""
+    from autoprune.pipeline.verify import meet_measured_latency
+
+    problem, pruner, model, table, policies, history = _over_by_the_table(built, monkeypatch, wrong_from="first")
+    phases: list[str] = []
+    got, timings, checks = meet_measured_latency(
+        problem, history, policies["first"], pruner, model, SHAPE, table, settle=0, on_phase=phases.append
+    )
+    assert [c["kept"] for c in checks] == [policies["first"], policies["small"], policies["between"]]
+    assert [c["met"] for c in checks] == [False, True, True]
+    assert got == policies["between"] and timings[1].median_us == checks[2]["measured_us"]
+    assert "under the limit" in phases[-1] and "trying the search's best by reward" in phases[-1]
+
+
+def test_a_larger_try_that_measures_over_the_limit_leaves_the_policy_that_met(built, monkeypatch):
+    """The policy halfway is over the limit too (the table errs on it as well): the result is the smaller policy
+    that met, with its own timings, not the last one measured."""
+    from autoprune.pipeline.verify import meet_measured_latency
+
+    problem, pruner, model, table, policies, history = _over_by_the_table(built, monkeypatch, wrong_from="between")
+    got, timings, checks = meet_measured_latency(
+        problem, history, policies["first"], pruner, model, SHAPE, table, settle=0
+    )
+    assert [c["met"] for c in checks] == [False, True, False]
+    assert got == policies["small"] and timings[1].median_us == checks[1]["measured_us"]
