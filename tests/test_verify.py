@@ -247,6 +247,7 @@ def test_after_the_device_stayed_slow_the_next_policy_is_timed_once(built, monke
 def test_a_policy_over_budget_when_measured_gives_way_to_the_rungs_choice_among_those_that_fit(built, monkeypatch):
     """After the promotion rung, the policy tried next is the rung's choice among its candidates under the tightened
     limit (uniform, unless another led it clearly after the short fine-tune), not the search's best by its reward."""
+    import autoprune.pipeline.verify as verify
     from autoprune.budget import parse_budget
     from autoprune.cost.model import CostModel
     from autoprune.pipeline.verify import meet_measured_latency
@@ -259,6 +260,7 @@ def test_a_policy_over_budget_when_measured_gives_way_to_the_rungs_choice_among_
     budget = parse_budget(f"latency={table.predictor(graph)(full) * 0.6:.3f}us")
     problem = Problem(graph, CostModel(graph, latency=table.predictor(graph)), budget)
     _Device(monkeypatch, problem, pruner, model, slow_calls=0)  # every model measures as its table predicts
+    monkeypatch.setattr(verify, "STEP_MARGIN", 0.0)  # so uniform, at the limit, is under the tightened one
     uniform, floor = [int(k) for k in uniform_kept(problem)[0]], problem.floor.tolist()
     assert uniform != floor and problem.feasible(uniform)
     history = pd.DataFrame(
@@ -294,7 +296,7 @@ def test_when_nothing_evaluated_fits_the_uniform_policy_under_the_tightened_limi
     by that error is tried and meets it."""
     from autoprune.budget import parse_budget
     from autoprune.cost.model import CostModel
-    from autoprune.pipeline.verify import meet_measured_latency, uniform_under
+    from autoprune.pipeline.verify import STEP_MARGIN, meet_measured_latency, uniform_under
     from autoprune.problem import Problem
     from autoprune.search.baselines import uniform_kept
 
@@ -314,7 +316,8 @@ def test_when_nothing_evaluated_fits_the_uniform_policy_under_the_tightened_limi
         problem, history, uniform, pruner, model, SHAPE, table, tries=2, settle=0, on_phase=phases.append
     )
     assert [c["met"] for c in checks] == [False, True] and checks[0]["kept"] == uniform
-    smaller = uniform_under(problem, problem.limits["latency"] * checks[0]["predicted_us"] / checks[0]["measured_us"])
+    error = checks[0]["predicted_us"] / checks[0]["measured_us"]
+    smaller = uniform_under(problem, problem.limits["latency"] * error * (1 - STEP_MARGIN))
     assert got == smaller and sum(smaller) < sum(uniform) and "trying the uniform policy" in phases[-1]
 
 
@@ -340,7 +343,7 @@ def _over_by_the_table(built, monkeypatch, wrong_from: str):
     off the device's channel block did on ResNet-20 at ``latency=35%``)."""
     from autoprune.budget import parse_budget
     from autoprune.cost.model import CostModel
-    from autoprune.pipeline.verify import uniform_under
+    from autoprune.pipeline.verify import STEP_MARGIN, uniform_under
     from autoprune.problem import Problem
     from autoprune.search.baselines import uniform_kept
 
@@ -354,9 +357,9 @@ def _over_by_the_table(built, monkeypatch, wrong_from: str):
         return float(problem.cost(kept)["latency"])
 
     first = [int(k) for k in uniform_kept(problem)[0]]
-    small = uniform_under(problem, limit / 3)
+    small = uniform_under(problem, limit / 3 * (1 - STEP_MARGIN))  # a step down from 3x over
     between = uniform_under(problem, (cost(small) + cost(first)) / 2)
-    assert cost(small) <= limit / 3 < cost(between) < cost(first) <= limit  # the table built here allows it
+    assert cost(small) <= limit / 3 * (1 - STEP_MARGIN) < cost(between) < cost(first) <= limit  # the table allows it
     policies = {"first": first, "small": small, "between": between}
     threshold = cost(policies[wrong_from]) * 0.999
     _Device(monkeypatch, problem, pruner, model, slow_calls=0, table_error=lambda us: 3 if us >= threshold else 1)
