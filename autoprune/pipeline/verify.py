@@ -62,15 +62,15 @@ def meet_measured_latency(
     A search ends at the edge of the predicted budget, where the table's few-percent error decides. So the chosen
     policy is pruned and timed here (interleaved with the unpruned model: 3 rounds of 100 runs); if it measures
     over the limit, the table's error on this very policy becomes the margin — a policy predicted under
-    ``limit * predicted / measured``, less :data:`STEP_MARGIN` for the timing noise, is tried next — up to ``tries``
-    measurements in all. That policy is the
-    promotion ``rung``'s choice among its candidates that fit (:func:`~autoprune.search.promotion.best_first`: the
-    uniform policy unless another clearly led it after the short fine-tune), else the best evaluated policy by the
-    search's reward, else (nothing evaluated fits) the uniform policy under that limit. When a smaller policy then
-    measures more than :data:`CLIMB_SLACK` under the limit, the table's error was the larger policy's own, and a
-    try left goes to the same choice under a limit halfway between the two predictions (bisection), if that
-    choice differs. Returns the last policy that met the limit (else the last one measured), its (unpruned,
-    pruned) timings and every check made.
+    ``limit * predicted / measured``, less :data:`STEP_MARGIN` for the timing noise, is tried next — up to
+    ``tries`` policies in all. That policy is the promotion ``rung``'s choice among its candidates that fit
+    (:func:`~autoprune.search.promotion.best_first`: the uniform policy unless another clearly led it after the
+    short fine-tune), else the best evaluated policy by the search's reward, else (nothing evaluated fits) the
+    uniform policy under that limit (:func:`next_policy`). When a smaller policy then measures more than
+    :data:`CLIMB_SLACK` under the limit, the first measurement's error (the table's on that policy, or the
+    timing's) did not carry over, and a try left goes to the same choice under a limit halfway between the two
+    predictions (bisection), if that choice differs. Returns the last policy that met the limit (else the last one
+    measured), its (unpruned, pruned) timings and every check made.
 
     Before a measurement over the limit counts, the device must be in its table's state: when the unpruned model
     measured more than ``DEVICE_SLOWDOWN_TOLERANCE`` over the table's prediction in the same rounds
