@@ -498,13 +498,17 @@ def kept_policy_path(s: Settings, run_dir: object) -> Path | None:
 
 
 def keep_policies(s: Settings) -> None:
-    """Copy the policy.json of every row's finished run directory beside --out where it is not there yet (cells
-    finished before policies were kept, or by another sitting)."""
+    """Copy the policy.json of every row's finished run directory beside --out where it is not there yet or is
+    another (cells finished before policies were kept, by another sitting, or re-run after their row was removed);
+    a row whose run directory is gone keeps the copy it has."""
     for r in read_rows(s.out).itertuples(index=False):
         path = kept_policy_path(s, r.run_dir)
-        if path is not None and not path.is_file() and finished_policy(Path(r.run_dir)) is not None:
+        if path is None or finished_policy(Path(r.run_dir)) is None:
+            continue
+        source = Path(r.run_dir) / "policy.json"
+        if not path.is_file() or path.read_bytes() != source.read_bytes():
             path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(r.run_dir) / "policy.json", path)
+            shutil.copyfile(source, path)
 
 
 def finished_policy(run_dir: Path) -> Policy | None:
