@@ -336,7 +336,7 @@ def test_the_policy_returned_after_the_last_try_is_the_one_last_measured(built, 
 
 
 def _over_by_the_table(built, monkeypatch, wrong_from: str):
-    """An absolute budget at 0.6 of the unpruned model's prediction; the search's policies: its best by reward at
+    """An absolute budget at 0.9 of the unpruned model's prediction; the search's policies: its best by reward at
     the limit (``first``), a smaller one (``small``, predicted under a third of the way from the floor to ``first``)
     and one between them (``between``, predicted over that and at most halfway from ``small`` to ``first``); and a
     device where the table is right except on policies predicted from ``wrong_from``'s prediction up, which measure
@@ -351,7 +351,7 @@ def _over_by_the_table(built, monkeypatch, wrong_from: str):
 
     _, pruner, model, table, full = _fitted_problem(built)
     graph = pruner.graph
-    limit = table.predictor(graph)(full) * 0.6
+    limit = table.predictor(graph)(full) * 0.9  # room under it above the floor, whatever the CPU
     problem = Problem(graph, CostModel(graph, latency=table.predictor(graph)), parse_budget(f"latency={limit:.3f}us"))
     limit = problem.limits["latency"]
 
