@@ -5,14 +5,15 @@ For each model (``fmnist-resnet20``, the demo ResNet-20; ``fmnist-mobilenetv2``,
 model's floor, the cheapest policy ``--min-keep`` and the channel block allow, is searched at the floor) and each
 seed, every strategy is one cell: ``uniform``, ``reference`` (Torch-Pruning's global magnitude pruning at the same
 FLOPs; at a latency budget at the FLOPs share of the cell's uniform policy), ``magnitude`` (autoprune's own global
-magnitude allocation, at the budget and the channel block), ``ddpg``, ``optuna`` (TPE) and ``netadapt``. A search
+magnitude allocation, at the budget and the channel block), ``ddpg``, ``optuna`` (TPE), ``netadapt`` and the
+default search of ``autoprune search`` (``optuna+promote5``: TPE, then the promotion rung). A search
 cell is one ``autoprune.api.search`` call (``kd=True``, ``measure=True``, the cell's seed for the search and the
 fine-tune); the reference cell prunes with Torch-Pruning and then scores, fine-tunes and measures
 as the search's finish does. Every cell gets the same distilled fine-tune (``--finetune-epochs``).
 
 One row per finished cell is appended to ``--out`` at once; a cell whose (model, budget, strategy, seed,
-finetune_epochs, episodes) already has a row is skipped, so the curve is built across sittings (Ctrl-C loses at
-most the cell in flight; an interrupted search cell resumes from its run directory's journal). Then the plot
+finetune_epochs, episodes, held_out) already has a row is skipped, so the curve is built across sittings (Ctrl-C
+loses at most the cell in flight; an interrupted search cell resumes from its run directory's journal). Then the plot
 (``--out`` with ``.png``) is drawn and the summary printed: mean ± std over seeds per (model, budget, strategy), each
 strategy minus uniform, and per (model, strategy) the lowest measured latency whose fine-tuned accuracy stays
 within 1 point of the unpruned model's (the axis NetAdapt argues on).
@@ -30,6 +31,13 @@ only) and rewrites its latency columns, the timing it replaces kept in ``note``.
 busy machine.
 
     .venv/bin/python scripts/bench_curve.py --retime --models fmnist-resnet20 --budgets flops=20%
+
+``--merge A.csv,B.csv`` appends the rows of other CSVs this script wrote (other sittings' ``--out``) whose cells
+``--out`` lacks, in the order given (the first CSV that has a cell gives it), each row's ``note`` naming its CSV, and
+keeps their policies beside ``--out`` (under the other sitting's runs folder's name), so one CSV and one plot hold the
+curve built across sittings:
+
+    .venv/bin/python scripts/bench_curve.py --merge benchmarks/search_curve_rung_margin.csv,benchmarks/other.csv
 
 ``--smoke`` is tiny (4 episodes, 200 held-out images, 0.02 fine-tune epochs, seed 0, ``flops=50%``) and writes to
 ``/tmp/bench_curve_smoke.csv`` and ``/tmp/bench_curve_smoke_runs/``, never to ``benchmarks/``.
@@ -91,11 +99,11 @@ ONE_SHOT = ("uniform", "magnitude")  # strategies of one evaluation: no search, 
 FULL = {
     "models": f"{DEMO_MODEL},{COMPACT_MODEL}",
     "budgets": "flops=50%,30%,20%,10%,latency=70%,50%,35%",
-    "strategies": "uniform,reference,magnitude,ddpg,optuna,netadapt",
+    "strategies": "uniform,reference,magnitude,ddpg,optuna,netadapt,optuna+promote5",
     "seeds": "0,1,2",
     "episodes": 150,
     "finetune_epochs": 1.0,
-    "held_out": 1000,
+    "held_out": 5000,  # autoprune search's default (cells before 2026-12-03 searched at 1000: other cells)
     "out": str(ROOT / "benchmarks" / "search_curve.csv"),
     "runs": str(ROOT / "runs" / "search_curve"),  # runs/ is gitignored
 }
@@ -108,9 +116,10 @@ SMOKE = FULL | {
     "out": "/tmp/bench_curve_smoke.csv",
     "runs": "/tmp/bench_curve_smoke_runs",
 }
-KEY = ["model", "budget", "strategy", "seed", "finetune_epochs", "episodes"]  # a cell: its row is never recomputed
+CELL = ["model", "budget", "strategy", "seed", "finetune_epochs", "episodes"]
+KEY = [*CELL, "held_out"]  # a cell: its row is never recomputed (one-shot and reference rows: no held_out)
 COLUMNS = [
-    *KEY,
+    *CELL,
     "budget_searched",  # the budget searched: ``budget``, or the model's floor when ``budget`` is below it
     "held_out",
     "input_shape",
@@ -157,6 +166,7 @@ class Settings:
     runs: Path
     plot_only: bool
     retime: bool = False
+    merge: tuple[Path, ...] = ()
 
     @property
     def png(self) -> Path:
@@ -324,7 +334,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     ap.add_argument("--seeds", help="comma-separated (default 0,1,2)")
     ap.add_argument("--episodes", type=int, help="evaluations per search (default 150; uniform makes 1)")
     ap.add_argument("--finetune-epochs", type=float, help="the same distilled fine-tune for every cell (default 1)")
-    ap.add_argument("--held-out", type=int, help="held-out images the search's reward scores (default 1000)")
+    ap.add_argument(
+        "--held-out", type=int, help=f"held-out images the search's reward scores (default {FULL['held_out']})"
+    )
     ap.add_argument(
         "--input-shape",
         default="x".join(map(str, DEMO_INPUT_SHAPE)),
@@ -340,6 +352,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         action="store_true",
         help="time the selected rows' kept policies again on this machine and rewrite their latency columns",
     )
+    ap.add_argument(
+        "--merge",
+        help="comma-separated CSVs of other sittings: append their rows whose cells --out lacks (the first given wins)",
+    )
     ap.add_argument("--smoke", action="store_true", help="tiny settings; CSV and runs under /tmp")
     a = ap.parse_args(argv)
     d = SMOKE if a.smoke else FULL
@@ -352,8 +368,14 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         shape = parse_input_shape(a.input_shape)
     except UserError as e:
         raise FlagError(f"--input-shape: {e}") from e
-    if a.plot_only and a.retime:
-        raise FlagError("--plot-only and --retime: give one (--retime also redraws the plot)")
+    if sum(map(bool, (a.plot_only, a.retime, a.merge))) > 1:
+        raise FlagError("--plot-only, --retime and --merge: give one (each also redraws the plot)")
+    merge = tuple(Path(m.strip()) for m in (a.merge or "").split(",") if m.strip())
+    for m in merge:
+        if not m.is_file():
+            raise FlagError(f"--merge: {m} does not exist: give CSVs this script wrote")
+        if m.resolve() == Path(pick["out"]).resolve():
+            raise FlagError(f"--merge: {m} is --out itself: give the other sittings' CSVs")
     if not seeds or pick["episodes"] < 1 or pick["held_out"] < 1 or pick["finetune_epochs"] < 0 or a.threads < 1:
         raise FlagError("--seeds needs a seed; --episodes, --held-out, --threads at least 1; --finetune-epochs >= 0")
     return Settings(
@@ -371,6 +393,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         runs=Path(pick["runs"]),
         plot_only=a.plot_only,
         retime=a.retime,
+        merge=merge,
     )
 
 
@@ -398,12 +421,18 @@ def read_rows(out: Path) -> pd.DataFrame:
     return pd.read_csv(out)
 
 
-def cell_key(model: str, budget: str, strategy: str, seed: int, ft: float, episodes: int) -> tuple:
-    return (model, budget, strategy, int(seed), float(ft), int(episodes))
+def cell_key(model: str, budget: str, strategy: str, seed: int, ft: float, episodes: int, held_out: object) -> tuple:
+    """A row's cell; ``held_out`` 0 for a cell that scores no held-out images (a blank in the CSV)."""
+    held = 0 if held_out is None or held_out == "" or pd.isna(held_out) else int(float(held_out))
+    return (model, budget, strategy, int(seed), float(ft), int(episodes), held)
+
+
+def row_key(r) -> tuple:
+    return cell_key(*(getattr(r, k) for k in KEY))
 
 
 def done_keys(out: Path) -> set[tuple]:
-    return {cell_key(*r) for r in read_rows(out)[KEY].itertuples(index=False)}
+    return {row_key(r) for r in read_rows(out).itertuples(index=False)}
 
 
 @contextmanager
@@ -484,17 +513,22 @@ def searched_budget(ctx: ModelContext, budget: str) -> tuple[str, str] | None:
 
 
 def run_dir_for(s: Settings, model: str, budget: str, strategy: str, seed: int, episodes: int) -> Path:
+    """A search cell's run directory; its held-out size is in the name unless it is 1,000 (the cells searched before
+    the held-out size was part of a cell were all at 1,000 and keep their names)."""
     safe = budget.replace("=", "-").replace("%", "pct")
-    return s.runs / model / safe / f"{strategy.replace(':', '-')}-e{episodes}-ft{s.finetune_epochs:g}-s{seed}"
+    held = f"-h{s.held_out}" if s.held_out != 1000 else ""
+    return s.runs / model / safe / f"{strategy.replace(':', '-')}-e{episodes}{held}-ft{s.finetune_epochs:g}-s{seed}"
 
 
 def kept_policy_path(s: Settings, run_dir: object) -> Path | None:
-    """Where a row's policy.json is kept beside --out: named as the row's run directory is (model, budget, cell);
-    None for a row without one (the reference's)."""
+    """Where a row's policy.json is kept beside --out: named as the row's run directory is (model, budget, cell),
+    under its runs folder's name when that is not --runs (a row merged from another sitting); None for a row without
+    one (the reference's)."""
     if not isinstance(run_dir, str) or not run_dir:
         return None
-    model, budget, cell = Path(run_dir).parts[-3:]
-    return s.policies / model / budget / f"{cell}.json"  # not with_suffix: "ft0.5" has a dot
+    root, model, budget, cell = Path(run_dir).parts[-4:]
+    sitting = () if root == s.runs.name else (root,)
+    return s.policies.joinpath(*sitting, model, budget, f"{cell}.json")  # not with_suffix: "ft0.5" has a dot
 
 
 def keep_policies(s: Settings) -> None:
@@ -696,14 +730,20 @@ def run_cells(s: Settings) -> None:
             for strategy in s.strategies:
                 name = Label.parse(strategy).name
                 episodes = 1 if name in ONE_SHOT else 0 if name == "reference" else s.episodes
+                held = held_out_of(s, strategy)
                 for seed in s.seeds:
-                    key = cell_key(model, budget, strategy, seed, s.finetune_epochs, episodes)
+                    key = cell_key(model, budget, strategy, seed, s.finetune_epochs, episodes, held)
                     if key in done:
                         console.print(f"  [dim]skip (in {s.out}): {model} {budget} {strategy} seed {seed}[/dim]")
                         continue
                     append_row(s.out, run_cell(ctx, s, budget, target, strategy, seed, isa))
                     done.add(key)
                     keep_policies(s)
+
+
+def held_out_of(s: Settings, strategy: str) -> int:
+    """The held-out images a cell's search scores: none (0) for the one-shot strategies and the reference."""
+    return 0 if Label.parse(strategy).name in (*ONE_SHOT, "reference") else s.held_out
 
 
 def run_cell(
@@ -724,7 +764,7 @@ def run_cell(
         strategy=strategy,
         seed=seed,
         finetune_epochs=s.finetune_epochs,
-        held_out=s.held_out if Label.parse(strategy).name not in (*ONE_SHOT, "reference") else "",
+        held_out=held_out_of(s, strategy) or "",
         input_shape="x".join(map(str, s.input_shape)),
         speedup=row["latency_unpruned_us"] / row["latency_measured_us"],
         threads=s.threads,
@@ -742,6 +782,43 @@ def describe(row: dict) -> str:
         f"test {row['test_acc_before_ft']:.2%} -> {row['test_acc_ft']:.2%} (unpruned {row['test_acc_unpruned']:.2%}), "
         f"search {row['search_seconds']:.0f}s, cell {row['cell_seconds']:.0f}s"
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Merging other sittings' CSVs
+
+
+def merge_rows(s: Settings) -> None:
+    """Append to --out the rows of each ``--merge`` CSV whose cells it lacks (the CSVs in the order given, so the
+    first that has a cell gives it), the source named in ``note``, and keep their policies beside --out."""
+    done = done_keys(s.out)
+    for source in s.merge:
+        read_rows(source)  # refuses a CSV with other columns
+        with source.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        kept_by_source = source.with_name(f"{source.stem}_policies")
+        added = 0
+        for row in rows:
+            key = cell_key(*(row[k] for k in KEY))
+            if key in done:
+                continue
+            row["note"] = "; ".join(n for n in (f"from {source.name}", row["note"]) if n)
+            append_row(s.out, row)
+            done.add(key)
+            added += 1
+            dest = kept_policy_path(s, row["run_dir"])
+            if dest is None:
+                continue
+            root, model, budget, cell = Path(row["run_dir"]).parts[-4:]
+            # kept under the source's own runs folder, or under another's when the source merged it in turn
+            places = (kept_by_source / model / budget, kept_by_source / root / model / budget)
+            found = [p / f"{cell}.json" for p in places if (p / f"{cell}.json").is_file()]
+            if found:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(found[0], dest)
+            else:
+                console.print(f"  [dim]no kept policy for {row['run_dir']} beside {source}[/dim]")
+        console.print(f"merged {added} of {len(rows)} row(s) of {source} into {s.out}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -789,7 +866,7 @@ def retime(s: Settings) -> None:
                 f"(unpruned {r.latency_unpruned_us / 1000:.2f} ms, x{r.speedup:.2f})"
             )
             new["note"] = "; ".join(n for n in (str(r.note) if isinstance(r.note, str) else "", was) if n)
-            timed[cell_key(r.model, r.budget, r.strategy, r.seed, r.finetune_epochs, r.episodes)] = new
+            timed[row_key(r)] = new
             console.print(
                 f"  re-timed {label}: {new['latency_measured_us'] / 1000:.2f} ms (x{new['speedup']:.2f}; "
                 f"was x{r.speedup:.2f})",
@@ -798,7 +875,7 @@ def retime(s: Settings) -> None:
 
     def update(df: pd.DataFrame) -> pd.DataFrame:
         for i, r in df.iterrows():
-            new = timed.get(cell_key(r.model, r.budget, r.strategy, r.seed, r.finetune_epochs, r.episodes))
+            new = timed.get(row_key(r))
             for column, value in (new or {}).items():
                 df.at[i, column] = str(value)
         return df
@@ -826,6 +903,9 @@ def cell_means(df: pd.DataFrame) -> pd.DataFrame:
         df = df[df["finetune_epochs"] == fts[-1]]
     counts = df.groupby(["model", "strategy"])["episodes"].transform("nunique")
     df["strategy"] = np.where(counts > 1, df["strategy"] + " (" + df["episodes"].astype(str) + " ep)", df["strategy"])
+    helds = df.groupby(["model", "strategy"])["held_out"].transform("nunique")
+    held = df["held_out"].fillna(0).astype(int).astype(str)
+    df["strategy"] = np.where(helds > 1, df["strategy"] + " (held-out " + held + ")", df["strategy"])
     for c in ("test_acc_ft", "test_acc_before_ft", "test_acc_unpruned"):
         df[c] = 100 * df[c]
     df["metric"] = df["budget_searched"].str.partition("=")[0]
@@ -987,6 +1067,8 @@ def main(argv: list[str] | None = None) -> int:
         s = parse_args(argv)
         if s.retime:
             retime(s)
+        elif s.merge:
+            merge_rows(s)
         elif not s.plot_only:
             run_cells(s)
         report(s)
