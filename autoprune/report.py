@@ -317,7 +317,17 @@ def budget_verdict(policy: Policy) -> str | None:
     ]
     checks = m.get("latency_checks") or []
     measured_policies = len({tuple(ch["kept"]) for ch in checks})
-    if measured_policies > 1:
+    if measured_policies > 1 and checks[0]["met"]:
+        first = checks[0]
+        grew = tuple(first["kept"]) != tuple(policy.kept)
+        parts.append(
+            f"the chosen policy (uniform) measured {format_cost('latency', first['measured_us'])} where the table "
+            f"predicted {format_cost('latency', first['predicted_us'])}, well under the budget, so larger uniform "
+            "policies were tried under a limit set by the table's error on it; "
+            + ("the largest that met the budget" if grew else "they measured over it, and the chosen one")
+            + f" was kept ({measured_policies} policies measured, in `policy.json` `latency_checks`)"
+        )
+    elif measured_policies > 1:
         parts.append(
             f"the searched policy measured {format_cost('latency', checks[0]['measured_us'])} (over the "
             f"budget), so a smaller policy was taken (the rung's choice, else the search's best, else uniform, under "

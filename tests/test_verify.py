@@ -424,3 +424,73 @@ def test_a_larger_try_that_measures_over_the_limit_leaves_the_policy_that_met(bu
     )
     assert [c["met"] for c in checks] == [False, True, False]
     assert got == policies["small"] and timings[1].median_us == checks[1]["measured_us"]
+
+
+def _over_predicted_uniform(built, monkeypatch, error_above: float):
+    """An absolute budget at 0.6 of the unpruned model's prediction; its uniform policy, and a device where it and
+    every pruned model the table predicts cheaper runs at 0.75 of its prediction (the table over-predicts them, as
+    the anchored ResNet-20 table did sub-block widths), those predicted dearer at ``error_above`` of theirs."""
+    from autoprune.budget import parse_budget
+    from autoprune.cost.model import CostModel
+    from autoprune.problem import Problem
+    from autoprune.search.baselines import uniform_kept
+
+    _, pruner, model, table, full = _fitted_problem(built)
+    graph = pruner.graph
+    budget = parse_budget(f"latency={table.predictor(graph)(full) * 0.6:.3f}us")
+    problem = Problem(graph, CostModel(graph, latency=table.predictor(graph)), budget)
+    uniform = [int(k) for k in uniform_kept(problem)[0]]
+    at = float(problem.cost(uniform)["latency"])
+    _Device(monkeypatch, problem, pruner, model, slow_calls=0, table_error=lambda us: 0.75 if us <= at else error_above)
+    history = pd.DataFrame(
+        [{"kept": tuple(uniform), "latency": problem.cost(uniform)["latency"], "feasible": True, "reward": 0.5}]
+    )
+    return problem, pruner, model, table, uniform, history
+
+
+def test_a_uniform_policy_measured_well_under_the_limit_grows_into_it(built, monkeypatch):
+    """The table over-predicts the uniform policy by a quarter: the larger uniform policy under the limit its error
+    sets (predicted over the budget) is tried, measures within it, and is kept; the verdict says so."""
+    from autoprune.pipeline.verify import meet_measured_latency
+    from autoprune.policy import Policy
+    from autoprune.report import budget_verdict
+
+    problem, pruner, model, table, uniform, history = _over_predicted_uniform(built, monkeypatch, 0.75)
+    phases: list[str] = []
+    got, timings, checks = meet_measured_latency(
+        problem, history, uniform, pruner, model, SHAPE, table, settle=0, on_phase=phases.append
+    )
+    limit = problem.limits["latency"]
+    assert checks[0]["kept"] == uniform and checks[0]["measured_us"] < 0.9 * limit
+    assert len(checks) >= 2 and all(c["met"] for c in checks) and got == checks[-1]["kept"]
+    assert sum(got) > sum(uniform) and float(problem.cost(got)["latency"]) > limit  # over the budget as predicted
+    assert timings[1].median_us == checks[-1]["measured_us"] <= limit
+    assert "trying a larger uniform policy" in phases[0]
+    policy = Policy.from_kept(
+        problem.graph,
+        got,
+        budget=problem.budget,
+        metrics={"latency_measured_us": timings[1].median_us, "latency_checks": checks},
+    )
+    verdict = budget_verdict(policy)
+    assert "**met**" in verdict and "larger uniform policies were tried" in verdict
+    assert "the largest that met the budget was kept" in verdict
+
+
+def test_a_larger_uniform_policy_over_the_limit_leaves_the_one_that_met(built, monkeypatch):
+    """Where the larger policies run slower than the table says, the uniform policy that met is kept; a policy the
+    search chose (not uniform) is never grown, however far under the limit it measures."""
+    from autoprune.pipeline.verify import meet_measured_latency
+    from autoprune.policy import Policy
+    from autoprune.report import budget_verdict
+
+    problem, pruner, model, table, uniform, history = _over_predicted_uniform(built, monkeypatch, 1.5)
+    got, timings, checks = meet_measured_latency(problem, history, uniform, pruner, model, SHAPE, table, settle=0)
+    assert got == uniform and checks[0]["met"] and len(checks) >= 2 and not any(c["met"] for c in checks[1:])
+    assert timings[1].median_us == checks[0]["measured_us"]
+    metrics = {"latency_measured_us": timings[1].median_us, "latency_checks": checks}
+    verdict = budget_verdict(Policy.from_kept(problem.graph, got, budget=problem.budget, metrics=metrics))
+    assert "**met**" in verdict and "they measured over it, and the chosen one was kept" in verdict
+    floor = problem.floor.tolist()
+    _, _, checks = meet_measured_latency(problem, history, floor, pruner, model, SHAPE, table, settle=0)
+    assert len(checks) == 1 and checks[0]["met"]
