@@ -135,6 +135,15 @@ def _table_by_macs(built) -> LatencyTable:
     return LatencyTable.load(path)
 
 
+def _verdict(problem, kept, timings, checks, **record) -> str:
+    """The budget verdict of the policy ``kept`` with the measured check's timings and checks."""
+    from autoprune.policy import Policy
+    from autoprune.report import budget_verdict
+
+    metrics = {"latency_measured_us": timings[1].median_us, "latency_checks": checks}
+    return budget_verdict(Policy.from_kept(problem.graph, kept, budget=problem.budget, metrics=metrics, **record))
+
+
 def _fitted_problem(built):
     """resnet20, its table, and a latency budget of 1.6x the table's unpruned prediction: the unpruned model meets
     it when the device runs at its table's speed, not when the device is 2-3x slower."""
@@ -156,8 +165,6 @@ def test_a_measurement_in_a_slow_spell_is_repeated_before_it_rejects_the_policy(
     """The unpruned model measuring 3x its table's prediction says the device is busy, not that the policy is too
     big: the pair is measured again after the pause, and the policy is kept once the device is back."""
     from autoprune.pipeline.verify import meet_measured_latency
-    from autoprune.policy import Policy
-    from autoprune.report import budget_verdict
 
     problem, pruner, model, table, kept = _fitted_problem(built)
     device = _Device(monkeypatch, problem, pruner, model, slow_calls=1)
@@ -172,13 +179,7 @@ def test_a_measurement_in_a_slow_spell_is_repeated_before_it_rejects_the_policy(
     assert not checks[0]["met"] and checks[0]["unpruned_measured_us"] > 2 * checks[0]["unpruned_predicted_us"]
     assert checks[1]["met"] and checks[1]["measured_us"] == timings[1].median_us
     assert len(phases) == 1 and "busy or throttled" in phases[0]
-    policy = Policy.from_kept(
-        problem.graph,
-        got,
-        budget=problem.budget,
-        metrics={"latency_measured_us": timings[1].median_us, "latency_checks": checks},
-    )
-    verdict = budget_verdict(policy)
+    verdict = _verdict(problem, got, timings, checks)
     assert "**met**" in verdict and "1 of 2 measurements over the budget found the device slow" in verdict
     assert "so they were repeated" in verdict
 
@@ -212,8 +213,6 @@ def test_a_device_that_stays_slow_is_reported_with_what_to_do(built, monkeypatch
     """Slow in every attempt of the last try: the policy is not met, and the verdict says why and which command
     re-checks or re-fits the table."""
     from autoprune.pipeline.verify import meet_measured_latency
-    from autoprune.policy import Policy
-    from autoprune.report import budget_verdict
 
     problem, pruner, model, table, kept = _fitted_problem(built)
     device = _Device(monkeypatch, problem, pruner, model, slow_calls=99)
@@ -224,14 +223,7 @@ def test_a_device_that_stays_slow_is_reported_with_what_to_do(built, monkeypatch
         problem, history, kept, pruner, model, SHAPE, table, tries=1, settle=2, pause_s=0
     )
     assert got == kept and device.calls == 3 and not any(ch["met"] for ch in checks)
-    policy = Policy.from_kept(
-        problem.graph,
-        got,
-        budget=problem.budget,
-        search={"table": str(built)},
-        metrics={"latency_measured_us": timings[1].median_us, "latency_checks": checks},
-    )
-    verdict = budget_verdict(policy)
+    verdict = _verdict(problem, got, timings, checks, search={"table": str(built)})
     assert "**NOT met**" in verdict and "3 of 3 measurements over the budget found the device slow" in verdict
     assert f"latency-table anchor --table {built}" in verdict
 
@@ -452,8 +444,6 @@ def test_a_uniform_policy_measured_well_under_the_limit_grows_into_it(built, mon
     """The table over-predicts the uniform policy by a quarter: the larger uniform policy under the limit its error
     sets (predicted over the budget) is tried, measures within it, and is kept; the verdict says so."""
     from autoprune.pipeline.verify import meet_measured_latency
-    from autoprune.policy import Policy
-    from autoprune.report import budget_verdict
 
     problem, pruner, model, table, uniform, history = _over_predicted_uniform(built, monkeypatch, 0.75)
     phases: list[str] = []
@@ -466,13 +456,7 @@ def test_a_uniform_policy_measured_well_under_the_limit_grows_into_it(built, mon
     assert sum(got) > sum(uniform) and float(problem.cost(got)["latency"]) > limit  # over the budget as predicted
     assert timings[1].median_us == checks[-1]["measured_us"] <= limit
     assert "trying a larger uniform policy" in phases[0]
-    policy = Policy.from_kept(
-        problem.graph,
-        got,
-        budget=problem.budget,
-        metrics={"latency_measured_us": timings[1].median_us, "latency_checks": checks},
-    )
-    verdict = budget_verdict(policy)
+    verdict = _verdict(problem, got, timings, checks)
     assert "**met**" in verdict and "larger uniform policies were tried" in verdict
     assert "the largest that met the budget was kept" in verdict
 
@@ -481,15 +465,12 @@ def test_a_larger_uniform_policy_over_the_limit_leaves_the_one_that_met(built, m
     """Where the larger policies run slower than the table says, the uniform policy that met is kept; a policy the
     search chose (not uniform) is never grown, however far under the limit it measures."""
     from autoprune.pipeline.verify import meet_measured_latency
-    from autoprune.policy import Policy
-    from autoprune.report import budget_verdict
 
     problem, pruner, model, table, uniform, history = _over_predicted_uniform(built, monkeypatch, 1.5)
     got, timings, checks = meet_measured_latency(problem, history, uniform, pruner, model, SHAPE, table, settle=0)
     assert got == uniform and checks[0]["met"] and len(checks) >= 2 and not any(c["met"] for c in checks[1:])
     assert timings[1].median_us == checks[0]["measured_us"]
-    metrics = {"latency_measured_us": timings[1].median_us, "latency_checks": checks}
-    verdict = budget_verdict(Policy.from_kept(problem.graph, got, budget=problem.budget, metrics=metrics))
+    verdict = _verdict(problem, got, timings, checks)
     assert "**met**" in verdict and "they measured over it, and the chosen one was kept" in verdict
     floor = problem.floor.tolist()
     _, _, checks = meet_measured_latency(problem, history, floor, pruner, model, SHAPE, table, settle=0)
