@@ -513,10 +513,10 @@ def searched_budget(ctx: ModelContext, budget: str) -> tuple[str, str] | None:
 
 
 def run_dir_for(s: Settings, model: str, budget: str, strategy: str, seed: int, episodes: int) -> Path:
-    """A search cell's run directory; its held-out size is in the name unless it is 1,000 (the cells searched before
+    """A cell's run directory; a search's held-out size is in the name unless it is 1,000 (the cells searched before
     the held-out size was part of a cell were all at 1,000 and keep their names)."""
     safe = budget.replace("=", "-").replace("%", "pct")
-    held = f"-h{s.held_out}" if s.held_out != 1000 else ""
+    held = f"-h{held_out_of(s, strategy)}" if held_out_of(s, strategy) not in (0, 1000) else ""
     return s.runs / model / safe / f"{strategy.replace(':', '-')}-e{episodes}{held}-ft{s.finetune_epochs:g}-s{seed}"
 
 
