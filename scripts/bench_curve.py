@@ -450,7 +450,7 @@ def append_row(out: Path, row: dict) -> None:
     with csv_lock(out):
         new = not out.is_file() or out.stat().st_size == 0
         with out.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="raise")
+            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="raise", lineterminator="\n")
             if new:
                 w.writeheader()
             w.writerow(row)
@@ -1010,8 +1010,10 @@ def plot(means: pd.DataFrame, png: Path) -> None:
     metrics = sorted(dict.fromkeys(means["metric"]), key=lambda m: (m != "flops", m))
     strategies = sorted(dict.fromkeys(means["strategy"]), key=lambda x: {"uniform": 0, "reference": 1}.get(x, 2))
     fig, axes = plt.subplots(
-        len(models), len(metrics), figsize=(6 * len(metrics), 4 * len(models)), squeeze=False, sharey="row"
+        len(models), len(metrics), figsize=(8 * len(metrics), 4.5 * len(models)), squeeze=False, sharey="row"
     )
+    markers = "osD^v<>ph*Xd"  # with the 10 colours, 17+ strategies stay apart
+    spread = min(0.3, 2.0 / max(len(strategies), 1))  # side by side, within a point of the budget's share
     for i, model in enumerate(models):
         for j, metric in enumerate(metrics):
             ax, sub = axes[i][j], means[(means["model"] == model) & (means["metric"] == metric)]
@@ -1023,8 +1025,16 @@ def plot(means: pd.DataFrame, png: Path) -> None:
                 r = sub[sub["strategy"] == strategy].sort_values("share")
                 if r.empty:
                     continue
-                dx = (k - (len(strategies) - 1) / 2) * 0.3  # side by side, so the error bars do not hide each other
-                ax.errorbar(r["share"] + dx, r["acc"], yerr=r["acc_std"], marker="o", capsize=3, label=strategy)
+                dx = (k - (len(strategies) - 1) / 2) * spread  # so the error bars do not hide each other
+                ax.errorbar(
+                    r["share"] + dx,
+                    r["acc"],
+                    yerr=r["acc_std"],
+                    marker=markers[k % len(markers)],
+                    color=f"C{k % 10}",
+                    capsize=3,
+                    label=strategy,
+                )
             unpruned = sub["unpruned"].mean()
             ax.axhline(unpruned, color="black", linestyle="--", linewidth=1, label=f"unpruned {unpruned:.2f}")
             ax.axhline(unpruned - WITHIN_POINTS, color="grey", linestyle=":", linewidth=1, label="unpruned − 1")
@@ -1037,7 +1047,7 @@ def plot(means: pd.DataFrame, png: Path) -> None:
             ax.set_xticks(sorted(sub["share"].unique()))
             ax.set_xlim(sub["share"].max() + 3, sub["share"].min() - 3)  # tighter budgets to the right
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     isa = ",".join(sorted(set(",".join(means["isa"]).split(","))))
     fig.suptitle(f"search curve: mean ± std over seeds\n(CPU ISA {isa})", fontsize="medium")
     fig.tight_layout()
