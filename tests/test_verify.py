@@ -120,7 +120,8 @@ def _table_by_macs(built) -> LatencyTable:
     """The measured table's layers and grid with timings that are a function of each probe's shape (1 us + 1 us per
     50k multiply-accumulates, a fixed 30 us): the floor's share of the unpruned model's time, which the tests below
     place their budgets and slow devices around, is then the same on every CPU. Measured at 16x16, the tiny net's
-    fitted fixed part swung from -250 to -40 us between CI runs, and its floor from 3 % to 50 % of the unpruned time."""
+    fitted fixed part swung from -250 to -40 us between CI runs, and its floor from 3 % to over a third of the
+    unpruned time."""
     path = built.with_name("resnet20-by-macs.csv")
     if not path.is_file():
         table = LatencyTable.load(built)
