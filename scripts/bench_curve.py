@@ -423,7 +423,7 @@ def read_rows(out: Path) -> pd.DataFrame:
 
 def cell_key(model: str, budget: str, strategy: str, seed: int, ft: float, episodes: int, held_out: object) -> tuple:
     """A row's cell; ``held_out`` 0 for a cell that scores no held-out images (a blank in the CSV)."""
-    held = 0 if held_out is None or held_out == "" or pd.isna(held_out) else int(float(held_out))
+    held = 0 if held_out == "" or pd.isna(held_out) else int(float(held_out))  # pd.isna: None and NaN
     return (model, budget, strategy, int(seed), float(ft), int(episodes), held)
 
 
@@ -516,7 +516,8 @@ def run_dir_for(s: Settings, model: str, budget: str, strategy: str, seed: int, 
     """A cell's run directory; a search's held-out size is in the name unless it is 1,000 (the cells searched before
     the held-out size was part of a cell were all at 1,000 and keep their names)."""
     safe = budget.replace("=", "-").replace("%", "pct")
-    held = f"-h{held_out_of(s, strategy)}" if held_out_of(s, strategy) not in (0, 1000) else ""
+    held_out = held_out_of(s, strategy)
+    held = f"-h{held_out}" if held_out not in (0, 1000) else ""
     return s.runs / model / safe / f"{strategy.replace(':', '-')}-e{episodes}{held}-ft{s.finetune_epochs:g}-s{seed}"
 
 

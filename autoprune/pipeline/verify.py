@@ -36,13 +36,12 @@ def time_pair(
 # overshot. ResNet-20 at latency=35%: its uniform policy, predicted 5.30 ms, measured 7.73 against 7.23 (5.50 in
 # the next sitting); the next, predicted under 4.96, measured 4.00 ms, 55 % of the limit, and ended 84.50 % after
 # the fine-tune where the first ends 88.12 %. Closer than this the timing noise between sittings decides.
-CLIMB_SLACK = 0.10
 # The same slack on the uniform policy the budget allowed, measured first, says the table over-predicts it: there the
 # table's error sets a limit for a larger uniform policy (the one allocation that has a larger version of itself; a
 # searched policy has none the search scored), tried while tries are left. ResNet-20 at latency=35% after the table
 # was anchored to whole networks: uniform, predicted at the limit, measured 84 % of it (x3.42 for a x2.86 budget) and
 # ended 84.50 % where the uniform policy that measured at the limit in an earlier sitting ended 88.12 %.
-#
+CLIMB_SLACK = 0.10
 # A policy over the limit by less than the timing noise tightens the limit by almost nothing, and the next policy,
 # at the same edge, is another coin flip: ResNet-20 at latency=35%, the rung's choices measured 0.8 % and 0.4 % over
 # in turn and the third try 16 % over (the same policy timed 6.98 and 7.51 ms in one sitting). Each step down
@@ -94,7 +93,7 @@ def meet_measured_latency(
     """
     c = next(c for c in problem.budget.constraints if c.metric == "latency")
     reference = float(problem.cost(problem.channels)["latency"])
-    uniform = {tuple(int(k) for k in uniform_kept(problem, fill=fill)[0]) for fill in (False, True)}
+    plain, filled = (tuple(int(k) for k in uniform_kept(problem, fill=fill)[0]) for fill in (False, True))
     checks: list[dict] = []
     best: tuple[list[int], list[Timing], float] | None = None  # the last policy that met the limit, its prediction
     over = math.inf  # the lowest prediction of a policy measured over the limit
@@ -135,21 +134,20 @@ def meet_measured_latency(
             if slowdown is not None:  # it stayed slow through the pauses: time the next policy once
                 settle = 0
         slack = met and measured < (1 - CLIMB_SLACK) * limit
-        grow = slack and math.isinf(over) and (growing or tuple(kept) in uniform)
+        grow = slack and math.isinf(over) and (growing or tuple(kept) in (plain, filled))
         if tried == tries or (met and not grow and (math.isinf(over) or not slack)):
             break
         state = f"{1 - measured / limit:.0%} under" if met else "over"
         how = f"measured {measured / 1000:.2f} ms, {state} the limit of {limit / 1000:.2f} ms"
-        if grow:  # loosen by the table's error on this policy, less the step margin
-            under, growing = limit * predicted / measured * (1 - STEP_MARGIN), True
-        elif best is None:  # nothing met yet: tighten by the table's error on this policy
-            under = limit * predicted / measured * (1 - STEP_MARGIN)
-        else:  # bisect between the policy that met and the smallest one over the limit
-            under = (best[2] + over) / 2
+        growing = growing or grow
+        # loosen (growing) or tighten (nothing met yet) by the table's error on this policy, else bisect between
+        # the policy that met and the smallest one over the limit
+        error_set = grow or best is None
+        under = limit * predicted / measured * (1 - STEP_MARGIN) if error_set else (best[2] + over) / 2
         if growing:
             nxt, source = uniform_under(problem, under, beyond_budget=True), "a larger uniform policy"
         else:
-            nxt, source = next_policy(problem, history, rung, under)
+            nxt, source = next_policy(problem, history, rung, under, incumbent=plain)
         if nxt == kept or (best is not None and nxt == best[0]):  # the same choice: nothing better to try
             break
         kept = nxt
@@ -161,15 +159,20 @@ def meet_measured_latency(
 
 
 def next_policy(
-    problem: Problem, history: pd.DataFrame, rung: Sequence[Promoted], under_us: float
+    problem: Problem,
+    history: pd.DataFrame,
+    rung: Sequence[Promoted],
+    under_us: float,
+    incumbent: tuple[int, ...],
 ) -> tuple[list[int], str]:
     """The policy to measure next, predicted under ``under_us``, and where it came from: the rung's choice among its
-    candidates there, else the search's best by reward there, else the uniform policy under ``under_us`` (its floor
-    when none is). Under a looser limit the choice is the same policy or one the same rule prefers, so bisecting
-    the limit upwards never trades a policy for one the rung or the reward ranks lower."""
+    candidates there (``incumbent``, the uniform policy at the budget, unless another led it clearly), else the
+    search's best by reward there, else the uniform policy under ``under_us`` (its floor when none is). Under a
+    looser limit the choice is the same policy or one the same rule prefers, so bisecting the limit upwards never
+    trades a policy for one the rung or the reward ranks lower."""
     fits = [p for p in rung if float(problem.cost(list(p.kept))["latency"]) <= under_us]
     if fits:
-        chosen = best_first(fits, incumbent=tuple(int(k) for k in uniform_kept(problem)[0]))[0]
+        chosen = best_first(fits, incumbent=incumbent)[0]
         return list(chosen.kept), f"the rung's {chosen.source}"
     rows = history[history["feasible"].astype(bool) & history["reward"].notna() & (history["latency"] <= under_us)]
     if not rows.empty:
