@@ -16,7 +16,8 @@ finetune_epochs, episodes, held_out) already has a row is skipped, so the curve 
 loses at most the cell in flight; an interrupted search cell resumes from its run directory's journal). Then the plot
 (``--out`` with ``.png``) is drawn and the summary printed: mean ± std over seeds per (model, budget, strategy), each
 strategy minus uniform, and per (model, strategy) the lowest measured latency whose fine-tuned accuracy stays
-within 1 point of the unpruned model's (the axis NetAdapt argues on).
+within 1 point of the unpruned model's (the axis NetAdapt argues on), and issue 13's targets checked on the cells
+as they are (``target_checks``).
 
     .venv/bin/python scripts/bench_curve.py                      # the whole curve (resumes what is done)
     .venv/bin/python scripts/bench_curve.py --models fmnist-resnet20 --budgets flops=50%,30% --seeds 0
@@ -143,6 +144,11 @@ COLUMNS = [
     "note",
     "date",
 ]
+DEFAULT_STRATEGY = "optuna:tpe+promote5"  # autoprune search's default: TPE, then the promotion rung
+TARGET_GAIN = 1.0  # issue 13: at the tightest FLOPs budget the default's mean is at least uniform's + this
+TARGET_SE = 2.0  # and at no budget under uniform's by more than this many standard errors of the difference
+TARGET_SPEEDUP_SHARE = 0.5  # at flops=20% every policy runs at least this x the FLOPs reduction faster
+TARGET_SEEDS = 3  # seeds per fine-tuned cell
 WITHIN_POINTS = 1.0  # the latency axis: fine-tuned accuracy at most this many points under the unpruned model's
 
 
@@ -895,23 +901,52 @@ def short_isa(isa: str) -> str:
     return next((name for name in ("avx512", "avx2") if name in isa.split(" ") or f"{name}f" in isa), isa)
 
 
+def width_labels(df: pd.DataFrame) -> pd.Series:
+    """Each row's strategy named by the widths it ran at, not by how its flag was spelled: a cell's usual widths are
+    the commonest ``round_to`` of its (model, budget) among the rows that search in blocks (the reference prunes at
+    any width by definition), and a row at other widths says so (``+rtN``). The default ``--round-to`` is the
+    device's block, so ``uniform`` run where the table's block is 16 and ``uniform+rt8`` run where it is 8 are not
+    one cell, while ``uniform`` and ``uniform+rt8`` both run in blocks of 8 are."""
+    rt = pd.to_numeric(df["round_to"], errors="coerce").fillna(0).astype(int)
+    blocks = df["strategy"] != "reference"
+    usual = rt[blocks].groupby([df["model"], df["budget"]]).agg(lambda x: int(x.mode().iloc[0]))
+
+    def label(strategy: str, model: str, budget: str, widths: int) -> str:
+        parsed = replace(Label.parse(strategy), round_to=None)
+        if strategy != "reference" and widths and widths != usual.get((model, budget), widths):
+            parsed = replace(parsed, round_to=widths)
+        return str(parsed)
+
+    return pd.Series(
+        [label(*r) for r in zip(df["strategy"], df["model"], df["budget"], rt, strict=True)], index=df.index
+    )
+
+
 def cell_means(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, budget, strategy): mean and std over seeds (accuracies in points), one fine-tune length only."""
+    """Per (model, budget, strategy): mean and std over seeds (accuracies in points), one fine-tune length only.
+    Strategies are named by the widths they ran at (:func:`width_labels`); a seed with several rows (the same cell
+    run in several sittings, or under two spellings) counts once, by its newest row: the code as it now is."""
     df = df[df["test_acc_ft"].notna()].copy()
     fts = sorted(df["finetune_epochs"].unique())
     if len(fts) > 1:
         console.print(f"[yellow]--out mixes fine-tunes {fts}: the summary shows {fts[-1]} epoch(s) only[/yellow]")
         df = df[df["finetune_epochs"] == fts[-1]]
+    if df.empty:
+        return pd.DataFrame()
+    df["strategy"] = width_labels(df)
+    df["held"] = pd.to_numeric(df["held_out"], errors="coerce").fillna(0).astype(int)
     counts = df.groupby(["model", "strategy"])["episodes"].transform("nunique")
-    df["strategy"] = np.where(counts > 1, df["strategy"] + " (" + df["episodes"].astype(str) + " ep)", df["strategy"])
-    helds = df.groupby(["model", "strategy"])["held_out"].transform("nunique")
-    held = df["held_out"].fillna(0).astype(int).astype(str)
-    df["strategy"] = np.where(helds > 1, df["strategy"] + " (held-out " + held + ")", df["strategy"])
+    df["label"] = np.where(counts > 1, df["strategy"] + " (" + df["episodes"].astype(str) + " ep)", df["strategy"])
+    helds = df.groupby(["model", "strategy"])["held"].transform("nunique")
+    df["label"] = np.where(helds > 1, df["label"] + " (held-out " + df["held"].astype(str) + ")", df["label"])
+    df = df.sort_values("date", kind="stable", na_position="first").drop_duplicates(
+        ["model", "budget", "label", "seed"], keep="last"
+    )
     for c in ("test_acc_ft", "test_acc_before_ft", "test_acc_unpruned"):
         df[c] = 100 * df[c]
     df["metric"] = df["budget_searched"].str.partition("=")[0]
     df["share"] = df["budget_searched"].str.partition("=")[2].str.rstrip("%").astype(float)
-    keys = ["model", "metric", "share", "budget", "strategy"]
+    keys = ["model", "metric", "share", "budget", "label", "strategy", "held"]
     g = df.groupby(keys, sort=True)
     out = g.agg(
         n=("seed", "nunique"),
@@ -922,10 +957,18 @@ def cell_means(df: pd.DataFrame) -> pd.DataFrame:
         flops=("flops_share", "mean"),
         latency_us=("latency_measured_us", "mean"),
         speedup=("speedup", "mean"),
+        min_speedup=("speedup", "min"),
         search_s=("search_seconds", "mean"),
         isa=("cpu_isa", lambda x: "+".join(sorted({short_isa(str(v)) for v in x}))),
     )
-    return out.reset_index().fillna({"acc_std": 0.0})
+    out = out.reset_index().fillna({"acc_std": 0.0})
+    # the display name is the label; "strategy" keeps the name without the episode or held-out count
+    return out.rename(columns={"strategy": "base", "label": "strategy"})
+
+
+def standard_error(a: pd.Series, b: pd.Series) -> float:
+    """The standard error of the difference of two cells' means over their seeds (independent seeds)."""
+    return math.hypot(a["acc_std"] / math.sqrt(a["n"]), b["acc_std"] / math.sqrt(b["n"]))
 
 
 def print_summary(means: pd.DataFrame) -> None:
@@ -946,14 +989,10 @@ def print_summary(means: pd.DataFrame) -> None:
     for c in columns:
         t.add_column(c, justify="left" if c in ("model", "budget", "strategy", "ISA") else "right")
     for _, r in means.iterrows():
-        uni = means[
-            (means["model"] == r["model"]) & (means["budget"] == r["budget"]) & (means["strategy"] == "uniform")
-        ]
+        u = cell_of(means, r["model"], r["budget"], "uniform")
         diff = ""
-        if r["strategy"] != "uniform" and not uni.empty:
-            u = uni.iloc[0]
-            se = math.hypot(r["acc_std"] / math.sqrt(r["n"]), u["acc_std"] / math.sqrt(u["n"]))
-            diff = f"{r['acc'] - u['acc']:+.2f} ± {se:.2f}"
+        if r["strategy"] != "uniform" and u is not None:
+            diff = f"{r['acc'] - u['acc']:+.2f} ± {standard_error(r, u):.2f}"
         t.add_row(
             r["model"],
             r["budget"],
@@ -969,6 +1008,97 @@ def print_summary(means: pd.DataFrame) -> None:
         )
     console.print(t)
     print_latency_axis(means)
+    print_targets(means)
+
+
+def cell_of(means: pd.DataFrame, model: str, budget: str, strategy: str, held: int | None = None) -> pd.Series | None:
+    """The cell of ``strategy`` (its name without episode or held-out counts) at (model, budget), at ``held``
+    held-out images when given; of several (episode counts), the one with the most seeds; None when there is none."""
+    rows = means[(means["model"] == model) & (means["budget"] == budget) & (means["base"] == strategy)]
+    if held is not None:
+        rows = rows[rows["held"] == held]
+    return None if rows.empty else rows.loc[rows["n"].idxmax()]
+
+
+def target_checks(means: pd.DataFrame) -> pd.DataFrame:
+    """Issue 13's targets, checked on the cells as they are: per model, at the tightest FLOPs budget where the
+    default search (:data:`DEFAULT_STRATEGY` on ``search``'s held-out size) and uniform both have a cell, the default's
+    mean is at least uniform's + :data:`TARGET_GAIN` and at least the reference's; at every budget it is not below
+    uniform's by more than :data:`TARGET_SE` standard errors of the difference; at ``flops=20%`` every strategy's
+    slowest measured policy runs at least :data:`TARGET_SPEEDUP_SHARE` x the FLOPs reduction faster (the reference,
+    Torch-Pruning's at any width, is shown but is no policy of autoprune's). A cell with fewer than
+    :data:`TARGET_SEEDS` seeds says so: its verdict is not final."""
+    checks: list[dict] = []
+
+    def check(model: str, budget: str, target: str, measured: str, met: bool, n: int) -> None:
+        verdict = "met" if met else "not met"
+        if n < TARGET_SEEDS:
+            verdict += f" ({n} of {TARGET_SEEDS} seeds)"
+        checks.append({"model": model, "budget": budget, "target": target, "measured": measured, "verdict": verdict})
+
+    held = int(FULL["held_out"])
+    for model, sub in means.groupby("model", sort=True):
+        budgets = sub.sort_values(["metric", "share"], ascending=[True, False])["budget"].unique()
+        pairs = {
+            b: (d, u)
+            for b in budgets
+            if (d := cell_of(sub, model, b, DEFAULT_STRATEGY, held)) is not None
+            and (u := cell_of(sub, model, b, "uniform")) is not None
+        }
+        flops = [b for b in pairs if b.startswith("flops=")]
+        if flops:
+            tightest = min(flops, key=lambda b: float(b.partition("=")[2].rstrip("%")))
+            d, u = pairs[tightest]
+            gain, se = d["acc"] - u["acc"], standard_error(d, u)
+            check(
+                model,
+                tightest,
+                f"default >= uniform + {TARGET_GAIN:g} (tightest FLOPs budget)",
+                f"{d['acc']:.2f} vs {u['acc']:.2f}: {gain:+.2f} ± {se:.2f}",
+                gain >= TARGET_GAIN,
+                min(d["n"], u["n"]),
+            )
+            ref = cell_of(sub, model, tightest, "reference")
+            if ref is not None:
+                check(
+                    model,
+                    tightest,
+                    "default >= reference (tightest FLOPs budget)",
+                    f"{d['acc']:.2f} vs {ref['acc']:.2f}: {d['acc'] - ref['acc']:+.2f}",
+                    d["acc"] >= ref["acc"],
+                    min(d["n"], ref["n"]),
+                )
+        for budget, (d, u) in pairs.items():
+            gain, se = d["acc"] - u["acc"], standard_error(d, u)
+            check(
+                model,
+                budget,
+                f"default not under uniform by > {TARGET_SE:g} s.e.",
+                f"{gain:+.2f} ± {se:.2f}",
+                gain >= -TARGET_SE * se,
+                min(d["n"], u["n"]),
+            )
+        for _, r in sub[sub["budget"] == "flops=20%"].iterrows():
+            needed = TARGET_SPEEDUP_SHARE / r["flops"]
+            check(
+                model,
+                r["budget"],
+                f"speed-up >= {TARGET_SPEEDUP_SHARE:g} x FLOPs reduction: {r['strategy']}",
+                f"slowest x{r['min_speedup']:.2f}, needs x{needed:.2f} ({r['isa']})",
+                r["min_speedup"] >= needed,
+                int(r["n"]),
+            )
+    return pd.DataFrame(checks, columns=["model", "budget", "target", "measured", "verdict"])
+
+
+def print_targets(means: pd.DataFrame) -> None:
+    checks = target_checks(means)
+    t = Table(title=f"issue 13's targets on these cells (default: {DEFAULT_STRATEGY}, held-out {FULL['held_out']})")
+    for c in checks.columns:
+        t.add_column(c)
+    for r in checks.itertuples(index=False):
+        t.add_row(*(str(v) for v in r))
+    console.print(t)
 
 
 def print_latency_axis(means: pd.DataFrame) -> None:

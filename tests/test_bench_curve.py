@@ -104,3 +104,79 @@ def test_merge_refuses_a_csv_of_other_columns(bench, tmp_path, capsys):
     assert "other columns" in capsys.readouterr().err
     assert bench.main(["--out", str(here), "--merge", str(tmp_path / "missing.csv")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _cell(bench, strategy: str, seed: int, acc: float, **fields) -> dict:
+    """A finished cell's row, as read back from the CSV (numbers as numbers)."""
+    row = dict.fromkeys(bench.COLUMNS, float("nan"))
+    row.update(
+        model="fmnist-resnet20",
+        budget="flops=10%",
+        budget_searched="flops=10%",
+        strategy=strategy,
+        seed=seed,
+        finetune_epochs=1.0,
+        episodes=1 if strategy.startswith("uniform") else 150,
+        held_out=float("nan") if strategy.startswith(("uniform", "reference")) else 5000.0,
+        round_to=1 if strategy == "reference" else 8,
+        flops_share=0.1,
+        speedup=3.0,
+        test_acc_unpruned=0.938,
+        test_acc_before_ft=0.2,
+        test_acc_ft=acc,
+        latency_measured_us=5000.0,
+        search_seconds=1.0,
+        cpu_isa="avx2",
+        date=f"2026-12-0{seed + 1}T00:00:00",
+    )
+    row.update(fields)
+    return row
+
+
+def _means(bench, rows: list[dict]):
+    return bench.cell_means(bench.pd.DataFrame(rows, columns=bench.COLUMNS))
+
+
+def test_a_cell_is_named_by_the_widths_it_ran_at_and_a_seed_counts_once(bench):
+    means = _means(
+        bench,
+        [
+            _cell(bench, "uniform", 0, 0.85),  # the default --round-to was 8 on that machine
+            _cell(bench, "uniform+rt8", 1, 0.86),  # spelled out where the table's block is 16
+            _cell(bench, "uniform+rt8", 2, 0.87),
+            _cell(bench, "uniform", 1, 0.80, round_to=16),  # the default was 16 here: other widths, another cell
+            _cell(bench, "reference", 0, 0.88),  # any width by definition: not "+rt1"
+            _cell(bench, "optuna:tpe+promote5", 0, 0.84, date="2026-12-01T00:00:00"),
+            _cell(bench, "optuna:tpe+rt8+promote5", 0, 0.89, date="2026-12-03T00:00:00"),  # the same cell, newer
+        ],
+    )
+    cells = {r.strategy: (r.n, round(r.acc, 2)) for r in means.itertuples()}
+    assert cells == {
+        "uniform": (3, 86.0),
+        "uniform+rt16": (1, 80.0),
+        "reference": (1, 88.0),
+        "optuna:tpe+promote5": (1, 89.0),
+    }
+
+
+def test_the_targets_are_checked_on_the_cells(bench):
+    rows = [_cell(bench, "uniform", s, a) for s, a in enumerate((0.850, 0.852, 0.854))]
+    rows += [_cell(bench, "optuna:tpe+promote5", s, a) for s, a in enumerate((0.862, 0.864, 0.866))]
+    rows += [_cell(bench, "reference", s, a) for s, a in enumerate((0.870, 0.871, 0.872))]
+    # a milder budget where the default is under uniform by far more than the seed noise, one seed
+    mild = {"budget": "flops=50%", "budget_searched": "flops=50%", "flops_share": 0.5, "speedup": 1.2}
+    rows += [_cell(bench, "uniform", 0, 0.93, **mild), _cell(bench, "optuna:tpe+promote5", 0, 0.91, **mild)]
+    # flops=20%: 5x fewer FLOPs, so 2.5x faster is needed; one seed of the default runs 2.4x
+    tight = {"budget": "flops=20%", "budget_searched": "flops=20%", "flops_share": 0.2}
+    rows += [_cell(bench, "uniform", s, 0.9, speedup=3.0, **tight) for s in range(3)]
+    rows += [_cell(bench, "optuna:tpe+promote5", s, 0.9, speedup=x, **tight) for s, x in enumerate((3.0, 2.4, 3.0))]
+    checks = bench.target_checks(_means(bench, rows))
+    verdict = {(r.budget, r.target): r.verdict for r in checks.itertuples()}
+    tightest = "(tightest FLOPs budget)"
+    assert verdict[("flops=10%", f"default >= uniform + 1 {tightest}")] == "met"  # +1.2
+    assert verdict[("flops=10%", f"default >= reference {tightest}")] == "not met"  # 86.4 against 87.1
+    assert verdict[("flops=10%", "default not under uniform by > 2 s.e.")] == "met"
+    assert verdict[("flops=50%", "default not under uniform by > 2 s.e.")] == "not met (1 of 3 seeds)"
+    speed = "speed-up >= 0.5 x FLOPs reduction"
+    assert verdict[("flops=20%", f"{speed}: uniform")] == "met"
+    assert verdict[("flops=20%", f"{speed}: optuna:tpe+promote5")] == "not met"  # its slowest policy counts
