@@ -290,6 +290,12 @@ def test_resume_reruns_the_trial_a_killed_search_left_running(tmp_path):
     assert result.evaluations == 4 == sum(t.state == TrialState.COMPLETE for t in trials)
 
 
+def _ctrl_c_as_from_a_terminal() -> None:
+    """SIGINT back to its default in the child: pytest started in the background (``cmd &``, ``nohup``) inherits it
+    ignored, and Python then installs no KeyboardInterrupt handler, so the search would run to its end."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_workers_writes_the_best_policy_so_far_and_resumes(tmp_path):
     """Ctrl-C reaches the parent and its children (one process group, as a terminal sends it): the run directory
     gets the study's best complete trial as policy.json, and --resume finishes the shared budget."""
@@ -301,6 +307,7 @@ def test_ctrl_c_during_workers_writes_the_best_policy_so_far_and_resumes(tmp_pat
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        preexec_fn=_ctrl_c_as_from_a_terminal,
     )
 
     def complete_rows() -> list[dict]:
