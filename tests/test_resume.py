@@ -138,3 +138,32 @@ def test_ctrl_c_never_saves_a_policy_whose_reward_is_nan(tmp_path):
     assert policy.kept == half and policy.search["reward"] == 0.25 and policy.search["evaluations"] == 3
     assert len(pd.read_csv(tmp_path / "history.csv")) == 3
     assert save_interrupted(tmp_path / "none", problem, rows[:1]) is None  # nothing to save
+
+
+def test_ctrl_c_before_the_study_resumes(tmp_path, tiny_data):
+    """Ctrl-C before the Optuna study exists (while the latency table is measured) leaves only args.json, which
+    refuses a new search into the run directory: --resume starts the search there."""
+    from autoprune.api import resume, search
+
+    def interrupt(text: str) -> None:
+        if text.startswith("searching with"):
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        search(
+            "resnet20",
+            "synthetic",
+            "flops=50%",
+            strategy="optuna",
+            input_shape=(1, 1, 16, 16),
+            episodes=3,
+            held_out=64,
+            out=run,
+            measure=False,
+            finetune_epochs=0,
+            on_phase=interrupt,
+        )
+    assert (run / "args.json").is_file() and not (run / "history.csv").exists()
+    outcome = resume(run)
+    assert outcome.result.evaluations == 3 and len(pd.read_csv(run / "history.csv")) == 3

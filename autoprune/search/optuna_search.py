@@ -190,14 +190,13 @@ class OptunaStrategy(Strategy):
         role = self.role
         if role in ("worker", "read") and not exists:
             raise UserError(f"no Optuna study {name!r} in {where}: check --storage and --study")
-        if self.owned and role == "search":
-            if exists and not self.resume:
-                raise UserError(
-                    f"an Optuna study {name!r} already exists in {where}: pass --resume to continue "
-                    "it, or choose another run directory"
-                )
-            if self.resume and not exists:
-                raise UserError(f"no Optuna study {name!r} in {where} to resume: run without --resume first")
+        if role == "search" and exists and not self.resume and self.owned:
+            raise UserError(
+                f"an Optuna study {name!r} already exists in {where}: pass --resume to continue "
+                "it, or choose another run directory"
+            )
+        # --resume on a study not there yet starts it: the search was stopped before it created it (Ctrl-C while
+        # the latency table was measured), and run without --resume the run directory's args.json refuses it
         study = optuna.create_study(
             storage=storage, sampler=self.make_sampler(), study_name=name, directions=directions, load_if_exists=True
         )
