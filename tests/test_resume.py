@@ -89,8 +89,23 @@ def test_resume_without_a_search(tmp_path, run_cli):
     assert code == 2 and "no search to resume" in err
 
 
-def test_ctrl_c_writes_the_best_policy_so_far(tmp_path, tiny_data):
+def tiny_search(run: Path, **settings):
+    """``autoprune.api.search`` of a random-init resnet20 at 1x16x16 on synthetic data into ``run``."""
     from autoprune.api import search
+
+    return search(
+        "resnet20",
+        "synthetic",
+        "flops=50%",
+        input_shape=(1, 1, 16, 16),
+        held_out=64,
+        out=run,
+        measure=False,
+        **settings,
+    )
+
+
+def test_ctrl_c_writes_the_best_policy_so_far(tmp_path, tiny_data):
     from autoprune.policy import Policy
 
     def interrupt_after_five(event) -> None:
@@ -99,18 +114,7 @@ def test_ctrl_c_writes_the_best_policy_so_far(tmp_path, tiny_data):
 
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        search(
-            "resnet20",
-            "synthetic",
-            "flops=50%",
-            strategy="random",
-            input_shape=(1, 1, 16, 16),
-            episodes=20,
-            held_out=64,
-            out=run,
-            measure=False,
-            callback=interrupt_after_five,
-        )
+        tiny_search(run, strategy="random", episodes=20, callback=interrupt_after_five)
     policy = Policy.load(run / "policy.json")
     rows = journal_lines(run)
     assert policy.search["interrupted"] and len(rows) == 5
@@ -143,7 +147,7 @@ def test_ctrl_c_never_saves_a_policy_whose_reward_is_nan(tmp_path):
 def test_ctrl_c_before_the_study_resumes(tmp_path, tiny_data):
     """Ctrl-C before the Optuna study exists (while the latency table is measured) leaves only args.json, which
     refuses a new search into the run directory: --resume starts the search there."""
-    from autoprune.api import resume, search
+    from autoprune.api import resume
 
     def interrupt(text: str) -> None:
         if text.startswith("searching with"):
@@ -151,19 +155,7 @@ def test_ctrl_c_before_the_study_resumes(tmp_path, tiny_data):
 
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        search(
-            "resnet20",
-            "synthetic",
-            "flops=50%",
-            strategy="optuna",
-            input_shape=(1, 1, 16, 16),
-            episodes=3,
-            held_out=64,
-            out=run,
-            measure=False,
-            finetune_epochs=0,
-            on_phase=interrupt,
-        )
+        tiny_search(run, strategy="optuna", episodes=3, finetune_epochs=0, on_phase=interrupt)
     assert (run / "args.json").is_file() and not (run / "history.csv").exists()
     outcome = resume(run)
     assert outcome.result.evaluations == 3 and len(pd.read_csv(run / "history.csv")) == 3
