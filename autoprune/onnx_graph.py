@@ -22,7 +22,7 @@ def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], dynamic_batch: bo
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
-            (torch.randn(*input_shape),),
+            (torch.randn(*input_shape, device=next(model.parameters(), torch.empty(0)).device),),
             buf,
             input_names=["input"],
             output_names=["logits"],

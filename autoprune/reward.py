@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from autoprune.compute import CPU, Compute
+from autoprune.compute import CPU, Compute, placed
 from autoprune.data import DataBundle, Split
 from autoprune.errors import UserError
 from autoprune.evaluate import recalibrate_bn
@@ -127,12 +127,13 @@ class Evaluator:
     def teacher_logits(self) -> list[torch.Tensor]:
         """The unpruned model's held-out logits, once: the distillation loss's targets."""
         if self._teacher_logits is None:
-            teacher = self.pruner.model
-            was_training = teacher.training
-            teacher.eval()
-            with torch.inference_mode(), self.compute.autocast():
-                self._teacher_logits = [teacher(x).float() for x, _ in self._eval_batches]
-            teacher.train(was_training)
+            was_training = self.pruner.model.training
+            # the unpruned model lives on the CPU (the pruner's graph and surgery); the held-out batches on the device
+            with placed(self.pruner.model, self.compute) as teacher:
+                teacher.eval()
+                with torch.inference_mode(), self.compute.autocast():
+                    self._teacher_logits = [teacher(x).float() for x, _ in self._eval_batches]
+                teacher.train(was_training)
         return self._teacher_logits
 
     def score(self, model: nn.Module) -> tuple[float, float]:

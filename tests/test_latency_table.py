@@ -447,3 +447,18 @@ def test_a_speed_signature_off_the_tables_is_reported_with_the_anchor_command(bu
     assert "speed signature" in err and f"autoprune latency-table anchor --table {slow}" in err
     check = json.loads((tmp_path / "run" / "policy.json").read_text())["search"]["speed_signature"]
     assert check["off"] and check["ratio"] > 2
+
+
+def test_timing_a_module_leaves_it_where_and_as_it_was():
+    """The torch backend times a copy: the caller's module keeps its mode and its parameters (on a GPU table the
+    unpruned model would otherwise be left on the GPU, away from the pruner that copies it)."""
+    from autoprune.cost.measure import measure_interleaved, measure_model
+
+    model, _ = build_model("resnet20", use_default_weights=False)
+    model.train()
+    params = [id(p) for p in model.parameters()]
+    (timing,) = measure_interleaved([model], (1, 3, 16, 16), "torch", 1, 1, 3, 1)
+    assert timing.repeats == 3 and timing.median_us > 0
+    assert measure_model(model, (1, 3, 16, 16), "torch", 1, 1, 3).median_us > 0
+    assert model.training
+    assert [id(p) for p in model.parameters()] == params

@@ -210,6 +210,25 @@ def test_a_relative_budget_also_waits_out_a_slow_spell(built, monkeypatch):
     assert len(phases) == 1 and "busy or throttled" in phases[0]
 
 
+def test_a_cuda_tables_budget_is_measured_on_cuda_not_on_this_cpu(built):
+    """A search against a table measured on a GPU checks the pruned model on that GPU: where onnxruntime has no CUDA
+    provider the measured check says so instead of timing the CPU and calling a GPU budget met."""
+    import onnxruntime as ort
+    import pytest
+
+    from autoprune.errors import UserError
+    from autoprune.pipeline.verify import time_pair
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime here has a CUDA provider: the check would run on the GPU")
+    table = LatencyTable.load(built)
+    cuda_table = LatencyTable(table.df, {**table.meta, "device": "cuda"})
+    model, _ = build_model("resnet20", use_default_weights=False)
+    assert len(time_pair(model, model, SHAPE, table, 1)) == 2  # the CPU table is measured here
+    with pytest.raises(UserError, match="CUDA provider"):
+        time_pair(model, model, SHAPE, cuda_table, 1)
+
+
 def test_a_device_that_stays_slow_is_reported_with_what_to_do(built, monkeypatch):
     """Slow in every attempt of the last try: the policy is not met, and the verdict says why and which command
     re-checks or re-fits the table."""

@@ -13,6 +13,7 @@ medians is the figure, so a disturbance hits one round of several networks inste
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Iterator
@@ -165,12 +166,19 @@ def measure_model(
         prev = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            model = model.eval().to(device)
+            model = _timed_copy(model, device)
             x = torch.randn(*input_shape, device=device)
             return time_callable(lambda: _torch_forward(model, x, device), warmup, repeats)
         finally:
             torch.set_num_threads(prev)
     raise UserError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+
+
+def _timed_copy(model: nn.Module, device: str) -> nn.Module:
+    """The module as the torch backend times it: a copy in eval mode on ``device``, so that timing leaves the
+    caller's module where and as it was (the unpruned model stays on the CPU for the pruner's surgery, in the
+    mode its owner set)."""
+    return copy.deepcopy(model).eval().to(device)
 
 
 def _torch_forward(model: nn.Module, x: torch.Tensor, device: str) -> None:
@@ -202,6 +210,7 @@ def measure_interleaved(
     elif backend == "torch":
         if any(isinstance(m, bytes) for m in models):
             raise UserError("the torch backend measures modules, not ONNX models")
+        nets = [_timed_copy(m, device) for m in models]
     else:
         raise UserError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     samples: list[list[float]] = [[] for _ in models]
@@ -210,14 +219,14 @@ def measure_interleaved(
     prev = torch.get_num_threads()
     try:
         for _ in range(rounds):
-            for i, m in enumerate(models):
+            for i in range(len(models)):
                 if backend == "onnxruntime":
                     sess = ort_session(data[i], threads, device)
                     feed = {sess.get_inputs()[0].name: x}
                     run = lambda sess=sess, feed=feed: sess.run(None, feed)  # noqa: E731
                 else:
                     torch.set_num_threads(threads)
-                    net, xt = m.eval().to(device), torch.from_numpy(x).to(device)
+                    net, xt = nets[i], torch.from_numpy(x).to(device)
                     run = lambda net=net, xt=xt: _torch_forward(net, xt, device)  # noqa: E731
                 s = time_samples(run, warmup, repeats)
                 medians[i].append(float(np.median(s)))

@@ -23,12 +23,13 @@ def time_pair(
     net: nn.Module, pruned: nn.Module, shape: tuple[int, ...], table: LatencyTable | None, threads: int
 ) -> list[Timing]:
     """The unpruned and the pruned model timed end to end in the same interleaved rounds (the median of 100 runs in
-    each of 3), so a slow spell of the machine hits both: with the table's backend, threads and thread pinning, or
-    onnxruntime at ``threads`` without a table."""
+    each of 3), so a slow spell of the machine hits both: with the table's backend, threads, thread pinning and device
+    (a CUDA table's budget is a GPU's, never checked on the CPU), or onnxruntime on the CPU at ``threads`` without
+    a table."""
     if table is None:
         return measure_interleaved([net, pruned], shape, "onnxruntime", threads, 10, 100, 3)
     with table.measuring():
-        return measure_interleaved([net, pruned], shape, table.backend, table.threads, 10, 100, 3)
+        return measure_interleaved([net, pruned], shape, table.backend, table.threads, 10, 100, 3, table.device)
 
 
 # A policy measured this far under the limit, after one measured over it, leaves room worth one more try: the error
