@@ -180,3 +180,15 @@ def test_the_targets_are_checked_on_the_cells(bench):
     speed = "speed-up >= 0.5 x FLOPs reduction"
     assert verdict[("flops=20%", f"{speed}: uniform")] == "met"
     assert verdict[("flops=20%", f"{speed}: optuna:tpe+promote5")] == "not met"  # its slowest policy counts
+
+
+def test_a_cell_is_met_by_the_policy_it_kept_not_by_the_last_one_measured(bench):
+    """Compact latency=50% uniform seed 1: its policy met the budget (6.44 of 15.67 ms); a larger uniform policy
+    tried after it measured over the limit and was not kept. The cell is met."""
+    from autoprune.policy import Policy
+
+    path = SCRIPT.parents[1] / "benchmarks/search_curve_policies/fmnist-mobilenetv2/latency-50pct/uniform-e1-ft1-s1.json"
+    policy = Policy.load(path)
+    checks = policy.metrics["latency_checks"]
+    assert checks[-1]["met"] is False and list(checks[-1]["kept"]) != policy.kept
+    assert bench.kept_policy_met(policy) is True
