@@ -187,7 +187,8 @@ def test_a_cell_is_met_by_the_policy_it_kept_not_by_the_last_one_measured(bench)
     tried after it measured over the limit and was not kept. The cell is met."""
     from autoprune.policy import Policy
 
-    path = SCRIPT.parents[1] / "benchmarks/search_curve_policies/fmnist-mobilenetv2/latency-50pct/uniform-e1-ft1-s1.json"
+    policies = SCRIPT.parents[1] / "benchmarks" / "search_curve_policies"
+    path = policies / "fmnist-mobilenetv2" / "latency-50pct" / "uniform-e1-ft1-s1.json"
     policy = Policy.load(path)
     checks = policy.metrics["latency_checks"]
     assert checks[-1]["met"] is False and list(checks[-1]["kept"]) != policy.kept
