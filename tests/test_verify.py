@@ -352,46 +352,6 @@ def test_when_nothing_evaluated_fits_the_uniform_policy_under_the_tightened_limi
     assert got == smaller and sum(smaller) < sum(uniform) and "trying the uniform policy" in phases[-1]
 
 
-def test_when_no_candidate_of_the_rung_fits_its_choice_is_scaled_down(built, monkeypatch):
-    """The rung chose a searched allocation at the edge of the budget, and it measures over the limit; no candidate
-    of the rung fits under the tightened limit, and the search's best by reward there is the floor. The next policy
-    is the rung's choice made smaller, its allocation kept: every group at most as wide, none of it the floor's, and
-    it meets the limit."""
-    import numpy as np
-
-    from autoprune.budget import parse_budget
-    from autoprune.cost.model import CostModel
-    from autoprune.pipeline.verify import meet_measured_latency
-    from autoprune.problem import Problem
-    from autoprune.search.baselines import scaled_kept, uniform_kept
-    from autoprune.search.promotion import Promoted
-
-    _, pruner, model, table, full = _fitted_problem(built)
-    graph = pruner.graph
-    budget = parse_budget(f"latency={table.predictor(graph)(full) * 0.6:.3f}us")
-    problem = Problem(graph, CostModel(graph, latency=table.predictor(graph)), budget)
-    shape = np.linspace(1.0, 0.2, len(full))  # wide first groups, narrow last ones: not uniform
-    chosen = [int(k) for k in scaled_kept(problem, shape, problem.feasible)[0]]
-    uniform, floor = [int(k) for k in uniform_kept(problem)[0]], problem.floor.tolist()
-    assert len({tuple(chosen), tuple(uniform), tuple(floor)}) == 3
-    _Device(monkeypatch, problem, pruner, model, slow_calls=0, table_error=lambda us: 1.15)  # every pruned model
-    history = pd.DataFrame(
-        [
-            {"kept": tuple(k), "latency": problem.cost(k)["latency"], "feasible": True, "reward": r}
-            for k, r in ((chosen, 0.5), (uniform, 0.4), (floor, 0.6))  # the reward prefers the floor
-        ]
-    )
-    rung = [Promoted(tuple(chosen), "search #1", 0.5, 0.95, 0.01), Promoted(tuple(uniform), "uniform", 0.4, 0.9, 0.0)]
-    phases: list[str] = []
-    got, _, checks = meet_measured_latency(
-        problem, history, chosen, pruner, model, SHAPE, table, tries=2, settle=0, rung=rung, on_phase=phases.append
-    )
-    assert [c["met"] for c in checks] == [False, True] and checks[0]["kept"] == chosen
-    assert got == checks[1]["kept"] and got not in (chosen, floor)
-    assert all(g <= c for g, c in zip(got, chosen, strict=True)) and got[0] > uniform[0]
-    assert "trying the rung's search #1, scaled down" in phases[-1]
-
-
 def test_the_policy_returned_after_the_last_try_is_the_one_last_measured(built, monkeypatch):
     """Out of tries, the policy and the timings returned are of the same policy, not of a next one left untimed."""
     from autoprune.pipeline.verify import meet_measured_latency

@@ -15,7 +15,7 @@ from autoprune.cost.latency_table import LatencyTable
 from autoprune.cost.measure import Timing, device_slowdown, measure_interleaved
 from autoprune.problem import Problem
 from autoprune.prune import ChannelPruner
-from autoprune.search.baselines import scaled_kept, uniform_kept
+from autoprune.search.baselines import uniform_kept
 from autoprune.search.promotion import Promoted, best_first
 
 
@@ -67,21 +67,20 @@ def meet_measured_latency(
     """Measure the chosen policy here and, when it is over the limit, take a smaller evaluated one.
 
     A search ends at the edge of the predicted budget, where the table's few-percent error decides. So the chosen
-    policy is pruned and timed here (interleaved with the unpruned model: 3 rounds of 100 runs); if it measures over
-    the limit, the table's error on this very policy becomes the margin — a policy predicted under ``limit *
-    predicted / measured``, less :data:`STEP_MARGIN` for the timing noise, is tried next — up to ``tries`` policies
-    in all. That policy is the promotion ``rung``'s choice among its candidates that fit
+    policy is pruned and timed here (interleaved with the unpruned model: 3 rounds of 100 runs); if it measures
+    over the limit, the table's error on this very policy becomes the margin — a policy predicted under
+    ``limit * predicted / measured``, less :data:`STEP_MARGIN` for the timing noise, is tried next — up to
+    ``tries`` policies in all. That policy is the promotion ``rung``'s choice among its candidates that fit
     (:func:`~autoprune.search.promotion.best_first`: the uniform policy unless another clearly led it after the
-    short fine-tune), else the rung's choice scaled down under that limit, else the best evaluated policy by the
-    search's reward, else (nothing evaluated fits) the uniform policy under that limit (:func:`next_policy`). When a
-    smaller policy then measures more than :data:`CLIMB_SLACK` under the limit, the first measurement's error (the
-    table's on that policy, or the timing's) did not carry over, and a try left goes to the same choice under a
-    limit halfway between the two predictions (bisection), if that choice differs. When the uniform policy (plain or
-    filled), measured before any policy was over the limit, measures that far under it, the table over-predicts it
-    here, and a try left goes to the larger uniform policy under the limit its error sets (less
-    :data:`STEP_MARGIN`), though the table predicts it over the budget; once one is over, the bisection goes on
-    among uniform policies. Returns the last policy that met the limit (else the last one measured), its (unpruned,
-    pruned) timings and every check made.
+    short fine-tune), else the best evaluated policy by the search's reward, else (nothing evaluated fits) the
+    uniform policy under that limit (:func:`next_policy`). When a smaller policy then measures more than
+    :data:`CLIMB_SLACK` under the limit, the first measurement's error (the table's on that policy, or the
+    timing's) did not carry over, and a try left goes to the same choice under a limit halfway between the two
+    predictions (bisection), if that choice differs. When the uniform policy (plain or filled), measured before
+    any policy was over the limit, measures that far under it, the table over-predicts it here, and a try left goes
+    to the larger uniform policy under the limit its error sets (less :data:`STEP_MARGIN`), though the table
+    predicts it over the budget; once one is over, the bisection goes on among uniform policies. Returns the last
+    policy that met the limit (else the last one measured), its (unpruned, pruned) timings and every check made.
 
     Before a measurement over the limit counts, the device must be in its table's state: when the unpruned model
     measured more than ``DEVICE_SLOWDOWN_TOLERANCE`` over the table's prediction in the same rounds
@@ -169,31 +168,13 @@ def next_policy(
 ) -> tuple[list[int], str]:
     """The policy to measure next, predicted under ``under_us``, and where it came from: the rung's choice among its
     candidates there (``incumbent``, the uniform policy at the budget, unless another led it clearly), else the
-    rung's choice among all its candidates scaled down under ``under_us`` (its allocation, smaller), else the
     search's best by reward there, else the uniform policy under ``under_us`` (its floor when none is). Under a
     looser limit the choice is the same policy or one the same rule prefers, so bisecting the limit upwards never
-    trades a policy for one the rung or the reward ranks lower.
-
-    Why the scaled rung choice before the search's best by reward: a search ends at the edge of the predicted
-    budget, so a limit tightened by a few percent leaves no evaluated policy under it, and the best by reward under
-    it is a far smaller one (reward, after BN recalibration only, does not rank policies as a fine-tune does; that is
-    why the rung exists). ResNet-20 at ``latency=50%``, seed 2: the rung's choice (+2.2 points over uniform after the
-    short fine-tune) measured 2.4 % over the limit, every evaluated policy was predicted within 1 % of the budget,
-    and the step down went to a policy with stage 3 at 16 of 64 channels: 87.95 % after the fine-tune, where the
-    uniform cell ends 92.60 %."""
-
-    def fits_under(kept: np.ndarray) -> bool:
-        return not problem.excess(kept) and float(problem.cost(kept)["latency"]) <= under_us
-
+    trades a policy for one the rung or the reward ranks lower."""
     fits = [p for p in rung if float(problem.cost(list(p.kept))["latency"]) <= under_us]
     if fits:
         chosen = best_first(fits, incumbent=incumbent)[0]
         return list(chosen.kept), f"the rung's {chosen.source}"
-    if rung:
-        chosen = best_first(rung, incumbent=incumbent)[0]
-        scaled, _ = scaled_kept(problem, np.asarray(chosen.kept) / problem.channels, fits_under)
-        if fits_under(scaled):
-            return [int(k) for k in scaled], f"the rung's {chosen.source}, scaled down"
     rows = history[history["feasible"].astype(bool) & history["reward"].notna() & (history["latency"] <= under_us)]
     if not rows.empty:
         return [int(k) for k in rows.loc[rows["reward"].idxmax(), "kept"]], "the search's best by reward"

@@ -25,31 +25,22 @@ def uniform_kept(
     the lowest ratios (:meth:`Problem.fill`, which knows the budget only): as near to one ratio as whole steps allow."""
     if fill and fits is not None:
         raise ValueError("fill grows a policy into the problem's budget, not into a stricter test")
-    kept, lo = scaled_kept(problem, np.ones(len(problem.channels)), fits or problem.feasible, iterations)
+    fits = fits or problem.feasible
+    full = problem.ratios_to_kept(np.ones(len(problem.channels)))
+    if fits(full):
+        return full, 1.0
+    lo, hi = 0.0, 1.0  # ratio lo is feasible (every group at its floor), hi is not
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if fits(problem.ratios_to_kept(np.full(len(problem.channels), mid))):
+            lo = mid
+        else:
+            hi = mid
+    kept = problem.ratios_to_kept(np.full(len(problem.channels), lo))
     if fill:
         channels = problem.channels
         kept = problem.fill(kept, lambda g, _now, after: -after / int(channels[g]))
     return kept, lo
-
-
-def scaled_kept(
-    problem: Problem, ratios: Sequence[float] | np.ndarray, fits: Callable[[np.ndarray], bool], iterations: int = 40
-) -> tuple[np.ndarray, float]:
-    """The largest policy of the keep ``ratios`` all scaled by one factor in [0, 1] (in whole steps, never under a
-    group's floor) that ``fits``, and that factor, by bisection; the floor when none fits. With ``ratios`` all 1, the
-    uniform policy; with a searched policy's ratios, the same allocation made smaller."""
-    base = np.asarray(ratios, dtype=np.float64)
-    full = problem.ratios_to_kept(base)
-    if fits(full):
-        return full, 1.0
-    lo, hi = 0.0, 1.0  # factor lo fits (every group at its floor), hi does not
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        if fits(problem.ratios_to_kept(base * mid)):
-            lo = mid
-        else:
-            hi = mid
-    return problem.ratios_to_kept(base * lo), lo
 
 
 def magnitude_kept(problem: Problem, scores: Sequence[np.ndarray], fill: bool = False) -> np.ndarray:
