@@ -330,9 +330,9 @@ def budget_verdict(policy: Policy) -> str | None:
     elif measured_policies > 1:
         parts.append(
             f"the searched policy measured {format_cost('latency', checks[0]['measured_us'])} (over the "
-            f"budget), so a smaller policy was taken (the rung's choice, else the search's best, else uniform, under "
-            f"a limit set by the table's error on it; {measured_policies} policies measured, in `policy.json` "
-            "`latency_checks`)"
+            f"budget), so another was taken (the rung's next candidate that measured within it, else the search's "
+            f"best, else uniform, under a limit set by the table's error; {measured_policies} policies measured, in "
+            "`policy.json` `latency_checks`)"
         )
     slow = [
         device_slowdown(ch["unpruned_measured_us"], ch["unpruned_predicted_us"])
