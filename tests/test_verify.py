@@ -310,7 +310,8 @@ def test_a_policy_over_budget_when_measured_gives_way_to_the_rungs_choice_among_
             problem, history, full, pruner, model, SHAPE, table, settle=0, rung=rung, on_phase=phases.append
         )
         assert not checks[0]["met"] and checks[-1]["met"] and checks[-1]["kept"] == got
-        assert len(checks) == 2  # far under the limit, yet under a looser one the rung would choose the same
+        assert len(checks) == 3 and checks[1]["kept"] == got  # its measurement confirmed by a second one
+        # far under the limit, yet under a looser one the rung would choose the same: nothing more measured
         return got, phases[-1]
 
     got, said = verified(floor_after=0.91)  # the floor's lead, 1 standard error, is noise
@@ -322,8 +323,8 @@ def test_a_policy_over_budget_when_measured_gives_way_to_the_rungs_choice_among_
 def test_the_rungs_next_candidate_at_the_budget_is_measured_before_the_limit_is_tightened(built, monkeypatch):
     """The rung's choice measures 2.4 % over the limit where the table erred on it alone (ResNet-20 at
     latency=50%). Its next candidate, the uniform policy at the budget, is predicted above the limit tightened by
-    that error, so a step down by prediction passes it for a far smaller policy; measured, it is within the limit,
-    and it is kept."""
+    that error, so a step down by prediction passes it for a far smaller policy; measured, it is within the limit
+    twice, and it is kept. Where its second measurement is over, it is not."""
     import math
 
     from autoprune.budget import parse_budget
@@ -348,10 +349,12 @@ def test_the_rungs_next_candidate_at_the_budget_is_measured_before_the_limit_is_
     assert cost(floor) < cost(searched) < cost(uniform) <= limit
     factor = 1.024 * limit / cost(searched)
     assert cost(uniform) > limit / factor * (1 - STEP_MARGIN)  # over the limit a step down by prediction sets
-    _Device(
-        monkeypatch, problem, pruner, model, slow_calls=0,
-        table_error=lambda us: factor if math.isclose(us, cost(searched)) else 1.0,
-    )  # fmt: skip
+    uniform_error = iter([1.0, 1.0])  # as the table predicts it, twice
+
+    def table_error(us: float) -> float:
+        return factor if math.isclose(us, cost(searched)) else next(uniform_error) if us == cost(uniform) else 1.0
+
+    _Device(monkeypatch, problem, pruner, model, slow_calls=0, table_error=table_error)
     history = pd.DataFrame(
         [
             {"kept": tuple(kept), "latency": cost(kept), "feasible": True, "reward": reward}
@@ -366,11 +369,19 @@ def test_the_rungs_next_candidate_at_the_budget_is_measured_before_the_limit_is_
     got, timings, checks = meet_measured_latency(
         problem, history, searched, pruner, model, SHAPE, table, settle=0, rung=rung, on_phase=phases.append
     )
-    assert [c["kept"] for c in checks] == [searched, uniform] and [c["met"] for c in checks] == [False, True]
-    assert got == uniform and timings[1].median_us == checks[1]["measured_us"]
+    assert [c["kept"] for c in checks] == [searched, uniform, uniform] and [c["met"] for c in checks] == [0, 1, 1]
+    assert got == uniform and timings[1].median_us == checks[2]["measured_us"]
     assert "trying the rung's next, uniform (predicted within the budget)" in phases[-1]
     verdict = _verdict(problem, got, timings, checks)
     assert "**met**" in verdict and "so another was taken (the rung's next candidate that measured within it" in verdict
+
+    uniform_error = iter([1.0, 1.01 * limit / cost(uniform)])  # under the limit once, then 1 % over it
+    got, timings, checks = meet_measured_latency(
+        problem, history, searched, pruner, model, SHAPE, table, settle=0, rung=rung, on_phase=phases.append
+    )
+    assert [c["kept"] for c in checks[:3]] == [searched, uniform, uniform] and not checks[2]["met"]
+    assert got != uniform and float(problem.cost(got)["latency"]) < cost(searched)  # a step down by prediction
+    assert got == checks[-1]["kept"] and checks[-1]["met"] and timings[1].median_us == checks[-1]["measured_us"]
 
 
 def test_when_nothing_evaluated_fits_the_uniform_policy_under_the_tightened_limit_is_tried(built, monkeypatch):
