@@ -384,6 +384,45 @@ def test_the_rungs_next_candidate_at_the_budget_is_measured_before_the_limit_is_
     assert got == checks[-1]["kept"] and checks[-1]["met"] and timings[1].median_us == checks[-1]["measured_us"]
 
 
+def test_a_slow_spell_during_the_second_measurement_is_waited_out_too(built, monkeypatch):
+    """The second measurement of a rung candidate that met the limit is a measurement like any: when the device is
+    slower than its table during it, it is repeated after a pause before it can reject the candidate."""
+    from autoprune.budget import parse_budget
+    from autoprune.cost.model import CostModel
+    from autoprune.pipeline.verify import meet_measured_latency
+    from autoprune.problem import Problem
+    from autoprune.search.baselines import uniform_kept
+    from autoprune.search.promotion import Promoted
+
+    _, pruner, model, table, full = _fitted_problem(built)
+    graph = pruner.graph
+    budget = parse_budget(f"latency={table.predictor(graph)(full) * 0.6:.3f}us")
+    problem = Problem(graph, CostModel(graph, latency=table.predictor(graph)), budget)
+    uniform, floor = [int(k) for k in uniform_kept(problem)[0]], problem.floor.tolist()
+    searched = list(uniform)
+    searched[-1] = floor[-1]
+    over = 1.1 * problem.limits["latency"] / float(problem.cost(searched)["latency"])
+
+    class SlowThirdMeasurement(_Device):
+        def measure(self, models, *args, **kwargs) -> list[Timing]:
+            out = super().measure(models, *args, **kwargs)
+            factor = 3.0 if self.calls == 3 else 1.0  # the uniform policy's second measurement, in a slow spell
+            return [Timing(t.median_us * factor, t.median_us * factor, t.median_us * factor, 100) for t in out]
+
+    searched_us = float(problem.cost(searched)["latency"])
+    SlowThirdMeasurement(
+        monkeypatch, problem, pruner, model, slow_calls=0, table_error=lambda us: over if us == searched_us else 1.0
+    )
+    history = pd.DataFrame([{"kept": tuple(searched), "latency": searched_us, "feasible": True, "reward": 0.9}])
+    rung = [Promoted(tuple(searched), "search #1", 0.9, 0.95, 0.01), Promoted(tuple(uniform), "uniform", 0.8, 0.9, 0.0)]
+    got, timings, checks = meet_measured_latency(
+        problem, history, searched, pruner, model, SHAPE, table, settle=2, pause_s=0.0, rung=rung
+    )
+    assert [c["kept"] for c in checks] == [searched, uniform, uniform, uniform]
+    assert [c["met"] for c in checks] == [False, True, False, True]
+    assert got == uniform and timings[1].median_us == checks[-1]["measured_us"]
+
+
 def test_when_nothing_evaluated_fits_the_uniform_policy_under_the_tightened_limit_is_tried(built, monkeypatch):
     """A one-policy strategy (uniform) has no other evaluated policy to fall back on: on a device slower than its
     table the uniform policy measures 20 % over the limit, and the uniform policy predicted under the limit tightened

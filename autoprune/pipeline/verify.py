@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -112,35 +113,31 @@ def meet_measured_latency(
     tried = 0  # the policies measured that were not the rung's next candidate
     from_rung = False
 
-    def check(model: nn.Module, kept: list[int], predicted: float) -> tuple[list[Timing], float, float, bool]:
-        """One interleaved measurement of ``model`` (``kept``), recorded: its timings, its time, the limit, met."""
-        timings = time_pair(net, model, shape, table, table.threads)
-        unpruned, measured = timings[0].median_us, timings[1].median_us
-        # a relative budget (latency=50%) is a share of the unpruned model as measured in the same rounds
-        limit = c.limit(unpruned) if c.relative else problem.limits["latency"]
-        met = within(measured, limit)
-        checks.append(
-            {
-                "kept": list(kept),
-                "predicted_us": predicted,
-                "measured_us": measured,
-                "unpruned_measured_us": unpruned,
-                "unpruned_predicted_us": reference,
-                "met": met,
-            }
-        )
-        return timings, measured, limit, met
-
-    while True:
-        tried += not from_rung
-        predicted = float(problem.cost(kept)["latency"])
-        model = pruner.apply(kept)
-        for attempt in range(settle + 1):
-            timings, measured, limit, met = check(model, kept, predicted)
-            unpruned = timings[0].median_us
+    def measure(
+        model: nn.Module, kept: list[int], predicted: float
+    ) -> tuple[list[Timing], float, float, bool, float | None]:
+        """``model`` (``kept``) timed with the unpruned one, again after a pause while it is over the limit and the
+        device is slower than its table (up to ``settle`` times); every measurement recorded. Returns the last one's
+        timings, the pruned model's time, the limit, whether it met it, and the device's slowdown (None: none)."""
+        for attempt in itertools.count():
+            timings = time_pair(net, model, shape, table, table.threads)
+            unpruned, measured = timings[0].median_us, timings[1].median_us
+            # a relative budget (latency=50%) is a share of the unpruned model as measured in the same rounds
+            limit = c.limit(unpruned) if c.relative else problem.limits["latency"]
             slowdown = device_slowdown(unpruned, reference)
+            met = within(measured, limit)
+            checks.append(
+                {
+                    "kept": list(kept),
+                    "predicted_us": predicted,
+                    "measured_us": measured,
+                    "unpruned_measured_us": unpruned,
+                    "unpruned_predicted_us": reference,
+                    "met": met,
+                }
+            )
             if met or slowdown is None or attempt >= settle:
-                break
+                return timings, measured, limit, met, slowdown
             if on_phase is not None:
                 on_phase(
                     f"the unpruned model measured {unpruned / 1000:.2f} ms, {slowdown:.0%} over its table's "
@@ -148,10 +145,17 @@ def meet_measured_latency(
                     f"{pause_s:.0f} s"
                 )
             time.sleep(pause_s)
+        raise AssertionError("unreachable: the loop returns by attempt == settle")
+
+    while True:
+        tried += not from_rung
+        predicted = float(problem.cost(kept)["latency"])
+        model = pruner.apply(kept)
+        timings, measured, limit, met, slowdown = measure(model, kept, predicted)
         if met and from_rung:
             # picked among candidates at the budget's edge by its measurement, which timing noise can pass once:
-            # kept only if a second measurement agrees (both are recorded)
-            timings, measured, limit, met = check(model, kept, predicted)
+            # kept only if a second measurement agrees (both are recorded; a slow spell is waited out as for any)
+            timings, measured, limit, met, slowdown = measure(model, kept, predicted)
         if met:
             best = (list(kept), timings, predicted)
         else:
