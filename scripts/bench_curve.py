@@ -1097,6 +1097,46 @@ def target_checks(means: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(checks, columns=["model", "budget", "target", "measured", "verdict"])
 
 
+def grid_status(rows: pd.DataFrame) -> pd.DataFrame:
+    """Issue 13's full grid against the cells as they are: per model and strategy of :data:`FULL` (the default
+    search on ``search``'s held-out size, the others on any), the seeds each of :data:`FULL`'s budgets has, the
+    seed-cells missing to :data:`TARGET_SEEDS` each, and the hours those would take at the median wall time of the
+    model's finished cells of that strategy (NaN where none has finished)."""
+    means = cell_means(rows)
+    timed = rows[rows["test_acc_ft"].notna()].copy()
+    timed["base"] = width_labels(timed) if len(timed) else pd.Series(dtype=str)
+    seconds = pd.to_numeric(timed["cell_seconds"], errors="coerce").groupby([timed["model"], timed["base"]]).median()
+    budgets = parse_budgets(str(FULL["budgets"]))
+    out = []
+    for model in str(FULL["models"]).split(","):
+        sub = means[means["model"] == model] if len(means) else means
+        for strategy in parse_strategies(str(FULL["strategies"])):
+            held = int(FULL["held_out"]) if strategy == DEFAULT_STRATEGY else None
+            seeds = {}
+            for b in budgets:
+                cell = cell_of(sub, model, b, strategy, held) if len(sub) else None
+                seeds[b] = 0 if cell is None else int(cell["n"])
+            missing = sum(max(TARGET_SEEDS - n, 0) for n in seeds.values())
+            each = seconds.get((model, strategy))
+            hours = None if each is None or pd.isna(each) else missing * float(each) / 3600
+            out.append({"model": model, "strategy": strategy, **seeds, "missing": missing, "hours": hours})
+    return pd.DataFrame(out, columns=["model", "strategy", *budgets, "missing", "hours"])
+
+
+def print_grid(rows: pd.DataFrame) -> None:
+    grid = grid_status(rows)
+    budgets = [c for c in grid.columns if "=" in c]
+    left = int(grid["missing"].sum())
+    t = Table(title=f"issue 13's full grid: seeds per cell ({TARGET_SEEDS} needed); {left} seed-cells missing")
+    for c in ("model", "strategy", *budgets, "missing", "hours"):
+        t.add_column(c, justify="left" if c in ("model", "strategy") else "right")
+    for r in grid.itertuples(index=False):
+        d = r._asdict()
+        hours = "?" if d["hours"] is None or pd.isna(d["hours"]) else f"{d['hours']:.1f}"
+        t.add_row(r.model, r.strategy, *(str(v) for v in list(r)[2 : 2 + len(budgets)]), str(r.missing), hours)
+    console.print(t)
+
+
 def print_targets(means: pd.DataFrame) -> None:
     checks = target_checks(means)
     t = Table(title=f"issue 13's targets on these cells (default: {DEFAULT_STRATEGY}, held-out {FULL['held_out']})")
@@ -1206,6 +1246,7 @@ def report(s: Settings) -> None:
         console.print(f"{s.out} has no finished cell yet")
         return
     print_summary(means)
+    print_grid(read_rows(s.out))
     plot(means, s.png)
 
 

@@ -193,3 +193,22 @@ def test_a_cell_is_met_by_the_policy_it_kept_not_by_the_last_one_measured(bench)
     checks = policy.metrics["latency_checks"]
     assert checks[-1]["met"] is False and list(checks[-1]["kept"]) != policy.kept
     assert bench.kept_policy_met(policy) is True
+
+
+def test_the_full_grid_counts_the_seeds_each_cell_lacks(bench):
+    rows = [_cell(bench, "uniform", s, 0.85, cell_seconds=100.0) for s in range(3)]
+    rows += [_cell(bench, "ddpg", 0, 0.86, cell_seconds=300.0)]
+    # the default counts on search's held-out size only: a seed searched on 1,000 images is another cell
+    rows += [_cell(bench, "optuna:tpe+promote5", s, 0.86, cell_seconds=600.0) for s in range(2)]
+    rows += [_cell(bench, "optuna:tpe+promote5", 2, 0.86, held_out=1000.0, cell_seconds=600.0)]
+    grid = bench.grid_status(bench.pd.DataFrame(rows, columns=bench.COLUMNS))
+    budgets = bench.parse_budgets(bench.FULL["budgets"])
+    demo = grid[grid["model"] == "fmnist-resnet20"].set_index("strategy")
+    assert demo.loc["uniform", "flops=10%"] == 3 and demo.loc["ddpg", "flops=10%"] == 1
+    assert demo.loc["optuna:tpe+promote5", "flops=10%"] == 2
+    assert demo.loc["uniform", "missing"] == 3 * (len(budgets) - 1)
+    assert demo.loc["ddpg", "missing"] == 3 * len(budgets) - 1
+    assert demo.loc["ddpg", "hours"] == pytest.approx((3 * len(budgets) - 1) * 300 / 3600)
+    assert demo.loc["netadapt", "missing"] == 3 * len(budgets) and bench.pd.isna(demo.loc["netadapt", "hours"])
+    compact = grid[grid["model"] == "fmnist-mobilenetv2"]
+    assert (compact["missing"] == 3 * len(budgets)).all()
