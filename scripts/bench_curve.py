@@ -1097,12 +1097,12 @@ def target_checks(means: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(checks, columns=["model", "budget", "target", "measured", "verdict"])
 
 
-def grid_status(rows: pd.DataFrame) -> pd.DataFrame:
+def grid_status(means: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     """Issue 13's full grid against the cells as they are: per model and strategy of :data:`FULL` (the default
     search on ``search``'s held-out size, the others on any), the seeds each of :data:`FULL`'s budgets has, the
     seed-cells missing to :data:`TARGET_SEEDS` each, and the hours those would take at the median wall time of the
-    model's finished cells of that strategy (NaN where none has finished)."""
-    means = cell_means(rows)
+    model's finished cells of that strategy (NaN where none has finished). ``means``: :func:`cell_means` of
+    ``rows``."""
     timed = rows[rows["test_acc_ft"].notna()].copy()
     timed["base"] = width_labels(timed) if len(timed) else pd.Series(dtype=str)
     seconds = pd.to_numeric(timed["cell_seconds"], errors="coerce").groupby([timed["model"], timed["base"]]).median()
@@ -1118,22 +1118,21 @@ def grid_status(rows: pd.DataFrame) -> pd.DataFrame:
                 seeds[b] = 0 if cell is None else int(cell["n"])
             missing = sum(max(TARGET_SEEDS - n, 0) for n in seeds.values())
             each = seconds.get((model, strategy))
-            hours = None if each is None or pd.isna(each) else missing * float(each) / 3600
+            hours = float("nan") if each is None or pd.isna(each) else missing * float(each) / 3600
             out.append({"model": model, "strategy": strategy, **seeds, "missing": missing, "hours": hours})
     return pd.DataFrame(out, columns=["model", "strategy", *budgets, "missing", "hours"])
 
 
-def print_grid(rows: pd.DataFrame) -> None:
-    grid = grid_status(rows)
+def print_grid(means: pd.DataFrame, rows: pd.DataFrame) -> None:
+    grid = grid_status(means, rows)
     budgets = [c for c in grid.columns if "=" in c]
     left = int(grid["missing"].sum())
     t = Table(title=f"issue 13's full grid: seeds per cell ({TARGET_SEEDS} needed); {left} seed-cells missing")
     for c in ("model", "strategy", *budgets, "missing", "hours"):
         t.add_column(c, justify="left" if c in ("model", "strategy") else "right")
-    for r in grid.itertuples(index=False):
-        d = r._asdict()
-        hours = "?" if d["hours"] is None or pd.isna(d["hours"]) else f"{d['hours']:.1f}"
-        t.add_row(r.model, r.strategy, *(str(v) for v in list(r)[2 : 2 + len(budgets)]), str(r.missing), hours)
+    for r in grid.to_dict("records"):
+        hours = "?" if pd.isna(r["hours"]) else f"{r['hours']:.1f}"
+        t.add_row(r["model"], r["strategy"], *(str(r[b]) for b in budgets), str(r["missing"]), hours)
     console.print(t)
 
 
@@ -1241,12 +1240,13 @@ def report(s: Settings) -> None:
     if not s.out.is_file():
         console.print(f"no cell has finished: {s.out} was not written")
         return
-    means = cell_means(read_rows(s.out))
+    rows = read_rows(s.out)
+    means = cell_means(rows)
     if means.empty:
         console.print(f"{s.out} has no finished cell yet")
         return
     print_summary(means)
-    print_grid(read_rows(s.out))
+    print_grid(means, rows)
     plot(means, s.png)
 
 

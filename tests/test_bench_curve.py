@@ -201,7 +201,8 @@ def test_the_full_grid_counts_the_seeds_each_cell_lacks(bench):
     # the default counts on search's held-out size only: a seed searched on 1,000 images is another cell
     rows += [_cell(bench, "optuna:tpe+promote5", s, 0.86, cell_seconds=600.0) for s in range(2)]
     rows += [_cell(bench, "optuna:tpe+promote5", 2, 0.86, held_out=1000.0, cell_seconds=600.0)]
-    grid = bench.grid_status(bench.pd.DataFrame(rows, columns=bench.COLUMNS))
+    rows = bench.pd.DataFrame(rows, columns=bench.COLUMNS)
+    grid = bench.grid_status(bench.cell_means(rows), rows)
     budgets = bench.parse_budgets(bench.FULL["budgets"])
     demo = grid[grid["model"] == "fmnist-resnet20"].set_index("strategy")
     assert demo.loc["uniform", "flops=10%"] == 3 and demo.loc["ddpg", "flops=10%"] == 1
