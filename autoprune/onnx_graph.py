@@ -1,13 +1,19 @@
 """A PyTorch model as an ONNX graph in memory: what onnxruntime times (:mod:`autoprune.cost.measure`) and what
-:mod:`autoprune.export` writes."""
+:mod:`autoprune.export` writes; and the graph onnxruntime's optimiser makes of one."""
 
 from __future__ import annotations
 
 import io
+import tempfile
 import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
+
+if TYPE_CHECKING:
+    import onnx
 
 
 def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], dynamic_batch: bool = True, opset: int = 17) -> bytes:
@@ -31,3 +37,19 @@ def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], dynamic_batch: bo
             dynamo=False,
         )
     return buf.getvalue()
+
+
+def optimised_graph(model: bytes, threads: int) -> onnx.ModelProto:
+    """``model`` (serialised ONNX) as onnxruntime's CPU graph optimiser rewrites it at session creation, with every
+    optimisation on (NCHWc layout transform included): which nodes it blocks, pads and reorders on this CPU."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = threads
+        so.log_severity_level = 3
+        so.optimized_model_filepath = str(Path(tmp) / "optimised.onnx")
+        ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        return onnx.load(so.optimized_model_filepath)

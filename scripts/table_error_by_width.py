@@ -18,19 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 
 from autoprune.cost.latency_table import LatencyTable
 from autoprune.cost.measure import measure_interleaved
 from autoprune.layers import analyze
 from autoprune.models import build_model
-from autoprune.onnx_graph import onnx_bytes
+from autoprune.onnx_graph import onnx_bytes, optimised_graph
 from autoprune.prune import ChannelPruner
 
 MODEL = "fmnist-resnet20"
@@ -51,14 +47,7 @@ POLICIES = {
 
 def reorders(model_bytes: bytes, threads: int) -> int:
     """``ReorderOutput`` nodes in onnxruntime's optimised graph of the network."""
-    with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.optimized_model_filepath = str(Path(tmp) / "optimised.onnx")
-        so.intra_op_num_threads = threads
-        so.log_severity_level = 3
-        ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
-        graph = onnx.load(so.optimized_model_filepath).graph
-    return Counter(n.op_type for n in graph.node)["ReorderOutput"]
+    return sum(n.op_type == "ReorderOutput" for n in optimised_graph(model_bytes, threads).graph.node)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,12 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(f"table block {table.block}; {a.rounds} rounds of {a.repeats} runs; error = predicted / measured share - 1")
     for (name, kept), net, t in zip(POLICIES.items(), nets, timings, strict=True):
-        share_p, share_m = predict(np.array(kept)) / full_pred, t.median_us / full_meas
+        predicted = predict(np.array(kept))
+        share_p, share_m = predicted / full_pred, t.median_us / full_meas
         row = {
             "policy": name,
             "kept": kept,
             "reorders": reorders(net, table.threads),
-            "predicted_us": predict(np.array(kept)),
+            "predicted_us": predicted,
             "measured_us": t.median_us,
             "round_medians_us": t.round_medians,
             "share_predicted": share_p,

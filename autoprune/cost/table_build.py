@@ -5,7 +5,6 @@ of channel counts, and the assembly of those timings (with the end-to-end calibr
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pandas as pd
 import torch.nn as nn
@@ -24,6 +23,7 @@ from autoprune.cost.measure import (
 from autoprune.cost.probes import LayerPlan, ProbeSpec
 from autoprune.errors import UserError
 from autoprune.layers import LayerGraph
+from autoprune.onnx_graph import optimised_graph
 
 
 def detect_blocking(backend: str, threads: int, device: str) -> tuple[int, int]:
@@ -31,21 +31,10 @@ def detect_blocking(backend: str, threads: int, device: str) -> tuple[int, int]:
     convs it converts and how wide it pads their weights; ``(1, 1)`` when there is no such layout."""
     if backend != "onnxruntime" or device != "cpu":
         return 1, 1
-    import tempfile
-
-    import onnx
-    import onnxruntime as ort
 
     def blocked(c_in: int) -> tuple[bool, int]:
         spec = ProbeSpec("conv", c_in, 1, (3, 3), (1, 1), (1, 1), (1, 1), 1, 8, 8, 1)
-        with tempfile.TemporaryDirectory() as tmp:
-            so = ort.SessionOptions()
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            so.intra_op_num_threads = threads
-            so.log_severity_level = 3
-            so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
-            ort.InferenceSession(spec.onnx_bytes(), so, providers=["CPUExecutionProvider"])
-            model = onnx.load(so.optimized_model_filepath)
+        model = optimised_graph(spec.onnx_bytes(), threads)
         is_blocked = any(n.domain == "com.microsoft.nchwc" and n.op_type == "Conv" for n in model.graph.node)
         out_dim = max((int(t.dims[0]) for t in model.graph.initializer if len(t.dims) == 4), default=1)
         return is_blocked, out_dim
