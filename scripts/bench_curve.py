@@ -51,6 +51,7 @@ import csv
 import datetime as dt
 import fcntl
 import hashlib
+import itertools
 import math
 import os
 import re
@@ -907,6 +908,13 @@ def short_isa(isa: str) -> str:
     return next((name for name in ("avx512", "avx2") if name in isa.split(" ") or f"{name}f" in isa), isa)
 
 
+def usual_widths(df: pd.DataFrame) -> pd.Series:
+    """Per (model, budget): the commonest ``round_to`` of the rows that search in blocks (not the reference's)."""
+    rt = pd.to_numeric(df["round_to"], errors="coerce").fillna(0).astype(int)
+    blocks = df["strategy"] != "reference"
+    return rt[blocks].groupby([df["model"], df["budget"]]).agg(lambda x: int(x.mode().iloc[0]))
+
+
 def width_labels(df: pd.DataFrame) -> pd.Series:
     """Each row's strategy named by the widths it ran at, not by how its flag was spelled: a cell's usual widths are
     the commonest ``round_to`` of its (model, budget) among the rows that search in blocks (the reference prunes at
@@ -914,8 +922,7 @@ def width_labels(df: pd.DataFrame) -> pd.Series:
     device's block, so ``uniform`` run where the table's block is 16 and ``uniform+rt8`` run where it is 8 are not
     one cell, while ``uniform`` and ``uniform+rt8`` both run in blocks of 8 are."""
     rt = pd.to_numeric(df["round_to"], errors="coerce").fillna(0).astype(int)
-    blocks = df["strategy"] != "reference"
-    usual = rt[blocks].groupby([df["model"], df["budget"]]).agg(lambda x: int(x.mode().iloc[0]))
+    usual = usual_widths(df)
 
     def label(strategy: str, model: str, budget: str, widths: int) -> str:
         parsed = replace(Label.parse(strategy), round_to=None)
@@ -956,6 +963,7 @@ def cell_means(df: pd.DataFrame) -> pd.DataFrame:
     g = df.groupby(keys, sort=True)
     out = g.agg(
         n=("seed", "nunique"),
+        seeds=("seed", lambda x: tuple(sorted({int(v) for v in x}))),
         acc=("test_acc_ft", "mean"),
         acc_std=("test_acc_ft", "std"),
         before=("test_acc_before_ft", "mean"),
@@ -1103,24 +1111,63 @@ def grid_status(means: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     seed-cells missing to :data:`TARGET_SEEDS` each, and the hours those would take at the median wall time of the
     model's finished cells of that strategy (NaN where none has finished). ``means``: :func:`cell_means` of
     ``rows``."""
-    timed = rows[rows["test_acc_ft"].notna()].copy()
-    timed["base"] = width_labels(timed) if len(timed) else pd.Series(dtype=str)
-    seconds = pd.to_numeric(timed["cell_seconds"], errors="coerce").groupby([timed["model"], timed["base"]]).median()
+    seconds = median_cell_seconds(rows)
     budgets = parse_budgets(str(FULL["budgets"]))
     out = []
     for model in str(FULL["models"]).split(","):
-        sub = means[means["model"] == model] if len(means) else means
         for strategy in parse_strategies(str(FULL["strategies"])):
-            held = int(FULL["held_out"]) if strategy == DEFAULT_STRATEGY else None
-            seeds = {}
-            for b in budgets:
-                cell = cell_of(sub, model, b, strategy, held) if len(sub) else None
-                seeds[b] = 0 if cell is None else int(cell["n"])
+            seeds = {b: len(grid_seeds(means, model, b, strategy)) for b in budgets}
             missing = sum(max(TARGET_SEEDS - n, 0) for n in seeds.values())
             each = seconds.get((model, strategy))
             hours = float("nan") if each is None or pd.isna(each) else missing * float(each) / 3600
             out.append({"model": model, "strategy": strategy, **seeds, "missing": missing, "hours": hours})
     return pd.DataFrame(out, columns=["model", "strategy", *budgets, "missing", "hours"])
+
+
+def median_cell_seconds(rows: pd.DataFrame) -> pd.Series:
+    """Per (model, strategy named by its widths): the median wall time of its finished cells."""
+    timed = rows[rows["test_acc_ft"].notna()].copy()
+    timed["base"] = width_labels(timed) if len(timed) else pd.Series(dtype=str)
+    return pd.to_numeric(timed["cell_seconds"], errors="coerce").groupby([timed["model"], timed["base"]]).median()
+
+
+def grid_seeds(means: pd.DataFrame, model: str, budget: str, strategy: str) -> tuple[int, ...]:
+    """The seeds of :data:`FULL`'s cell (the default search counted on ``search``'s held-out size only)."""
+    held = int(FULL["held_out"]) if strategy == DEFAULT_STRATEGY else None
+    cell = cell_of(means, model, budget, strategy, held) if len(means) else None
+    return () if cell is None else tuple(cell["seeds"])
+
+
+def fill_commands(means: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """The ``bench_curve.py`` commands that fill :func:`grid_status`'s missing seed-cells, cheapest first: per model,
+    strategy and set of missing seeds, the budgets that lack them. Each strategy is spelled with its cell's usual
+    widths (``+rtN``, :func:`usual_widths`) where the cell has rows, so a sitting on a machine with another channel
+    block (whose default ``--round-to`` differs) adds to the cell instead of starting a ``+rtN`` one beside it;
+    ``hours`` is at the median wall time of the model's finished cells of the strategy (NaN: none finished)."""
+    usual = usual_widths(rows[rows["test_acc_ft"].notna()]) if len(rows) else pd.Series(dtype=int)
+    seconds = median_cell_seconds(rows)
+    groups: dict[tuple[str, str, tuple[int, ...]], list[str]] = {}
+    for model in str(FULL["models"]).split(","):
+        for strategy in parse_strategies(str(FULL["strategies"])):
+            for budget in parse_budgets(str(FULL["budgets"])):
+                have = grid_seeds(means, model, budget, strategy)
+                free = (s for s in itertools.count() if s not in have)
+                seeds = tuple(itertools.islice(free, max(TARGET_SEEDS - len(have), 0)))
+                if not seeds:
+                    continue
+                widths = usual.get((model, budget)) if strategy != "reference" else None  # any width, always
+                spelled = str(replace(Label.parse(strategy), round_to=int(widths) if widths else None))
+                groups.setdefault((model, spelled, seeds), []).append(budget)
+    out = []
+    for (model, spelled, seeds), budgets in groups.items():
+        each = seconds.get((model, str(replace(Label.parse(spelled), round_to=None))))
+        hours = float("nan") if each is None or pd.isna(each) else len(seeds) * len(budgets) * float(each) / 3600
+        command = (
+            f"--models {model} --budgets {','.join(budgets)} --strategies {spelled} --seeds {','.join(map(str, seeds))}"
+        )
+        out.append({"model": model, "strategy": spelled, "hours": hours, "command": command})
+    frame = pd.DataFrame(out, columns=["model", "strategy", "hours", "command"])
+    return frame.sort_values("hours", kind="stable", na_position="last").reset_index(drop=True)
 
 
 def print_grid(means: pd.DataFrame, rows: pd.DataFrame) -> None:
@@ -1134,6 +1181,12 @@ def print_grid(means: pd.DataFrame, rows: pd.DataFrame) -> None:
         hours = "?" if pd.isna(r["hours"]) else f"{r['hours']:.1f}"
         t.add_row(r["model"], r["strategy"], *(str(r[b]) for b in budgets), str(r["missing"]), hours)
     console.print(t)
+    commands = fill_commands(means, rows)
+    if len(commands):
+        console.print("to fill it, cheapest first (hours at the median cell time; +rtN keeps a cell's widths):")
+        for r in commands.itertuples(index=False):
+            hours = "?" if pd.isna(r.hours) else f"{r.hours:.1f} h"
+            console.print(f"  {hours:>6}  python scripts/bench_curve.py {r.command}", soft_wrap=True, highlight=False)
 
 
 def print_targets(means: pd.DataFrame) -> None:

@@ -213,3 +213,24 @@ def test_the_full_grid_counts_the_seeds_each_cell_lacks(bench):
     assert demo.loc["netadapt", "missing"] == 3 * len(budgets) and bench.pd.isna(demo.loc["netadapt", "hours"])
     compact = grid[grid["model"] == "fmnist-mobilenetv2"]
     assert (compact["missing"] == 3 * len(budgets)).all()
+
+
+def test_the_fill_commands_name_the_missing_seeds_at_each_cells_widths(bench):
+    """A sitting on a machine whose channel block is 16 fills a cell whose seeds ran in blocks of 8 with ``+rt8``;
+    a seed it ran in blocks of 16 is another cell and fills nothing."""
+    rows = [_cell(bench, "uniform", s, 0.85, cell_seconds=100.0) for s in range(3)]
+    rows += [_cell(bench, "ddpg", 0, 0.86, cell_seconds=300.0)]
+    rows += [_cell(bench, "ddpg", 1, 0.86, round_to=16, cell_seconds=300.0)]
+    rows = bench.pd.DataFrame(rows, columns=bench.COLUMNS)
+    commands = bench.fill_commands(bench.cell_means(rows), rows)
+    demo = commands[commands["model"] == "fmnist-resnet20"]
+    ddpg = demo[demo["strategy"].str.startswith("ddpg")].set_index("strategy")
+    assert ddpg.loc["ddpg+rt8", "command"] == (
+        "--models fmnist-resnet20 --budgets flops=10% --strategies ddpg+rt8 --seeds 1,2"
+    )
+    assert ddpg.loc["ddpg+rt8", "hours"] == pytest.approx(2 * 300 / 3600)
+    others = [b for b in bench.parse_budgets(bench.FULL["budgets"]) if b != "flops=10%"]
+    assert ddpg.loc["ddpg", "command"].endswith(f"--budgets {','.join(others)} --strategies ddpg --seeds 0,1,2")
+    assert not demo["command"].str.contains("--budgets flops=10% --strategies uniform").any()  # uniform's is full
+    known = int(demo["hours"].notna().sum())  # cheapest first, those with no finished cell to go by last
+    assert demo["hours"].iloc[:known].is_monotonic_increasing and demo["hours"].iloc[known:].isna().all()
