@@ -1146,7 +1146,7 @@ def fill_commands(means: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     ``hours`` is at the median wall time of the model's finished cells of the strategy (NaN: none finished)."""
     usual = usual_widths(rows[rows["test_acc_ft"].notna()]) if len(rows) else pd.Series(dtype=int)
     seconds = median_cell_seconds(rows)
-    groups: dict[tuple[str, str, tuple[int, ...]], list[str]] = {}
+    groups: dict[tuple[str, str, str, tuple[int, ...]], list[str]] = {}
     for model in str(FULL["models"]).split(","):
         for strategy in parse_strategies(str(FULL["strategies"])):
             for budget in parse_budgets(str(FULL["budgets"])):
@@ -1157,10 +1157,10 @@ def fill_commands(means: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
                     continue
                 widths = usual.get((model, budget)) if strategy != "reference" else None  # any width, always
                 spelled = str(replace(Label.parse(strategy), round_to=int(widths) if widths else None))
-                groups.setdefault((model, spelled, seeds), []).append(budget)
+                groups.setdefault((model, strategy, spelled, seeds), []).append(budget)
     out = []
-    for (model, spelled, seeds), budgets in groups.items():
-        each = seconds.get((model, str(replace(Label.parse(spelled), round_to=None))))
+    for (model, strategy, spelled, seeds), budgets in groups.items():
+        each = seconds.get((model, strategy))
         hours = float("nan") if each is None or pd.isna(each) else len(seeds) * len(budgets) * float(each) / 3600
         command = (
             f"--models {model} --budgets {','.join(budgets)} --strategies {spelled} --seeds {','.join(map(str, seeds))}"
