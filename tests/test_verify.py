@@ -454,42 +454,6 @@ def test_when_nothing_evaluated_fits_the_uniform_policy_under_the_tightened_limi
     assert got == smaller and sum(smaller) < sum(uniform) and "trying the uniform policy" in phases[-1]
 
 
-def test_when_nothing_evaluated_fits_the_searched_allocation_is_scaled_down_not_replaced_by_uniform(built, monkeypatch):
-    """A search whose every policy sits at the budget's edge (DDPG's and NetAdapt's are clipped to it) has nothing
-    under a tightened limit: its choice, measured 10 % over, is scaled down to fit the tightened limit, keeping its
-    allocation (its narrowed last group stays at the floor, every group at most its width), rather than replaced
-    by the uniform policy there."""
-    from autoprune.budget import parse_budget
-    from autoprune.cost.model import CostModel
-    from autoprune.pipeline.verify import STEP_MARGIN, meet_measured_latency, scaled_under, uniform_under
-    from autoprune.problem import Problem
-    from autoprune.search.baselines import uniform_kept
-
-    _, pruner, model, table, full = _fitted_problem(built)
-    graph = pruner.graph
-    budget = parse_budget(f"latency={table.predictor(graph)(full) * 0.6:.3f}us")
-    problem = Problem(graph, CostModel(graph, latency=table.predictor(graph)), budget)
-    limit, floor = problem.limits["latency"], problem.floor.tolist()
-    searched = [int(k) for k in uniform_kept(problem)[0]]
-    searched[-1] = floor[-1]  # the search's allocation: narrower in its last group
-    searched_us = float(problem.cost(searched)["latency"])
-    factor = 1.1 * limit / searched_us
-    _Device(
-        monkeypatch, problem, pruner, model, slow_calls=0, table_error=lambda us: factor if us == searched_us else 1
-    )
-    history = pd.DataFrame([{"kept": tuple(searched), "latency": searched_us, "feasible": True, "reward": 0.9}])
-    phases: list[str] = []
-    got, _, checks = meet_measured_latency(
-        problem, history, searched, pruner, model, SHAPE, table, tries=2, settle=0, on_phase=phases.append
-    )
-    under = limit / factor * (1 - STEP_MARGIN)
-    smaller, scale = scaled_under(problem, searched, under)
-    assert [c["met"] for c in checks] == [False, True] and got == checks[1]["kept"] == smaller
-    assert 0 < scale < 1 and float(problem.cost(smaller)["latency"]) <= under
-    assert smaller != uniform_under(problem, under) and smaller[-1] == floor[-1]
-    assert all(s <= k for s, k in zip(smaller, searched, strict=True)) and "the chosen policy scaled to" in phases[-1]
-
-
 def test_the_policy_returned_after_the_last_try_is_the_one_last_measured(built, monkeypatch):
     """Out of tries, the policy and the timings returned are of the same policy, not of a next one left untimed."""
     from autoprune.pipeline.verify import meet_measured_latency

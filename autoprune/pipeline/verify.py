@@ -16,7 +16,7 @@ from autoprune.cost.latency_table import LatencyTable
 from autoprune.cost.measure import Timing, device_slowdown, measure_interleaved
 from autoprune.problem import Problem
 from autoprune.prune import ChannelPruner
-from autoprune.search.baselines import scaled_kept, uniform_kept
+from autoprune.search.baselines import uniform_kept
 from autoprune.search.promotion import Promoted, best_first
 
 
@@ -81,8 +81,8 @@ def meet_measured_latency(
     rung), the table's error on the last policy over the limit becomes the margin — a policy predicted under
     ``limit * predicted / measured``, less :data:`STEP_MARGIN` for the timing noise, is tried next — up to
     ``tries`` policies beyond the rung's candidates. That policy is the best evaluated policy by the search's reward
-    under that limit, else (nothing evaluated fits) the search's choice scaled down under it, else the uniform
-    policy under it (:func:`next_policy`); no policy is measured twice. When a smaller policy then measures more than
+    under that limit, else (nothing evaluated fits) the uniform policy under it (:func:`next_policy`); no policy is
+    measured twice. When a smaller policy then measures more than
     :data:`CLIMB_SLACK` under the limit, the first measurement's error (the table's on that policy, or the
     timing's) did not carry over, and a try left goes to the same choice under a limit halfway between the two
     predictions (bisection), if that choice differs. When the uniform policy (plain or filled), measured before
@@ -104,7 +104,6 @@ def meet_measured_latency(
     c = next(c for c in problem.budget.constraints if c.metric == "latency")
     reference = float(problem.cost(problem.channels)["latency"])
     plain, filled = (tuple(int(k) for k in uniform_kept(problem, fill=fill)[0]) for fill in (False, True))
-    chosen = list(kept)  # the search's choice, which a step down by prediction scales (next_policy)
     checks: list[dict] = []
     best: tuple[list[int], list[Timing], float] | None = None  # the last policy that met the limit, its prediction
     over = math.inf  # the lowest prediction of a policy measured over the limit
@@ -186,7 +185,7 @@ def meet_measured_latency(
             if growing:
                 nxt, source = uniform_under(problem, under, beyond_budget=True), "a larger uniform policy"
             else:
-                nxt, source = next_policy(problem, history, rung, under, incumbent=plain, failed=failed, chosen=chosen)
+                nxt, source = next_policy(problem, history, rung, under, incumbent=plain, failed=failed)
         if tuple(nxt) in failed or (best is not None and nxt == best[0]):  # nothing better to try
             break
         kept = nxt
@@ -205,52 +204,30 @@ def next_policy(
     under_us: float,
     incumbent: tuple[int, ...],
     failed: Collection[tuple[int, ...]] = (),
-    chosen: Sequence[int] | None = None,
 ) -> tuple[list[int], str]:
     """The policy to measure next, predicted under ``under_us`` and not among the ``failed`` (measured over the
     limit), and where it came from: the rung's choice among its candidates there (``incumbent``, the uniform policy
-    at the budget, unless another led it clearly), else the search's best by reward there, else the ``chosen``
-    policy (the search's choice) scaled down until it is predicted there (:func:`scaled_under`), else the uniform
-    policy under ``under_us`` (its floor when none is). Under a looser limit the choice is the same policy or one the
-    same rule prefers, so bisecting the limit upwards never trades a policy for one the rung or the reward ranks
-    lower.
-
-    The scaled-down choice comes before the uniform policy because a search's policies sit at the budget's edge
-    (DDPG's and NetAdapt's are clipped to it), so none is under a tightened limit, and at a latency budget's whole
-    blocks the uniform policy's next step down can be far smaller: ResNet-20 at ``latency=35%`` in blocks of 4,
-    NetAdapt's policy measured 3 % over the limit and the uniform policy under the tightened limit kept 6.5 % of the
-    FLOPs and ended 84.6 % after the fine-tune, where the cells that measured within ended 86-87 %."""
+    at the budget, unless another led it clearly), else the search's best by reward there, else the uniform policy
+    under ``under_us`` (its floor when none is). Under a looser limit the choice is the same policy or one the same
+    rule prefers, so bisecting the limit upwards never trades a policy for one the rung or the reward ranks lower."""
     fits = [p for p in rung if p.kept not in failed and float(problem.cost(list(p.kept))["latency"]) <= under_us]
     if fits:
-        chosen_ = best_first(fits, incumbent=incumbent)[0]
-        return list(chosen_.kept), f"the rung's {chosen_.source}"
+        chosen = best_first(fits, incumbent=incumbent)[0]
+        return list(chosen.kept), f"the rung's {chosen.source}"
     rows = history[history["feasible"].astype(bool) & history["reward"].notna() & (history["latency"] <= under_us)]
     rows = rows[~rows["kept"].map(lambda kept: tuple(int(k) for k in kept) in failed).astype(bool)]
     if not rows.empty:
         return [int(k) for k in rows.loc[rows["reward"].idxmax(), "kept"]], "the search's best by reward"
-    if chosen is not None and tuple(int(k) for k in chosen) != tuple(incumbent):
-        smaller, scale = scaled_under(problem, chosen, under_us)
-        if tuple(smaller) not in failed:
-            return smaller, f"the chosen policy scaled to {scale:.2f} of its widths"
     return uniform_under(problem, under_us), "the uniform policy"  # nothing evaluated fits (uniform's own run)
 
 
-def scaled_under(
-    problem: Problem, kept: Sequence[int] | np.ndarray, latency_us: float, beyond_budget: bool = False
-) -> tuple[list[int], float]:
-    """``kept``'s allocation at the largest scale of its keep ratios predicted under ``latency_us`` (the floor when
-    none is), and that scale; with ``beyond_budget``, ``latency_us`` replaces the budget's latency limit instead of
-    tightening it (the budget's other limits still hold)."""
+def uniform_under(problem: Problem, latency_us: float, beyond_budget: bool = False) -> list[int]:
+    """The uniform policy of ``problem`` predicted under ``latency_us`` (its floor when none is); with
+    ``beyond_budget``, ``latency_us`` replaces the budget's latency limit instead of tightening it (the budget's other
+    limits still hold)."""
 
     def fits(k: np.ndarray) -> bool:
         broken = set(problem.excess(k)) - ({"latency"} if beyond_budget else set())
         return not broken and float(problem.cost(k)["latency"]) <= latency_us
 
-    smaller, scale = scaled_kept(problem, np.asarray(kept, dtype=np.float64) / problem.channels, fits)
-    return [int(k) for k in smaller], scale
-
-
-def uniform_under(problem: Problem, latency_us: float, beyond_budget: bool = False) -> list[int]:
-    """The uniform policy of ``problem`` predicted under ``latency_us`` (its floor when none is): the unpruned
-    model scaled down (:func:`scaled_under`)."""
-    return scaled_under(problem, problem.channels, latency_us, beyond_budget)[0]
+    return [int(k) for k in uniform_kept(problem, fits=fits)[0]]

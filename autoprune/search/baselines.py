@@ -20,36 +20,27 @@ def uniform_kept(
     fits: Callable[[np.ndarray], bool] | None = None,
 ) -> tuple[np.ndarray, float]:
     """The largest uniform keep ratio whose policy meets the budget (or ``fits``, a stricter test), by bisection
-    (:func:`scaled_kept` of one ratio everywhere; the floor when none is). With ``fill``, the budget its rounding
-    leaves is spent on the groups then kept at the lowest ratios (:meth:`Problem.fill`, which knows the budget
-    only): as near to one ratio as whole steps allow."""
+    (rounding makes the cost a non-decreasing step function of the ratio, so bisection finds the last feasible
+    step; the floor when none is). With ``fill``, the budget its rounding leaves is spent on the groups then kept at
+    the lowest ratios (:meth:`Problem.fill`, which knows the budget only): as near to one ratio as whole steps allow."""
     if fill and fits is not None:
         raise ValueError("fill grows a policy into the problem's budget, not into a stricter test")
-    kept, ratio = scaled_kept(problem, np.ones(len(problem.channels)), fits or problem.feasible, iterations)
-    if fill:
-        channels = problem.channels
-        kept = problem.fill(kept, lambda g, _now, after: -after / int(channels[g]))
-    return kept, ratio
-
-
-def scaled_kept(
-    problem: Problem, ratios: np.ndarray, fits: Callable[[np.ndarray], bool], iterations: int = 40
-) -> tuple[np.ndarray, float]:
-    """The policy keeping ``scale * ratios`` of each group for the largest ``scale`` in [0, 1] that ``fits``, and
-    that scale, by bisection: rounding to the groups' steps makes the cost a non-decreasing step function of the
-    scale, so bisection finds the last step that fits (the floor when none does). One ratio everywhere is the
-    uniform policy; a searched policy's own ratios give a smaller version of its allocation."""
-    full = problem.ratios_to_kept(ratios)
+    fits = fits or problem.feasible
+    full = problem.ratios_to_kept(np.ones(len(problem.channels)))
     if fits(full):
         return full, 1.0
-    lo, hi = 0.0, 1.0  # scale lo fits (every group at its floor), hi does not
+    lo, hi = 0.0, 1.0  # ratio lo is feasible (every group at its floor), hi is not
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        if fits(problem.ratios_to_kept(ratios * mid)):
+        if fits(problem.ratios_to_kept(np.full(len(problem.channels), mid))):
             lo = mid
         else:
             hi = mid
-    return problem.ratios_to_kept(ratios * lo), lo
+    kept = problem.ratios_to_kept(np.full(len(problem.channels), lo))
+    if fill:
+        channels = problem.channels
+        kept = problem.fill(kept, lambda g, _now, after: -after / int(channels[g]))
+    return kept, lo
 
 
 def magnitude_kept(problem: Problem, scores: Sequence[np.ndarray], fill: bool = False) -> np.ndarray:
