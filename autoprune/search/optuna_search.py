@@ -298,7 +298,10 @@ class OptunaStrategy(Strategy):
             raise optuna.TrialPruned("the evaluation budget is taken by other workers' running trials")
         kept = p.project(np.array([trial.suggest_float(n, p.min_keep, 1.0) for n in self.param_names()]))
         policy = [int(k) for k in kept]
-        seen = {tuple(r["kept"]) for r in ctx.rows} | {tuple(t.user_attrs.get("kept", ())) for t in running}
+        # read after the sampler's suggestion, not from the snapshot above: another worker's trial may have set its
+        # policy or completed meanwhile (a completed one is in ctx.rows only after the next sync)
+        now = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        seen = {tuple(r["kept"]) for r in ctx.rows} | {tuple(t.user_attrs.get("kept", ())) for t in now}
         if tuple(policy) in seen:
             # the cache would answer it and the budget would pay: a coarse space (a 16-channel block on a small
             # model) makes a sampler repeat itself. PRUNED, it costs no evaluation, and TPE counts it among the
