@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch.nn as nn
 
 from autoprune.budget import Budget, within
 from autoprune.cost.calibration_set import calibration_networks, entry_name, random_policies
@@ -164,12 +165,19 @@ def _build_table(
 
 
 def reanchor_table(
-    table: LatencyTable, *, weights: str | Path | None = None, rounds: int = 2, repeats: int = 30
+    table: LatencyTable,
+    *,
+    weights: str | Path | None = None,
+    rounds: int = 2,
+    repeats: int = 30,
+    model: nn.Module | None = None,
 ) -> LatencyTable:
     """``table`` re-fitted on its calibration networks timed on this machine now (:meth:`LatencyTable.reanchored`);
-    refused for a table of another device."""
+    refused for a table of another device. ``model`` is the table's model already built (a search's), else it is
+    built by the table's name with ``weights``."""
     table.check_device(refuse=True)
-    model, _ = build_model(table.model, weights, use_default_weights=False)
+    if model is None:
+        model, _ = build_model(table.model, weights, use_default_weights=False)
     graph = analyze(model, table.input_shape, table.model)
     pruner = ChannelPruner(model, table.input_shape, graph=graph, model_name=table.model)
     nets = {name: pruner.apply(kept) for name, kept in calibration_networks(graph, table.block).items()}

@@ -21,7 +21,7 @@ from autoprune.cost.calibration_set import (
 )
 from autoprune.cost.device_identity import device_id, identify
 from autoprune.cost.flops import costs
-from autoprune.cost.latency_table import LatencyTable
+from autoprune.cost.latency_table import LatencyTable, default_table_path
 from autoprune.cost.measure import Timing
 from autoprune.cost.probes import plan_layers
 from autoprune.cost.table_build import plan_rows, table_from_measurements
@@ -447,6 +447,33 @@ def test_a_speed_signature_off_the_tables_is_reported_with_the_anchor_command(bu
     assert "speed signature" in err and f"autoprune latency-table anchor --table {slow}" in err
     check = json.loads((tmp_path / "run" / "policy.json").read_text())["search"]["speed_signature"]
     assert check["off"] and check["ratio"] > 2
+
+
+def test_a_drifted_table_of_the_cache_is_re_anchored_before_the_search(built, tmp_path, monkeypatch, run_cli):
+    """This device's table in autoprune's cache, whose stored reference timings are 3x faster than this machine
+    runs them now: the search re-anchors it here (its calibration networks re-timed) and saves it over itself
+    before pricing any policy, says so, records the fit before and after, and the next search finds it level."""
+    import autoprune.pipeline.setup as setup
+
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(setup, "CACHE_DIR", cache)
+    path = default_table_path("resnet20", (1, 3, 16, 16), identify("onnxruntime", 1, "cpu"), cache / "latency_tables")
+    _copy_table(built, path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    meta["speed_signature"]["probes"] = {k: v / 3 for k, v in meta["speed_signature"]["probes"].items()}
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    code, out, err = run_cli(*SEARCH, "--out", tmp_path / "run")
+    assert code in (0, 3), err
+    assert "re-anchoring it here" in out and f"re-anchored {path}" in out and "WARNING: speed signature" not in out
+    search = json.loads((tmp_path / "run" / "policy.json").read_text())["search"]
+    assert search["speed_signature"]["off"] and search["table"] == str(path)
+    fixed, scale = search["table_reanchored"]["fixed_us"], search["table_reanchored"]["scale"]
+    assert fixed[0] == meta["fixed_us"] and scale[0] == meta["scale"] and (fixed[1], scale[1]) != (fixed[0], scale[0])
+    saved = json.loads(path.with_suffix(".json").read_text())
+    assert saved["fixed_us"] == fixed[1] and saved["anchor"]["speed_signature"]["probes"]
+    code, out, err = run_cli(*SEARCH, "--out", tmp_path / "run2")
+    assert "re-anchor" not in out  # today's level is the table's now
+    assert json.loads((tmp_path / "run2" / "policy.json").read_text())["search"]["table_reanchored"] is None
 
 
 def test_timing_a_module_leaves_it_where_and_as_it_was():
