@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -474,6 +475,38 @@ def test_a_drifted_table_of_the_cache_is_re_anchored_before_the_search(built, tm
     code, out, err = run_cli(*SEARCH, "--out", tmp_path / "run2")
     assert "re-anchor" not in out  # today's level is the table's now
     assert json.loads((tmp_path / "run2" / "policy.json").read_text())["search"]["table_reanchored"] is None
+
+
+def test_a_drifted_shipped_table_is_re_anchored_into_the_cache_and_left_as_shipped(
+    built, tmp_path, monkeypatch, run_cli
+):
+    """This device's table shipped in the repository, 3x off this machine's speed: the search re-anchors a copy
+    into autoprune's cache and searches with it, the shipped files stay byte for byte, and the next search finds the
+    cache's copy first (level, so nothing is re-timed again)."""
+    import autoprune.cost.table_choice as table_choice
+    import autoprune.pipeline.setup as setup
+
+    cache, shipped_root = tmp_path / "cache", tmp_path / "shipped"
+    monkeypatch.setattr(setup, "CACHE_DIR", cache)
+    monkeypatch.setattr(setup, "SHIPPED_TABLES", shipped_root)
+    monkeypatch.setattr(table_choice, "SHIPPED_TABLES", shipped_root)
+    here = identify("onnxruntime", 1, "cpu")
+    shipped = _copy_table(built, default_table_path("resnet20", (1, 3, 16, 16), here, shipped_root))
+    meta = json.loads(shipped.with_suffix(".json").read_text())
+    meta["speed_signature"]["probes"] = {k: v / 3 for k, v in meta["speed_signature"]["probes"].items()}
+    shipped.with_suffix(".json").write_text(json.dumps(meta))
+    as_shipped = (shipped.read_bytes(), shipped.with_suffix(".json").read_bytes())
+    copy = default_table_path("resnet20", (1, 3, 16, 16), here, cache / "latency_tables")
+    code, out, err = run_cli(*SEARCH, "--out", tmp_path / "run")
+    assert code in (0, 3), err
+    assert f"latency table of this device: {shipped}" in out and f"into {copy.resolve()}" in out
+    assert (shipped.read_bytes(), shipped.with_suffix(".json").read_bytes()) == as_shipped
+    search = json.loads((tmp_path / "run" / "policy.json").read_text())["search"]
+    assert Path(search["table"]).resolve() == copy.resolve() and search["table_reanchored"]["from"] == str(shipped)
+    assert json.loads(copy.with_suffix(".json").read_text())["fixed_us"] == search["table_reanchored"]["fixed_us"][1]
+    code, out, err = run_cli(*SEARCH, "--out", tmp_path / "run2")
+    assert code in (0, 3), err
+    assert f"latency table of this device: {copy}" in out and "re-anchor" not in out
 
 
 def test_timing_a_module_leaves_it_where_and_as_it_was():

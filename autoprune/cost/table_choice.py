@@ -4,6 +4,10 @@ A table is chosen by the identity it records (:mod:`autoprune.cost.device_identi
 at the expected path: a shipped table whose directory name looked right was once used on a CPU with another
 instruction set, and its prediction called a model 2x over budget "met". When no shipped or cached table matches,
 one is built here (a minute or a few) and cached under this device's id, so the next search finds it.
+
+The cache is looked in before the shipped tables: a table there was built or re-anchored on this very machine
+(``search`` re-anchors a drifted shipped table into the cache rather than rewrite the repository's file), while a
+shipped one was measured on another machine that only shares this one's identity.
 """
 
 from __future__ import annotations
@@ -66,9 +70,9 @@ FALLBACK_BLOCK = 8
 
 
 def channel_block(model: str, input_shape: Sequence[int], cache_root: Path, *, threads: int = 2) -> int:
-    """The channel block of this device for ``model`` at ``input_shape``: from a shipped or cached table of this
+    """The channel block of this device for ``model`` at ``input_shape``: from a cached or shipped table of this
     device, else :data:`FALLBACK_BLOCK`. Nothing is measured."""
-    found, _ = find_table(model, input_shape, [SHIPPED_TABLES, cache_root], threads=threads)
+    found, _ = find_table(model, input_shape, [cache_root, SHIPPED_TABLES], threads=threads)
     if found is None:
         return FALLBACK_BLOCK
     try:
@@ -86,12 +90,12 @@ def choose_table(
     threads: int = 2,
     on_phase: Callable[[str], None] | None = None,
 ) -> TableChoice:
-    """A table of this device for ``model``: shipped, cached, or built now and cached by this device's id.
+    """A table of this device for ``model``: cached, shipped, or built now and cached by this device's id.
 
     ``build()`` measures ``model``'s table at ``input_shape`` with ``threads`` threads here (e.g.
     :func:`autoprune.latency_workflows.build_table`); it is called only when no shipped or cached table matches."""
     here = identify("onnxruntime", threads, "cpu")
-    found, passed_over = find_table(model, input_shape, [SHIPPED_TABLES, cache_root], threads=threads, here=here)
+    found, passed_over = find_table(model, input_shape, [cache_root, SHIPPED_TABLES], threads=threads, here=here)
     if found is not None:
         return TableChoice(found, False, passed_over)
     path = default_table_path(model, input_shape, here, cache_root)

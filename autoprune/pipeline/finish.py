@@ -143,7 +143,7 @@ def _search_record(setup: Setup, result: SearchResult, started: float, finetuned
         "table": spec.table,
         "table_device": table.device_name if table is not None else None,
         "speed_signature": setup.signature.to_dict() if setup.signature is not None else None,
-        "table_reanchored": setup.reanchored,  # the cached table re-fitted here before the search, as it drifted
+        "table_reanchored": setup.reanchored,  # the chosen table re-fitted here before the search, as it drifted
         "search_seconds": result.seconds,
         "seconds": time.perf_counter() - started,
         "uniform_kept": [int(k) for k in uniform_kept(setup.problem)[0]],

@@ -14,7 +14,7 @@ from autoprune.compute import Compute
 from autoprune.cost.latency_table import LatencyTable
 from autoprune.cost.model import CostModel
 from autoprune.cost.speed_signature import SignatureCheck
-from autoprune.cost.table_choice import channel_block, choose_table
+from autoprune.cost.table_choice import SHIPPED_TABLES, channel_block, choose_table
 from autoprune.data import CACHE_DIR, DataBundle, check_compatible, load_data
 from autoprune.errors import UserError
 from autoprune.latency_workflows import build_table, reanchor_table
@@ -95,9 +95,11 @@ def check_table_speed(
     return check
 
 
-def reanchor_drifted(table: LatencyTable, net: nn.Module, check: SignatureCheck, phase: Phase) -> LatencyTable:
-    """The table of autoprune's cache re-anchored here now and saved over itself, for a machine whose speed has
-    drifted from it (``check`` off).
+def reanchor_drifted(
+    table: LatencyTable, net: nn.Module, check: SignatureCheck, phase: Phase, *, to: Path
+) -> LatencyTable:
+    """The table re-anchored here now and saved ``to`` autoprune's cache (over itself for a cached table), for a
+    machine whose speed has drifted from it (``check`` off).
 
     A drift is not one factor on every prediction: ResNet-20's table on a Xeon, built when its reference probes ran
     1.2x faster, had a fixed part of 0.53 ms where the machine's state then measured 0.91. The relative budget
@@ -112,10 +114,11 @@ def reanchor_drifted(table: LatencyTable, net: nn.Module, check: SignatureCheck,
         "networks re-timed)"
     )
     anchored = reanchor_table(table, model=net)
-    anchored.save(table.path)
+    anchored.save(to)
+    moved = "" if Path(to).resolve() == Path(table.path).resolve() else f" into {to}"
     phase(
-        f"re-anchored {table.path}: fixed part {table.fixed_us / 1000:.3f} -> {anchored.fixed_us / 1000:.3f} ms, "
-        f"scale {table.scale:.3f} -> {anchored.scale:.3f}"
+        f"re-anchored {table.path}{moved}: fixed part {table.fixed_us / 1000:.3f} -> "
+        f"{anchored.fixed_us / 1000:.3f} ms, scale {table.scale:.3f} -> {anchored.scale:.3f}"
     )
     return anchored
 
@@ -170,25 +173,33 @@ def prepare(
         bundle = bundle.to(compute.device, loader_workers=compute.loader_workers)  # once, not per batch
     graph = analyze(net, shape, spec.model)
     path, table = _latency_table(spec, shape, phase, on_table_progress)
-    # this device's table from autoprune's cache (not a file the user named, nor a shipped one) is kept at this
-    # machine's level: re-anchored when its speed has drifted, before the search prices anything with it
+    # the table search chose for this device (not a file the user named) is kept at this machine's level:
+    # re-anchored when its speed has drifted, before the search prices anything with it; a cached table over
+    # itself, a shipped one into the cache (the repository's file stays as shipped, and the cache is looked in first)
     cache = (CACHE_DIR / "latency_tables").resolve()
-    cached = table is not None and spec.table is None and Path(path).resolve().is_relative_to(cache)
-    spec = spec.replace(table=path)
+    chosen = Path(path).resolve() if table is not None and spec.table is None else None
+    anchor_to = None  # where its re-anchored copy goes
+    if chosen is not None and chosen.is_relative_to(cache):
+        anchor_to = Path(path)
+    elif chosen is not None and chosen.is_relative_to(SHIPPED_TABLES.resolve()):
+        anchor_to = cache / chosen.parent.name / chosen.name
     # a table of another device predicts for that device: nothing measured here can confirm or refute it
     elsewhere = table is not None and bool(table.device_differences())
-    reanchor = cached and spec.measure and not elsewhere
+    reanchor = anchor_to is not None and spec.measure and not elsewhere
     signature = None
     if table is not None and not elsewhere:
         signature = check_table_speed(table, path, phase, warn=not reanchor)
     reanchored = None
     if reanchor and signature is not None and signature.off:
-        old, table = table, reanchor_drifted(table, net, signature, phase)
+        old, table = table, reanchor_drifted(table, net, signature, phase, to=anchor_to)
+        path = str(table.path)
         reanchored = {
             "fixed_us": [old.fixed_us, table.fixed_us],
             "scale": [old.scale, table.scale],
             "date": table.meta["anchor"]["date"],
+            "from": str(old.path),
         }
+    spec = spec.replace(table=path)
     cost = CostModel(graph) if table is None else CostModel(graph, latency=table.predictor(graph))
     # by default whole blocks of this device's kernels, so that a cut in FLOPs is also a speed-up; finer widths only
     # where the budget is below the cheapest policy in whole blocks
