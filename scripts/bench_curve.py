@@ -783,11 +783,22 @@ def run_cell(
         speedup=row["latency_unpruned_us"] / row["latency_measured_us"],
         threads=s.threads,
         cpu_isa=isa,
-        note="; ".join(n for n in (floor_note, row["note"]) if n),
+        note="; ".join(n for n in (floor_note, row["note"], reanchor_note(ctx, searched)) if n),
         date=dt.datetime.now().isoformat(timespec="seconds"),
     )
     console.print(f"  done: {describe(row)}", highlight=False)
     return row
+
+
+def reanchor_note(ctx: ModelContext, searched: str) -> str:
+    """For a latency cell whose table this sitting re-anchored (its speed had drifted): the fit before and after,
+    so that rows priced by a stale table and by a re-anchored one can be told apart."""
+    setup = ctx.setups.get(searched.partition("=")[0])
+    moved = setup.reanchored if setup is not None and setup.table is not None else None
+    if not moved:
+        return ""
+    (f0, f1), (s0, s1) = moved["fixed_us"], moved["scale"]
+    return f"table re-anchored {moved['date']}: fixed {f0 / 1000:.3f} -> {f1 / 1000:.3f} ms, scale {s0:.3f} -> {s1:.3f}"
 
 
 def describe(row: dict) -> str:

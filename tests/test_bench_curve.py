@@ -234,3 +234,21 @@ def test_the_fill_commands_name_the_missing_seeds_at_each_cells_widths(bench):
     assert not demo["command"].str.contains("--budgets flops=10% --strategies uniform").any()  # uniform's is full
     known = int(demo["hours"].notna().sum())  # cheapest first, those with no finished cell to go by last
     assert demo["hours"].iloc[:known].is_monotonic_increasing and demo["hours"].iloc[known:].isna().all()
+
+
+def test_a_latency_row_says_when_its_table_was_re_anchored_before_the_cells(bench):
+    """The sitting's table had drifted and ``prepare`` re-anchored it: every latency row says so with the fit before
+    and after (rows priced by a stale table look otherwise alike); FLOPs rows and a level table say nothing."""
+    from types import SimpleNamespace
+
+    moved = {"fixed_us": [531.0, 907.0], "scale": [1.059, 1.102], "date": "2026-12-05T10:00:00"}
+    setups = {
+        "latency": SimpleNamespace(table=object(), reanchored=moved),
+        "flops": SimpleNamespace(table=None, reanchored=None),
+    }
+    ctx = bench.ModelContext("fmnist-resnet20", setups)
+    note = bench.reanchor_note(ctx, "latency=50%")
+    assert note == "table re-anchored 2026-12-05T10:00:00: fixed 0.531 -> 0.907 ms, scale 1.059 -> 1.102"
+    assert bench.reanchor_note(ctx, "flops=20%") == ""
+    level = bench.ModelContext("fmnist-resnet20", {"latency": SimpleNamespace(table=object(), reanchored=None)})
+    assert bench.reanchor_note(level, "latency=50%") == ""
