@@ -375,6 +375,15 @@ def _copy_table(built, dest, **fingerprint) -> object:
     return dest
 
 
+def _probes_stored_at_a_third(table) -> dict:
+    """Rewrite ``table``'s stored speed signature to a third of its times, as if this machine now ran its reference
+    probes 3x slower than at the build; returns the sidecar as written."""
+    meta = json.loads(table.with_suffix(".json").read_text())
+    meta["speed_signature"]["probes"] = {k: v / 3 for k, v in meta["speed_signature"]["probes"].items()}
+    table.with_suffix(".json").write_text(json.dumps(meta))
+    return meta
+
+
 def _other_isa() -> list[str]:
     return (
         ["AVX", "AVX2", "FMA"]
@@ -441,9 +450,7 @@ def test_a_speed_signature_off_the_tables_is_reported_with_the_anchor_command(bu
     """A table whose stored reference timings are 3x faster than this machine runs them now: the search says so,
     with the ratio and the command that re-fits the table, and records the check."""
     slow = _copy_table(built, tmp_path / "t" / "resnet20-1x3x16x16.csv")
-    meta = json.loads(slow.with_suffix(".json").read_text())
-    meta["speed_signature"]["probes"] = {k: v / 3 for k, v in meta["speed_signature"]["probes"].items()}
-    slow.with_suffix(".json").write_text(json.dumps(meta))
+    _probes_stored_at_a_third(slow)
     code, out, err = run_cli(*SEARCH, "--table", slow, "--out", tmp_path / "run")
     assert "speed signature" in err and f"autoprune latency-table anchor --table {slow}" in err
     check = json.loads((tmp_path / "run" / "policy.json").read_text())["search"]["speed_signature"]
@@ -460,9 +467,7 @@ def test_a_drifted_table_of_the_cache_is_re_anchored_before_the_search(built, tm
     monkeypatch.setattr(setup, "CACHE_DIR", cache)
     path = default_table_path("resnet20", (1, 3, 16, 16), identify("onnxruntime", 1, "cpu"), cache / "latency_tables")
     _copy_table(built, path)
-    meta = json.loads(path.with_suffix(".json").read_text())
-    meta["speed_signature"]["probes"] = {k: v / 3 for k, v in meta["speed_signature"]["probes"].items()}
-    path.with_suffix(".json").write_text(json.dumps(meta))
+    meta = _probes_stored_at_a_third(path)
     code, out, err = run_cli(*SEARCH, "--out", tmp_path / "run")
     assert code in (0, 3), err
     assert "re-anchoring it here" in out and f"re-anchored {path}" in out and "WARNING: speed signature" not in out
@@ -492,9 +497,7 @@ def test_a_drifted_shipped_table_is_re_anchored_into_the_cache_and_left_as_shipp
     monkeypatch.setattr(table_choice, "SHIPPED_TABLES", shipped_root)
     here = identify("onnxruntime", 1, "cpu")
     shipped = _copy_table(built, default_table_path("resnet20", (1, 3, 16, 16), here, shipped_root))
-    meta = json.loads(shipped.with_suffix(".json").read_text())
-    meta["speed_signature"]["probes"] = {k: v / 3 for k, v in meta["speed_signature"]["probes"].items()}
-    shipped.with_suffix(".json").write_text(json.dumps(meta))
+    _probes_stored_at_a_third(shipped)
     as_shipped = (shipped.read_bytes(), shipped.with_suffix(".json").read_bytes())
     copy = default_table_path("resnet20", (1, 3, 16, 16), here, cache / "latency_tables")
     code, out, err = run_cli(*SEARCH, "--out", tmp_path / "run")

@@ -139,7 +139,7 @@ class Setup:
     compute: Compute = Compute()  # where the passes over data run
     elsewhere: bool = False  # the table is another device's: its latency is a prediction for that device
     signature: SignatureCheck | None = None  # the table's speed signature against this machine, before any re-anchor
-    reanchored: dict | None = None  # the cached table re-anchored before the search: its fit before and after
+    reanchored: dict | None = None  # the chosen table re-anchored before the search: its fit before and after
 
 
 def prepare(
